@@ -1,0 +1,31 @@
+"""onconflict: idempotent inserts for SQLAlchemy 2, duplicates skipped and nothing else.
+
+The async API is primary::
+
+    result = await onconflict.insert_ignore(conn, users, rows)
+
+and ``onconflict.sync`` has the same names for ``Connection``, ``Session`` and
+``Engine``.
+"""
+
+from onconflict.__about__ import __version__
+from onconflict._async import insert_ignore
+from onconflict._target import ANY_KEY
+from onconflict.exceptions import (
+    NotSupportedError,
+    OnConflictError,
+    OutcomeMismatchError,
+    UnsafeInsertError,
+)
+from onconflict.result import InsertResult
+
+__all__ = [
+    "ANY_KEY",
+    "InsertResult",
+    "NotSupportedError",
+    "OnConflictError",
+    "OutcomeMismatchError",
+    "UnsafeInsertError",
+    "__version__",
+    "insert_ignore",
+]

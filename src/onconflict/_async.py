@@ -1,0 +1,65 @@
+"""The asynchronous front (the primary API, re-exported by ``onconflict``).
+
+The work runs in SQLAlchemy's greenlet bridge (``run_sync``) on the same core
+as the sync front, so both behave identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+
+from onconflict._core import PreparedInsert, execute_insert_ignore, prepare_insert_ignore
+from onconflict._front import ASYNC_HANDLES, dialect_of, session_connection
+from onconflict._target import OnTarget
+from onconflict.result import InsertResult
+
+AsyncHandle = AsyncConnection | AsyncSession | AsyncEngine
+T = TypeVar("T")
+
+
+async def insert_ignore(
+    conn: AsyncHandle, table: Any, rows: Iterable[Mapping[str, Any]], *, on: OnTarget = None
+) -> InsertResult:
+    """Insert the rows that are not there yet; skip duplicates and nothing else.
+
+    ``conn``: an ``AsyncConnection`` or ``AsyncSession`` (the call works inside
+    your transaction; you commit) or an ``AsyncEngine`` (the call opens and
+    commits its own transaction). ``table``: a ``Table`` or a mapped class.
+    ``rows``: mappings of column keys (or ORM attribute names) to values.
+
+    ``on`` is the conflict target: column names, a constraint or index name, a
+    ``UniqueConstraint`` or ``Index`` (a partial index brings its WHERE), or
+    ``onconflict.ANY_KEY``. ``None`` picks the primary key when every row
+    carries it, else the one unique key whose columns every row carries.
+
+    Only duplicates of the target are skipped. Every other error (NOT NULL,
+    CHECK, foreign key, value too long, ...) propagates unchanged.
+    """
+    prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on)
+    if prepared.empty:
+        return InsertResult()
+    return await _run(conn, execute_insert_ignore, prepared)
+
+
+async def _run(
+    handle: AsyncHandle,
+    work: Callable[[Connection, PreparedInsert, bool], T],
+    prepared: PreparedInsert,
+) -> T:
+    if isinstance(handle, AsyncEngine):
+        async with handle.begin() as conn:
+            return await conn.run_sync(work, prepared, True)
+    if isinstance(handle, AsyncSession):
+
+        def in_session(session: Session) -> T:
+            return work(session_connection(session), prepared, False)
+
+        return await handle.run_sync(in_session)
+    if isinstance(handle, AsyncConnection):
+        return await handle.run_sync(work, prepared, False)
+    raise TypeError(f"onconflict expects an {ASYNC_HANDLES}, got {type(handle).__name__}")

@@ -1,0 +1,228 @@
+"""The shared core of insert_ignore.
+
+``prepare_insert_ignore`` is pure: it validates the input, resolves the conflict
+target, removes in-call duplicates, groups rows by key set and builds the
+statements, all before any SQL is sent. ``execute_insert_ignore`` is the only
+part that does I/O, on a synchronous ``Connection``; the async front runs it
+through ``AsyncConnection.run_sync``, so both fronts share every line.
+"""
+
+from __future__ import annotations
+
+import decimal
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.dml import Insert
+
+from onconflict._target import (
+    ConflictTarget,
+    OnTarget,
+    normalize_rows,
+    reachable_keys,
+    resolve_table,
+    resolve_target,
+)
+from onconflict.dialects import NativeDialect, native_for
+from onconflict.exceptions import OutcomeMismatchError
+from onconflict.result import InsertResult
+
+Row = dict[str, Any]
+_COERCIBLE = (int, float, str, decimal.Decimal, uuid.UUID)
+
+
+@dataclass
+class _Group:
+    """Rows with the same key set: one statement shape."""
+
+    columns: tuple[str, ...]
+    indexes: list[int] = field(default_factory=list)  # positions in the input
+    match: tuple[str, ...] = ()  # columns that identify a returned row
+
+
+@dataclass
+class PreparedInsert:
+    table: sa.Table
+    target: ConflictTarget
+    rows: list[Row]
+    native: NativeDialect | None = None
+    statement: Insert | None = None
+    returning: bool = True
+    groups: list[_Group] = field(default_factory=list)
+    duplicate_of: dict[int, int] = field(default_factory=dict)  # in-call repeats
+    max_rows: dict[tuple[str, ...], int] = field(default_factory=dict)
+    max_bytes: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+    def statements(self) -> int:
+        if not self.returning:
+            return sum(len(g.indexes) for g in self.groups)
+        return sum(len(list(self.chunks(g))) for g in self.groups)
+
+    def chunks(self, group: _Group) -> Iterator[list[int]]:
+        """Split a group so that each piece is one statement within the budgets."""
+        limit = self.max_rows[group.columns]
+        chunk: list[int] = []
+        size = 0
+        for i in group.indexes:
+            cost = _row_bytes(self.rows[i]) if self.max_bytes else 0
+            if chunk and (len(chunk) >= limit or (self.max_bytes and size + cost > self.max_bytes)):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(i)
+            size += cost
+        if chunk:
+            yield chunk
+
+
+def prepare_insert_ignore(
+    dialect: Dialect, table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget
+) -> PreparedInsert:
+    """Validate and plan an insert_ignore call. Pure: no I/O."""
+    tbl, keymap = resolve_table(table)
+    data = normalize_rows(tbl, keymap, rows)
+    if not data:
+        return PreparedInsert(tbl, ConflictTarget(None, any_key=True), [])
+    carried = set(data[0]).intersection(*data[1:])
+    target = resolve_target(tbl, on, carried)
+    native = native_for(dialect)
+    prepared = PreparedInsert(tbl, target, data, native)
+    prepared.returning = native.returning(dialect)
+    prepared.statement = native.insert_ignore(tbl, target, prepared.returning)
+    prepared.max_bytes = native.max_statement_bytes(dialect)
+    _group(prepared)
+    if not native.targets_conflicts and not target.any_key:
+        _check_reachable(prepared, dialect)
+    params = native.max_params(dialect)
+    for g in prepared.groups:
+        prepared.max_rows[g.columns] = max(1, min(native.page_size, params // len(g.columns)))
+    return prepared
+
+
+def _group(prepared: PreparedInsert) -> None:
+    tbl, target = prepared.table, prepared.target
+    groups: dict[tuple[str, ...], _Group] = {}
+    first_of: dict[tuple[Any, ...], int] = {}
+    for i, row in enumerate(prepared.rows):
+        key = _key(tbl, row, target.columns) if target.columns else None
+        if key is not None:
+            if key in first_of:
+                prepared.duplicate_of[i] = first_of[key]
+                continue
+            first_of[key] = i
+        cols = tuple(sorted(row))
+        group = groups.get(cols)
+        if group is None:
+            full = bool(target.columns) and set(target.columns) <= set(cols)
+            group = groups[cols] = _Group(cols, match=target.columns if full else cols)
+        group.indexes.append(i)
+    for group in groups.values():
+        # one lock order for every caller: fewer deadlocks between concurrent batches
+        if group.match == target.columns and target.columns:
+            try:
+                group.indexes.sort(key=lambda i: _key(tbl, prepared.rows[i], group.match) or ())
+            except TypeError:
+                pass
+    prepared.groups = list(groups.values())
+
+
+def _check_reachable(prepared: PreparedInsert, dialect: Dialect) -> None:
+    wanted = set(prepared.target.columns)
+    for g in prepared.groups:
+        others = [k for k in reachable_keys(prepared.table, g.columns) if set(k.columns) != wanted]
+        if others:
+            listing = "; ".join(k.describe() for k in others)
+            raise ValueError(
+                f"{dialect.name} has no conflict target: a duplicate on any unique key is"
+                f" skipped, and rows of {prepared.table.name!r} with columns"
+                f" ({', '.join(g.columns)}) could also collide on {listing}."
+                " Pass on=onconflict.ANY_KEY to accept that."
+            )
+
+
+def _norm(table: sa.Table, col: str, value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        pytype = table.c[col].type.python_type
+    except NotImplementedError:
+        return value
+    if pytype in _COERCIBLE and not isinstance(value, pytype):
+        try:
+            return pytype(value)
+        except (TypeError, ValueError, decimal.InvalidOperation):
+            return value
+    return value
+
+
+def _key(table: sa.Table, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...] | None:
+    """The row's value for cols, or None when it can't be a duplicate key
+    (a column missing or NULL: NULLs never collide in a unique index)."""
+    out = []
+    for c in cols:
+        value = _norm(table, c, row.get(c))
+        if value is None:
+            return None
+        out.append(value)
+    return tuple(out)
+
+
+def _row_bytes(row: Row) -> int:
+    return sum(len(v) if isinstance(v, str | bytes) else 16 for v in row.values()) + 8
+
+
+def _align(table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[str, ...]) -> list[Row | None]:
+    """Pair each input row with the row the database returned for it, or None."""
+    pending: dict[tuple[Any, ...], deque[Row]] = {}
+    for r in returned:
+        pending.setdefault(tuple(_norm(table, c, r.get(c)) for c in match), deque()).append(r)
+    out: list[Row | None] = []
+    for row in rows:
+        queue = pending.get(tuple(_norm(table, c, row.get(c)) for c in match))
+        out.append(queue.popleft() if queue else None)
+    left = sum(len(q) for q in pending.values())
+    if left:
+        raise OutcomeMismatchError(
+            f"{left} row(s) returned by the INSERT into {table.name!r} match no input row"
+            f" on ({', '.join(match)}); pass values of the columns' Python types"
+        )
+    return out
+
+
+def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: bool) -> InsertResult:
+    """Run a prepared call on a synchronous connection. The only I/O of insert_ignore."""
+    native, stmt, rows = prepared.native, prepared.statement, prepared.rows
+    assert native is not None and stmt is not None
+    stored: dict[int, Row] = {}
+    atomic = not owned and prepared.statements() > 1
+    with native.atomic(conn) if atomic else nullcontext():
+        for group in prepared.groups:
+            if not prepared.returning:
+                for i in group.indexes:
+                    one = native.write_one(conn, stmt, rows[i])
+                    if one is not None:
+                        stored[i] = one
+                continue
+            for chunk in prepared.chunks(group):
+                batch = [rows[i] for i in chunk]
+                returned = native.write_many(conn, stmt, batch)
+                for i, one in zip(chunk, _align(prepared.table, batch, returned, group.match), strict=True):
+                    if one is not None:
+                        stored[i] = one
+    result = InsertResult()
+    for i, row in enumerate(rows):
+        if i in stored:
+            result.inserted.append(stored[i])
+        else:
+            result.existing.append(row)
+    return result
+

@@ -1,0 +1,261 @@
+"""Pure (no I/O) resolution of tables, input rows and conflict targets."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnElement
+
+
+class _AnyKey(enum.Enum):
+    ANY_KEY = "ANY_KEY"
+
+    def __repr__(self) -> str:
+        return "onconflict.ANY_KEY"
+
+
+ANY_KEY = _AnyKey.ANY_KEY
+"""Conflict target meaning "a duplicate on any unique key of the table".
+
+PostgreSQL and SQLite then use ``ON CONFLICT DO NOTHING`` without a target;
+MySQL and MariaDB, which have no conflict target, need it when a row could hit
+more than one unique key.
+"""
+
+OnTarget: TypeAlias = (
+    str | Sequence[str | sa.Column[Any]] | sa.UniqueConstraint | sa.Index | _AnyKey | None
+)
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """A unique key of a table as declared in its metadata."""
+
+    kind: str  # "primary key", "unique constraint" or "unique index"
+    name: str | None
+    columns: tuple[str, ...]  # column keys; empty when the key has expressions
+    elements: tuple[Any, ...]  # what ON CONFLICT (...) lists: columns or expressions
+    where: ColumnElement[bool] | None = None  # partial index predicate
+    is_constraint: bool = False  # a named constraint (ON CONFLICT ON CONSTRAINT works)
+
+    def describe(self) -> str:
+        cols = ", ".join(self.columns) if self.columns else "expressions"
+        label = f"{self.kind} {self.name}" if self.name else self.kind
+        return f"{label} ({cols})"
+
+
+@dataclass(frozen=True)
+class ConflictTarget:
+    """What the statement treats as a duplicate."""
+
+    key: UniqueKey | None  # None with any_key
+    any_key: bool = False
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.key.columns if self.key is not None else ()
+
+    def describe(self) -> str:
+        return "any unique key" if self.key is None else self.key.describe()
+
+
+def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str]]:
+    """Return the Table for a Table or mapped class, and input key -> column key.
+
+    For a mapped class, attribute names are accepted as well as column keys.
+    """
+    if isinstance(table, sa.Table):
+        return table, {c.key: c.key for c in table.c}
+    try:
+        mapper = sa.inspect(table)
+    except sa.exc.NoInspectionAvailable:
+        mapper = None
+    local = getattr(mapper, "local_table", None)
+    if not isinstance(local, sa.Table):
+        raise TypeError(
+            f"table must be a sqlalchemy.Table or a mapped ORM class, not {table!r}"
+        )
+    keys = {c.key: c.key for c in local.c}
+    for attr, col in mapper.columns.items():
+        if isinstance(col, sa.Column) and col.table is local:
+            keys[attr] = col.key
+    return local, keys
+
+
+def normalize_rows(
+    table: sa.Table, keymap: Mapping[str, str], rows: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Copy the rows with column keys, rejecting anything that is not a column."""
+    out: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise TypeError(f"row {i} is {type(row).__name__}, expected a mapping")
+        if not row:
+            raise ValueError(f"row {i} has no columns")
+        unknown = [k for k in row if k not in keymap]
+        if unknown:
+            names = ", ".join(repr(k) for k in unknown)
+            raise ValueError(f"row {i}: {names} not a column of table {table.name!r}")
+        out.append({keymap[k]: v for k, v in row.items()})
+    return out
+
+
+def unique_keys(table: sa.Table) -> list[UniqueKey]:
+    """The primary key, unique constraints and unique indexes, in that order."""
+    keys: list[UniqueKey] = []
+    pk = table.primary_key
+    if pk.columns:
+        cols = tuple(c.key for c in pk.columns)
+        keys.append(
+            UniqueKey("primary key", pk.name, cols, tuple(pk.columns), None, pk.name is not None)
+        )
+    for cons in sorted(
+        (c for c in table.constraints if isinstance(c, sa.UniqueConstraint)),
+        key=lambda c: (c.name or "", [col.key for col in c.columns]),
+    ):
+        cols = tuple(c.key for c in cons.columns)
+        keys.append(
+            UniqueKey(
+                "unique constraint",
+                _name(cons.name),
+                cols,
+                tuple(cons.columns),
+                None,
+                cons.name is not None,
+            )
+        )
+    for idx in sorted(
+        (i for i in table.indexes if i.unique), key=lambda i: _name(i.name) or ""
+    ):
+        exprs = tuple(idx.expressions)
+        plain = all(isinstance(e, sa.Column) for e in exprs)
+        cols = tuple(e.key for e in exprs) if plain else ()
+        where = _index_where(idx)
+        keys.append(UniqueKey("unique index", _name(idx.name), cols, exprs, where, False))
+    return keys
+
+
+def _name(name: Any) -> str | None:
+    # conventions may leave a _NONE_NAME / _defer_name marker; str() gives the real name
+    return None if name is None else str(name)
+
+
+def _index_where(idx: sa.Index) -> ColumnElement[bool] | None:
+    for dialect in ("postgresql", "sqlite"):
+        where = idx.dialect_options[dialect].get("where")
+        if where is not None:
+            return sa.sql.coercions.expect(sa.sql.roles.WhereHavingRole, where)  # type: ignore[no-any-return]
+    return None
+
+
+def resolve_target(
+    table: sa.Table, on: OnTarget, carried: set[str]
+) -> ConflictTarget:
+    """Turn the ``on=`` argument into a ConflictTarget; ValueError when it can't."""
+    keys = unique_keys(table)
+    if on is ANY_KEY:
+        return ConflictTarget(None, any_key=True)
+    if on is None:
+        return _default_target(table, keys, carried)
+    if isinstance(on, sa.UniqueConstraint | sa.Index | sa.PrimaryKeyConstraint):
+        for key in keys:
+            if _same(on, key):
+                return ConflictTarget(key)
+        raise ValueError(f"{on!r} is not a unique constraint or unique index of {table.name!r}")
+    if isinstance(on, str):
+        named = [k for k in keys if k.name == on]
+        if named:
+            return ConflictTarget(named[0])
+        if on in table.c:
+            return _columns_target(table, keys, (on,))
+        raise ValueError(
+            f"on={on!r} is neither a column nor a constraint or index of {table.name!r}"
+            f" (its unique keys: {_listing(keys)})"
+        )
+    if isinstance(on, Sequence) and on:
+        names: list[str] = []
+        for item in on:
+            if isinstance(item, sa.Column):
+                if item.table is not table:
+                    raise ValueError(f"column {item} is not a column of {table.name!r}")
+                names.append(item.key)
+            elif isinstance(item, str):
+                if item not in table.c:
+                    raise ValueError(f"on: {item!r} is not a column of {table.name!r}")
+                names.append(item)
+            else:
+                raise TypeError(f"on: expected column names, got {item!r}")
+        return _columns_target(table, keys, tuple(names))
+    raise TypeError(f"on must be column names, a constraint, an index or ANY_KEY, not {on!r}")
+
+
+def _same(obj: sa.UniqueConstraint | sa.Index | sa.PrimaryKeyConstraint, key: UniqueKey) -> bool:
+    if isinstance(obj, sa.Index):
+        return key.kind == "unique index" and tuple(obj.expressions) == key.elements
+    if isinstance(obj, sa.PrimaryKeyConstraint):
+        return key.kind == "primary key"
+    return key.kind == "unique constraint" and tuple(c.key for c in obj.columns) == key.columns
+
+
+def _columns_target(
+    table: sa.Table, keys: list[UniqueKey], cols: tuple[str, ...]
+) -> ConflictTarget:
+    for key in keys:
+        if key.where is None and key.columns and set(key.columns) == set(cols):
+            return ConflictTarget(key)
+    # Not declared in the metadata: the database itself will check that a unique
+    # index matches (PostgreSQL and SQLite refuse the statement otherwise).
+    elements = tuple(table.c[c] for c in cols)
+    return ConflictTarget(UniqueKey("columns", None, cols, elements))
+
+
+def _default_target(table: sa.Table, keys: list[UniqueKey], carried: set[str]) -> ConflictTarget:
+    if keys and keys[0].kind == "primary key" and set(keys[0].columns) <= carried:
+        return ConflictTarget(keys[0])
+    candidates = [k for k in keys[1:] if k.columns and set(k.columns) <= carried]
+    if len(candidates) == 1:
+        return ConflictTarget(candidates[0])
+    if not candidates:
+        raise ValueError(
+            f"no conflict target for {table.name!r}: the rows do not all carry the columns"
+            f" of any unique key ({_listing(keys)}); pass on=..."
+        )
+    raise ValueError(
+        f"several conflict targets for {table.name!r} fit the rows: {_listing(candidates)};"
+        " pass on=... to choose one (or on=onconflict.ANY_KEY)"
+    )
+
+
+def _listing(keys: Sequence[UniqueKey]) -> str:
+    return "; ".join(k.describe() for k in keys) or "none declared"
+
+
+def reachable_keys(table: sa.Table, columns: Iterable[str]) -> list[UniqueKey]:
+    """Unique keys that a row with these columns could collide on.
+
+    A key is out of reach when one of its columns is left out of the row and
+    gets no default, or is the autoincrementing column (a fresh value).
+    """
+    present = set(columns)
+    out = []
+    for key in unique_keys(table):
+        if not key.columns:
+            out.append(key)  # expression index: assume reachable
+            continue
+        reach = True
+        for name in key.columns:
+            if name in present:
+                continue
+            col = table.c[name]
+            if col is table.autoincrement_column or (
+                col.default is None and col.server_default is None
+            ):
+                reach = False
+                break
+        if reach:
+            out.append(key)
+    return out

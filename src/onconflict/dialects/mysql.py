@@ -1,0 +1,149 @@
+"""MySQL and MariaDB: guarded ``INSERT IGNORE``.
+
+Why this form (measured on MariaDB 10.11, see docs/semantics.md):
+
+* ``INSERT ... ON DUPLICATE KEY UPDATE pk = pk`` reacts to duplicates only, but
+  under SQLAlchemy's CLIENT_FOUND_ROWS the row count is 1 for an inserted row
+  and for a duplicate alike, and MariaDB's ``RETURNING`` returns existing rows
+  too: it cannot say which rows were inserted.
+* ``INSERT IGNORE ... RETURNING`` (MariaDB >= 10.5) returns exactly the inserted
+  rows, but IGNORE turns every error into a warning: NULL stored as ``''``, long
+  values truncated, foreign-key failures dropped.
+
+So onconflict runs ``INSERT IGNORE`` inside a SAVEPOINT and then reads the
+warnings of that statement. It keeps the statement only when every warning is
+a duplicate key (1062) and there is exactly one per skipped row. Otherwise it
+rolls the savepoint back (nothing stored) and re-runs the same rows as
+``INSERT ... ON DUPLICATE KEY UPDATE pk = pk`` in a savepoint it always rolls
+back, so that the server raises its own error (1048, 1406, 1452, 4025, ...).
+When more warnings exist than the server keeps (``max_error_count``), the rows
+are redone in smaller statements so every warning can be seen.
+
+Without RETURNING (MySQL 8, MariaDB < 10.5) each row is its own statement and
+the affected-row count (1 inserted, 0 skipped) gives the outcome.
+
+MySQL has no conflict target: any unique key fires. The core refuses a call
+whose rows could hit a unique key other than the requested one unless
+``on=onconflict.ANY_KEY``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import AbstractContextManager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.dml import Insert
+
+from onconflict._target import ConflictTarget
+from onconflict.dialects.base import NativeDialect, Row
+from onconflict.exceptions import UnsafeInsertError
+
+DUPLICATE_KEY = 1062
+SHOW_WARNINGS = sa.text("SHOW WARNINGS")
+WARNING_COUNTS = sa.text("SELECT @@warning_count, @@max_error_count")
+
+# aiomysql turns every server warning into a Python warning; a skipped duplicate
+# is the expected outcome of insert_ignore, not something to warn about.
+warnings.filterwarnings("ignore", message=r"Duplicate entry .* for key ", category=Warning)
+
+
+class _Overflow(Exception):
+    def __init__(self, kept: int) -> None:
+        self.kept = kept
+
+
+class MySQL(NativeDialect):
+    name = "mysql"
+    targets_conflicts = False
+
+    def max_statement_bytes(self, dialect: Dialect) -> int | None:
+        # well under max_allowed_packet's smallest common default (4 MiB on MySQL 5.7)
+        return 2 * 1024 * 1024
+
+    def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
+        stmt = mysql.insert(table).prefix_with("IGNORE")
+        return stmt.returning(*table.c) if returning else stmt
+
+    def duplicate_noop(self, table: sa.Table) -> Insert:
+        """``INSERT ... ON DUPLICATE KEY UPDATE c = c``: raises every non-duplicate error."""
+        col = next(iter(table.primary_key.columns), None)
+        if col is None:
+            col = next(iter(table.c))
+        return mysql.insert(table).on_duplicate_key_update({col.name: col})
+
+    def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
+        return conn.begin_nested()  # an error does not abort a MySQL transaction
+
+    def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
+        try:
+            returned: list[Row] = self._guarded(
+                conn, stmt, rows, lambda: super(MySQL, self).write_many(conn, stmt, rows)
+            )
+            return returned
+        except _Overflow as over:
+            out: list[Row] = []
+            for i in range(0, len(rows), over.kept):
+                out.extend(self.write_many(conn, stmt, rows[i : i + over.kept]))
+            return out
+
+    def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
+        stored: Row | None = self._guarded(
+            conn, stmt, [row], lambda: super(MySQL, self).write_one(conn, stmt, row)
+        )
+        return stored
+
+    def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
+        savepoint = conn.begin_nested()
+        try:
+            out = run()
+            inserted = len(out) if isinstance(out, list) else int(out is not None)
+            skipped = len(rows) - inserted
+            problems = self._problems(conn, skipped)
+        except BaseException:
+            savepoint.rollback()
+            raise
+        if not problems:
+            savepoint.commit()
+            return out
+        savepoint.rollback()
+        if isinstance(problems, _Overflow):
+            raise problems
+        self._raise_database_error(conn, stmt.table, rows, problems)  # type: ignore[arg-type]
+
+    def _problems(self, conn: Connection, skipped: int) -> list[tuple[str, int, str]] | _Overflow:
+        count, kept = conn.execute(WARNING_COUNTS).one()
+        if count == 0:
+            return []
+        shown = [(str(w[0]), int(w[1]), str(w[2])) for w in conn.execute(SHOW_WARNINGS)]
+        bad = [w for w in shown if w[1] != DUPLICATE_KEY]
+        if bad:
+            return bad
+        if count != skipped:
+            # more warnings than skipped rows: something besides a duplicate
+            return shown or [("Warning", 0, f"{count} warnings, none visible (max_error_count=0)")]
+        if count > len(shown):
+            if kept < 1:
+                raise UnsafeInsertError(
+                    "cannot check INSERT IGNORE warnings with max_error_count=0; set it to 1 or more"
+                )
+            return _Overflow(kept)
+        return []
+
+    def _raise_database_error(
+        self, conn: Connection, table: sa.Table, rows: list[Row], problems: list[tuple[str, int, str]]
+    ) -> None:
+        probe = conn.begin_nested()
+        try:
+            conn.execute(self.duplicate_noop(table), rows)  # the server's own error, if strict
+        finally:
+            probe.rollback()
+        listing = "; ".join(f"{code}: {msg}" for _, code, msg in problems[:5])
+        raise UnsafeInsertError(
+            f"INSERT IGNORE into {table.name!r} reported more than duplicate keys ({listing});"
+            " nothing was stored",
+            problems,
+        )

@@ -1,0 +1,41 @@
+"""SQLite: the upsert clause ``INSERT ... ON CONFLICT (target) DO NOTHING``.
+
+Needs SQLite 3.24 (RETURNING from 3.35; older versions write one row per
+statement). Never ``INSERT OR IGNORE``: it silently drops rows that fail
+NOT NULL or CHECK constraints, where the upsert clause raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.dml import Insert
+
+from onconflict._target import ConflictTarget
+from onconflict.dialects.base import NativeDialect, do_nothing
+from onconflict.exceptions import NotSupportedError
+
+UPSERT_CLAUSE = (3, 24, 0)
+
+
+def sqlite_version(dialect: Dialect) -> tuple[int, ...]:
+    dbapi: Any = dialect.dbapi  # sqlite3 or the aiosqlite adapter
+    return tuple(dbapi.sqlite_version_info)
+
+
+class SQLite(NativeDialect):
+    name = "sqlite"
+
+    def check(self, dialect: Dialect) -> None:
+        version = sqlite_version(dialect)
+        if version < UPSERT_CLAUSE:
+            raise NotSupportedError(
+                f"SQLite {'.'.join(map(str, version))} has no ON CONFLICT clause"
+                " (3.24 or newer is needed)"
+            )
+
+    def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
+        return do_nothing(sqlite.insert(table), table, target, returning)
