@@ -50,8 +50,10 @@ class _Group:
 class PreparedInsert:
     table: sa.Table
     target: ConflictTarget
-    rows: list[Row]
+    rows: list[Row]  # with column keys
     native: NativeDialect | None = None
+    given: list[Mapping[str, Any]] = field(default_factory=list)  # as the caller passed them
+    outmap: dict[str, str] = field(default_factory=dict)  # column key -> result key
     statement: Insert | None = None
     returning: bool = True
     groups: list[_Group] = field(default_factory=list)
@@ -88,32 +90,43 @@ def prepare_insert_ignore(
     dialect: Dialect, table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget
 ) -> PreparedInsert:
     """Validate and plan an insert_ignore call. Pure: no I/O."""
-    tbl, keymap = resolve_table(table)
-    data = normalize_rows(tbl, keymap, rows)
+    tbl, keymap, outmap = resolve_table(table)
+    given = list(rows)
+    data = normalize_rows(tbl, keymap, given)
     if not data:
         return PreparedInsert(tbl, ConflictTarget(None, any_key=True), [])
     carried = set(data[0]).intersection(*data[1:])
     target = resolve_target(tbl, on, carried)
     native = native_for(dialect)
-    prepared = PreparedInsert(tbl, target, data, native)
-    prepared.returning = native.returning(dialect)
-    prepared.statement = native.insert_ignore(tbl, target, prepared.returning)
-    prepared.max_bytes = native.max_statement_bytes(dialect)
+    prepared = PreparedInsert(tbl, target, data, native, given=given, outmap=outmap)
     _group(prepared)
     if not native.targets_conflicts and not target.any_key:
-        _check_reachable(prepared, dialect)
+        _check_reachable(prepared)
+    return prepared
+
+
+def _bind(prepared: PreparedInsert, dialect: Dialect) -> NativeDialect:
+    """Settle what depends on the server version: known once a connection exists
+    (a fresh engine's dialect learns it on its first connect)."""
+    native = prepared.native
+    assert native is not None
+    prepared.returning = native.returning(dialect)
+    prepared.statement = native.insert_ignore(prepared.table, prepared.target, prepared.returning)
+    prepared.max_bytes = native.max_statement_bytes(dialect)
     params = native.max_params(dialect)
     for g in prepared.groups:
         prepared.max_rows[g.columns] = max(1, min(native.page_size, params // len(g.columns)))
-    return prepared
+    return native
 
 
 def _group(prepared: PreparedInsert) -> None:
     tbl, target = prepared.table, prepared.target
     groups: dict[tuple[str, ...], _Group] = {}
     first_of: dict[tuple[Any, ...], int] = {}
+    # A partial index only covers rows matching its WHERE: leave those to the database.
+    keyed = target.columns if target.key is not None and target.key.where is None else ()
     for i, row in enumerate(prepared.rows):
-        key = _key(tbl, row, target.columns) if target.columns else None
+        key = _key(tbl, row, keyed) if keyed else None
         if key is not None:
             if key in first_of:
                 prepared.duplicate_of[i] = first_of[key]
@@ -122,12 +135,12 @@ def _group(prepared: PreparedInsert) -> None:
         cols = tuple(sorted(row))
         group = groups.get(cols)
         if group is None:
-            full = bool(target.columns) and set(target.columns) <= set(cols)
-            group = groups[cols] = _Group(cols, match=target.columns if full else cols)
+            full = bool(keyed) and set(keyed) <= set(cols)
+            group = groups[cols] = _Group(cols, match=keyed if full else cols)
         group.indexes.append(i)
     for group in groups.values():
         # one lock order for every caller: fewer deadlocks between concurrent batches
-        if group.match == target.columns and target.columns:
+        if keyed and group.match == keyed:
             try:
                 group.indexes.sort(key=lambda i: _key(tbl, prepared.rows[i], group.match) or ())
             except TypeError:
@@ -135,14 +148,14 @@ def _group(prepared: PreparedInsert) -> None:
     prepared.groups = list(groups.values())
 
 
-def _check_reachable(prepared: PreparedInsert, dialect: Dialect) -> None:
+def _check_reachable(prepared: PreparedInsert) -> None:
     wanted = set(prepared.target.columns)
     for g in prepared.groups:
         others = [k for k in reachable_keys(prepared.table, g.columns) if set(k.columns) != wanted]
         if others:
             listing = "; ".join(k.describe() for k in others)
             raise ValueError(
-                f"{dialect.name} has no conflict target: a duplicate on any unique key is"
+                "MySQL and MariaDB have no conflict target: a duplicate on any unique key is"
                 f" skipped, and rows of {prepared.table.name!r} with columns"
                 f" ({', '.join(g.columns)}) could also collide on {listing}."
                 " Pass on=onconflict.ANY_KEY to accept that."
@@ -200,8 +213,9 @@ def _align(table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[s
 
 def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: bool) -> InsertResult:
     """Run a prepared call on a synchronous connection. The only I/O of insert_ignore."""
-    native, stmt, rows = prepared.native, prepared.statement, prepared.rows
-    assert native is not None and stmt is not None
+    native = _bind(prepared, conn.dialect)
+    stmt, rows = prepared.statement, prepared.rows
+    assert stmt is not None
     stored: dict[int, Row] = {}
     atomic = not owned and prepared.statements() > 1
     with native.atomic(conn) if atomic else nullcontext():
@@ -219,10 +233,11 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
                     if one is not None:
                         stored[i] = one
     result = InsertResult()
-    for i, row in enumerate(rows):
+    out = prepared.outmap
+    for i, given in enumerate(prepared.given):
         if i in stored:
-            result.inserted.append(stored[i])
+            result.inserted.append({out.get(k, k): v for k, v in stored[i].items()})
         else:
-            result.existing.append(row)
+            result.existing.append(given)
     return result
 

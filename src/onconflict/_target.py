@@ -63,13 +63,16 @@ class ConflictTarget:
         return "any unique key" if self.key is None else self.key.describe()
 
 
-def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str]]:
-    """Return the Table for a Table or mapped class, and input key -> column key.
+def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str], dict[str, str]]:
+    """The Table for a Table or mapped class, input key -> column key, and
+    column key -> the key results use.
 
-    For a mapped class, attribute names are accepted as well as column keys.
+    For a mapped class, attribute names are accepted as well as column keys,
+    and results use attribute names.
     """
     if isinstance(table, sa.Table):
-        return table, {c.key: c.key for c in table.c}
+        keys = {c.key: c.key for c in table.c}
+        return table, keys, keys
     try:
         mapper = sa.inspect(table)
     except sa.exc.NoInspectionAvailable:
@@ -80,10 +83,12 @@ def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str]]:
             f"table must be a sqlalchemy.Table or a mapped ORM class, not {table!r}"
         )
     keys = {c.key: c.key for c in local.c}
+    out = dict(keys)
     for attr, col in mapper.columns.items():
         if isinstance(col, sa.Column) and col.table is local:
             keys[attr] = col.key
-    return local, keys
+            out[col.key] = attr
+    return local, keys, out
 
 
 def normalize_rows(

@@ -1,0 +1,155 @@
+"""Real databases, real drivers.
+
+Server URLs come from the environment (defaults in ``DEFAULTS``). In CI
+(``CI=true``) a test whose server does not answer fails; elsewhere it is
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+DEFAULTS = {
+    "postgresql": ("ONCONFLICT_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
+    "mariadb": ("ONCONFLICT_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"),
+}
+SYNC_DRIVERS = {
+    "asyncpg": "psycopg",
+    "psycopg_async": "psycopg",
+    "aiomysql": "pymysql",
+    "asyncmy": "pymysql",
+    "aiosqlite": "pysqlite",
+}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+
+def sync_url(url: str) -> str:
+    u = make_url(url)
+    backend, _, driver = u.drivername.partition("+")
+    return u.set(drivername=f"{backend}+{SYNC_DRIVERS.get(driver, driver)}").render_as_string(
+        hide_password=False
+    )
+
+
+_availability: dict[str, str | None] = {}
+
+
+def _unavailable(name: str, url: str) -> str | None:
+    """None if the server answers, else why not."""
+    if name not in _availability:
+        engine = sa.create_engine(sync_url(url), poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            _availability[name] = None
+        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+            shown = make_url(url).render_as_string(hide_password=True)
+            _availability[name] = f"{name} server at {shown} unavailable: {exc.__class__.__name__}"
+        finally:
+            engine.dispose()
+    return _availability[name]
+
+
+def require_server(name: str, url: str) -> None:
+    reason = _unavailable(name, url)
+    if reason is not None:
+        if IN_CI:
+            pytest.fail(f"{reason} (CI=true: servers are required)", pytrace=False)
+        pytest.skip(reason)
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str  # async driver URL
+
+    @property
+    def sync_url(self) -> str:
+        return sync_url(self.url)
+
+    def async_engine(self, **kw: Any) -> AsyncEngine:
+        engine = create_async_engine(self.url, **self._engine_args(kw))
+        _sqlite_pragmas(engine.sync_engine)
+        return engine
+
+    def sync_engine(self, **kw: Any) -> Engine:
+        engine = sa.create_engine(self.sync_url, **self._engine_args(kw))
+        _sqlite_pragmas(engine)
+        return engine
+
+    def _engine_args(self, kw: dict[str, Any]) -> dict[str, Any]:
+        if self.name == "sqlite":
+            kw.pop("pool_size", None)
+            kw.pop("max_overflow", None)
+            kw.setdefault("connect_args", {"timeout": 60})
+        return kw
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        return
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+
+def _backend_params() -> list[Any]:
+    return [
+        pytest.param(name, marks=[] if name == "sqlite" else [getattr(pytest.mark, name)], id=name)
+        for name in BACKENDS
+    ]
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    name = request.param
+    if name == "sqlite":
+        return Backend(name, f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+    env, default = DEFAULTS[name]
+    url = os.environ.get(env, default)
+    require_server(name, url)
+    return Backend(name, url)
+
+
+@pytest.fixture
+async def aengine(backend: Backend) -> AsyncIterator[AsyncEngine]:
+    engine = backend.async_engine(pool_size=20, max_overflow=50)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def sengine(backend: Backend) -> Iterator[Engine]:
+    engine = backend.sync_engine()
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def tables(aengine: AsyncEngine, backend: Backend) -> AsyncIterator[None]:
+    from tests.schema import metadata, partial_metadata, parent  # noqa: PLC0415
+
+    metas = [metadata] + ([partial_metadata] if backend.name != "mariadb" else [])
+    async with aengine.begin() as conn:
+        for md in metas:
+            await conn.run_sync(md.drop_all)
+            await conn.run_sync(md.create_all)
+        await conn.execute(parent.insert(), [{"id": 1}, {"id": 2}])
+    yield
+    async with aengine.begin() as conn:
+        for md in metas:
+            await conn.run_sync(md.drop_all)

@@ -1,0 +1,335 @@
+"""insert_ignore against the real servers, through async and sync drivers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+import onconflict
+import onconflict.sync
+from tests.conftest import Backend
+from tests.schema import Item, accounts, active_email, pairs, subscriptions, tags, users
+
+pytestmark = pytest.mark.usefixtures("tables")
+
+
+class Front:
+    """The async API on the async driver, or the sync twin on the sync driver."""
+
+    def __init__(self, kind: str, aengine: AsyncEngine, sengine: Engine) -> None:
+        self.kind, self.aengine, self.sengine = kind, aengine, sengine
+
+    async def insert_ignore(self, table: Any, rows: Any, **kw: Any) -> onconflict.InsertResult:
+        if self.kind == "async":
+            return await onconflict.insert_ignore(self.aengine, table, rows, **kw)
+        return onconflict.sync.insert_ignore(self.sengine, table, rows, **kw)
+
+
+@pytest.fixture(params=["async", "sync"])
+def front(request: pytest.FixtureRequest, aengine: AsyncEngine, sengine: Engine) -> Front:
+    return Front(request.param, aengine, sengine)
+
+
+async def rows_of(engine: AsyncEngine, table: sa.Table, order: Any = None) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        stmt = sa.select(table).order_by(*(order or table.primary_key.columns))
+        return [dict(r) for r in (await conn.execute(stmt)).mappings()]
+
+
+@pytest.fixture
+def statements(aengine: AsyncEngine) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(_conn: Any, _cur: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(aengine.sync_engine, "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(aengine.sync_engine, "before_cursor_execute", record)
+
+
+# -- exact outcomes ----------------------------------------------------------
+
+
+async def test_mixed_batch_outcomes(front: Front, aengine: AsyncEngine) -> None:
+    await front.insert_ignore(users, [{"email": "a@x", "name": "alice"}])
+    result = await front.insert_ignore(
+        users,
+        [
+            {"email": "b@x", "name": "bob"},
+            {"email": "a@x", "name": "other"},  # exists
+            {"email": "c@x", "name": "carl"},
+            {"email": "b@x", "name": "again"},  # repeated in this call
+        ],
+    )
+    assert [r["email"] for r in result.inserted] == ["b@x", "c@x"]
+    assert all(isinstance(r["id"], int) for r in result.inserted)
+    assert [r["note"] for r in result.inserted] == ["none", "none"]  # server default returned
+    assert result.existing == [{"email": "a@x", "name": "other"}, {"email": "b@x", "name": "again"}]
+    assert (result.inserted_count, result.existing_count) == (2, 2)
+    stored = await rows_of(aengine, users)
+    assert [(r["email"], r["name"]) for r in stored] == [("a@x", "alice"), ("b@x", "bob"), ("c@x", "carl")]
+    assert {r["id"] for r in result.inserted} == {r["id"] for r in stored[1:]}
+
+
+async def test_natural_and_composite_keys(front: Front, aengine: AsyncEngine) -> None:
+    first = await front.insert_ignore(tags, [{"slug": "x", "label": "X"}, {"slug": "y"}])
+    assert first.inserted == [{"slug": "x", "label": "X"}, {"slug": "y", "label": None}]
+    again = await front.insert_ignore(tags, [{"slug": "y", "label": "Y"}, {"slug": "z"}])
+    assert again.existing == [{"slug": "y", "label": "Y"}]
+    assert [r["slug"] for r in again.inserted] == ["z"]
+
+    p = await front.insert_ignore(
+        pairs, [{"a": 1, "b": 1, "v": "first"}, {"a": 1, "b": 2}, {"a": 1, "b": 1, "v": "dup"}]
+    )
+    assert [(r["a"], r["b"], r["v"]) for r in p.inserted] == [(1, 1, "first"), (1, 2, None)]
+    assert p.existing == [{"a": 1, "b": 1, "v": "dup"}]
+
+
+async def test_heterogeneous_rows_use_their_own_columns(front: Front, aengine: AsyncEngine) -> None:
+    result = await front.insert_ignore(
+        users,
+        [
+            {"email": "a@x", "name": "a"},
+            {"email": "b@x", "name": "b", "note": "given", "pid": 1},
+            {"email": "c@x", "name": "c", "pid": None},
+            {"email": "a@x", "name": "dup", "note": "x"},
+        ],
+    )
+    assert [r["email"] for r in result.inserted] == ["a@x", "b@x", "c@x"]
+    assert result.existing == [{"email": "a@x", "name": "dup", "note": "x"}]
+    stored = {r["email"]: r for r in await rows_of(aengine, users)}
+    # a row that leaves a column out gets the server default, not NULL
+    assert stored["a@x"]["note"] == "none" and stored["c@x"]["note"] == "none"
+    assert stored["b@x"]["note"] == "given" and stored["b@x"]["pid"] == 1
+
+
+async def test_empty_rows_send_no_sql(aengine: AsyncEngine, statements: list[str]) -> None:
+    result = await onconflict.insert_ignore(aengine, users, [])
+    assert (result.inserted, result.existing) == ([], [])
+    assert statements == []
+
+
+async def test_generator_input(front: Front) -> None:
+    result = await front.insert_ignore(tags, ({"slug": str(i)} for i in range(3)))
+    assert result.inserted_count == 3
+
+
+# -- only duplicates are skipped ---------------------------------------------
+
+EXPECTED_ERROR = {
+    # violation: {backend: driver code}
+    "not_null": {"postgresql": "23502", "mariadb": 1048, "sqlite": 1299},
+    "check": {"postgresql": "23514", "mariadb": 4025, "sqlite": 275},
+    "foreign_key": {"postgresql": "23503", "mariadb": 1452, "sqlite": 787},
+    "too_long": {"postgresql": "22001", "mariadb": 1406, "sqlite": None},  # SQLite has no length limit
+}
+BAD_ROW = {
+    "not_null": {"email": "n@x", "name": None},
+    "check": {"email": "n@x", "name": ""},
+    "foreign_key": {"email": "n@x", "name": "fk", "pid": 99},
+    "too_long": {"email": "n@x", "name": "toolongname"},
+}
+
+
+def driver_code(exc: BaseException) -> Any:
+    orig = getattr(exc, "orig", None)
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # MySQL errno (its .sqlstate is a generic 23000)
+        return args[0]
+    for attr in ("sqlstate", "sqlite_errorcode"):
+        code = getattr(orig, attr, None)
+        if code is not None:
+            return code
+    return None
+
+
+@pytest.mark.parametrize("violation", list(EXPECTED_ERROR))
+async def test_other_violations_raise_and_store_nothing(
+    front: Front, aengine: AsyncEngine, backend: Backend, violation: str
+) -> None:
+    await front.insert_ignore(users, [{"email": "a@x", "name": "alice"}])
+    batch = [
+        {"email": "a@x", "name": "alice"},  # a true duplicate in the same call
+        {"email": "ok@x", "name": "fine"},
+        BAD_ROW[violation],
+    ]
+    expected = EXPECTED_ERROR[violation][backend.name]
+    if expected is None:
+        result = await front.insert_ignore(users, batch)
+        assert result.inserted[-1]["name"] == "toolongname"  # stored as given, not cut
+        return
+    with pytest.raises(sa.exc.DBAPIError) as info:
+        await front.insert_ignore(users, batch)
+    assert driver_code(info.value) == expected
+    assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x"]
+
+
+async def test_primary_key_duplicate(front: Front, aengine: AsyncEngine, backend: Backend) -> None:
+    on_id = onconflict.ANY_KEY if backend.name == "mariadb" else "id"
+    first = await front.insert_ignore(users, [{"id": 7, "email": "a@x", "name": "alice"}], on=on_id)
+    assert first.inserted[0]["id"] == 7
+    rows = [{"id": 7, "email": "new@x", "name": "new"}, {"id": 8, "email": "b@x", "name": "bob"}]
+    if backend.name == "mariadb":
+        # MySQL cannot target the primary key alone: email could collide too
+        with pytest.raises(ValueError, match="no conflict target.*uq_users_email"):
+            await front.insert_ignore(users, rows, on="id")
+        result = await front.insert_ignore(users, rows, on=onconflict.ANY_KEY)
+    else:
+        result = await front.insert_ignore(users, rows, on="id")
+    assert result.existing == [rows[0]]
+    assert [r["id"] for r in result.inserted] == [8]
+    assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x", "b@x"]
+
+
+async def test_conflict_on_another_key_raises(aengine: AsyncEngine, backend: Backend) -> None:
+    await onconflict.insert_ignore(aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY)
+    clash = [{"email": "b@x", "handle": "a"}]  # new email, taken handle
+    if backend.name == "mariadb":
+        with pytest.raises(ValueError, match="ANY_KEY"):
+            await onconflict.insert_ignore(aengine, accounts, clash, on="email")
+    else:
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.insert_ignore(aengine, accounts, clash, on="email")
+    result = await onconflict.insert_ignore(aengine, accounts, clash, on=onconflict.ANY_KEY)
+    assert result.existing == clash
+    assert len(await rows_of(aengine, accounts)) == 1
+
+
+async def test_partial_unique_index(aengine: AsyncEngine, backend: Backend) -> None:
+    if backend.name == "mariadb":
+        pytest.skip("MariaDB has no partial indexes")
+    rows = [
+        {"email": "a@x", "active": True},
+        {"email": "a@x", "active": False},
+        {"email": "a@x", "active": False},  # inactive rows never conflict
+        {"email": "a@x", "active": True},
+    ]
+    result = await onconflict.insert_ignore(aengine, subscriptions, rows, on=active_email)
+    assert [r["active"] for r in result.inserted] == [True, False, False]
+    assert result.existing == [rows[3]]
+    by_name = await onconflict.insert_ignore(
+        aengine, subscriptions, [{"email": "a@x", "active": True}], on="uq_subscriptions_active_email"
+    )
+    assert by_name.existing_count == 1
+
+
+# -- handles and transactions ------------------------------------------------
+
+
+async def test_connection_is_the_callers_transaction(aengine: AsyncEngine) -> None:
+    async with aengine.connect() as conn:
+        result = await onconflict.insert_ignore(conn, tags, [{"slug": "a"}, {"slug": "b"}])
+        assert result.inserted_count == 2
+        await conn.rollback()
+    assert await rows_of(aengine, tags) == []
+    async with aengine.begin() as conn:
+        await onconflict.insert_ignore(conn, tags, [{"slug": "a"}])
+    assert await rows_of(aengine, tags) == [{"slug": "a", "label": None}]
+
+
+async def test_duplicate_keeps_callers_earlier_work(aengine: AsyncEngine) -> None:
+    async with aengine.begin() as conn:
+        await conn.execute(tags.insert(), [{"slug": "mine"}])
+        await onconflict.insert_ignore(conn, tags, [{"slug": "mine"}, {"slug": "new"}])
+    assert [r["slug"] for r in await rows_of(aengine, tags)] == ["mine", "new"]
+
+
+async def test_async_session_with_orm_class(aengine: AsyncEngine) -> None:
+    async with AsyncSession(aengine) as session:
+        session.add(Item(code="pending", title="flushed first"))
+        result = await onconflict.insert_ignore(
+            session, Item, [{"code": "pending", "title": "dup"}, {"code": "b", "title": "B"}]
+        )
+        assert result.existing == [{"code": "pending", "title": "dup"}]
+        assert [r["code"] for r in result.inserted] == ["b"]
+        await session.commit()
+    stored = await rows_of(aengine, Item.__table__)  # type: ignore[arg-type]
+    assert [(r["item_code"], r["item_title"]) for r in stored] == [
+        ("pending", "flushed first"),
+        ("b", "B"),
+    ]
+
+
+def test_sync_session_and_connection(sengine: Engine) -> None:
+    from sqlalchemy.orm import Session  # noqa: PLC0415
+
+    with Session(sengine) as session:
+        r = onconflict.sync.insert_ignore(session, Item, [{"code": "s", "title": "t"}])
+        assert r.inserted_count == 1
+        session.commit()
+    with sengine.begin() as conn:
+        r = onconflict.sync.insert_ignore(conn, Item, [{"code": "s"}, {"code": "t"}])
+        assert (r.inserted_count, r.existing_count) == (1, 1)
+
+
+# -- bad input, refused before any SQL ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "kw", "message"),
+    [
+        ([{"email": "a@x", "nmae": "x"}], {}, "'nmae' not a column of table 'oc_users'"),
+        ([{"name": "x"}], {}, "no conflict target for 'oc_users'"),
+        ([{"email": "a@x", "handle": "h"}], {"table": accounts}, "several conflict targets"),
+        ([{"email": "a@x", "name": "x"}], {"on": "nope"}, "neither a column nor a constraint"),
+        ([{"email": "a@x", "name": "x"}], {"on": ["email", "nope"]}, "'nope' is not a column"),
+        ([["email", "a@x"]], {}, "expected a mapping"),
+        ([{}], {}, "row 0 has no columns"),
+    ],
+)
+async def test_bad_input_is_refused_before_sql(
+    aengine: AsyncEngine, statements: list[str], rows: Any, kw: dict[str, Any], message: str
+) -> None:
+    kw = dict(kw)
+    table = kw.pop("table", users)
+    with pytest.raises((ValueError, TypeError), match=message):
+        await onconflict.insert_ignore(aengine, table, rows, **kw)
+    assert statements == []
+
+
+async def test_bad_handle(aengine: AsyncEngine) -> None:
+    with pytest.raises(TypeError, match="AsyncConnection, AsyncSession or AsyncEngine"):
+        await onconflict.insert_ignore("not a connection", tags, [{"slug": "a"}])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="sqlalchemy.Table or a mapped ORM class"):
+        await onconflict.insert_ignore(aengine, "oc_tags", [{"slug": "a"}])
+
+
+# -- concurrency and size ----------------------------------------------------
+
+
+async def test_64_coroutines_insert_the_same_rows(aengine: AsyncEngine) -> None:
+    rows = [{"slug": f"key-{i:03d}", "label": "x"} for i in range(100)]
+    counts: list[int] = []
+
+    async def worker() -> None:
+        result = await onconflict.insert_ignore(aengine, tags, rows)
+        assert result.inserted_count + result.existing_count == 100
+        counts.append(result.inserted_count)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(64):
+            tg.start_soon(worker)
+    assert len(counts) == 64
+    assert sum(counts) == 100
+    assert len(await rows_of(aengine, tags)) == 100
+
+
+@pytest.mark.slow
+async def test_100k_rows(aengine: AsyncEngine, backend: Backend) -> None:
+    n = 100_000
+    first = await onconflict.insert_ignore(aengine, pairs, ({"a": i, "b": 0} for i in range(0, n, 2)))
+    assert first.inserted_count == n // 2
+    rows = [{"a": i, "b": 0, "v": "v"} for i in range(n)]
+    result = await onconflict.insert_ignore(aengine, pairs, rows)
+    assert (result.inserted_count, result.existing_count) == (n // 2, n // 2)
+    assert [r["a"] for r in result.inserted[:3]] == [1, 3, 5]
+    assert [r["a"] for r in result.existing[:3]] == [0, 2, 4]
+    async with aengine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(pairs))).scalar() == n
