@@ -30,12 +30,13 @@ whose rows could hit a unique key other than the requested one unless
 from __future__ import annotations
 
 import warnings
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._target import ConflictTarget
@@ -49,6 +50,31 @@ WARNING_COUNTS = sa.text("SELECT @@warning_count, @@max_error_count")
 # aiomysql turns every server warning into a Python warning; a skipped duplicate
 # is the expected outcome of insert_ignore, not something to warn about.
 warnings.filterwarnings("ignore", message=r"Duplicate entry .* for key ", category=Warning)
+
+
+# errors after which InnoDB has rolled back the whole transaction, savepoints included
+TRANSACTION_LOST = frozenset({1213, 1205})  # deadlock; lock wait timeout (innodb_rollback_on_timeout)
+
+
+def transaction_lost(exc: BaseException) -> bool:
+    args = getattr(getattr(exc, "orig", None), "args", ())
+    return bool(args) and args[0] in TRANSACTION_LOST
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[NestedTransaction]:
+    """A SAVEPOINT that is released on success and rolled back on error, except
+    when the server has already rolled the whole transaction back (where rolling
+    back to the savepoint would fail and hide the real error)."""
+    sp = conn.begin_nested()
+    try:
+        yield sp
+    except BaseException as exc:
+        if sp.is_active and not transaction_lost(exc):
+            sp.rollback()
+        raise
+    if sp.is_active:
+        sp.commit()
 
 
 class _Overflow(Exception):
@@ -76,7 +102,7 @@ class MySQL(NativeDialect):
         return mysql.insert(table).on_duplicate_key_update({col.name: col})
 
     def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
-        return conn.begin_nested()  # an error does not abort a MySQL transaction
+        return savepoint(conn)  # an error does not abort a MySQL transaction
 
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
         try:
@@ -97,22 +123,25 @@ class MySQL(NativeDialect):
         return stored
 
     def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
-        savepoint = conn.begin_nested()
-        try:
-            out = run()
-            inserted = len(out) if isinstance(out, list) else int(out is not None)
-            skipped = len(rows) - inserted
-            problems = self._problems(conn, skipped)
-        except BaseException:
-            savepoint.rollback()
-            raise
-        if not problems:
-            savepoint.commit()
-            return out
-        savepoint.rollback()
-        if isinstance(problems, _Overflow):
-            raise problems
-        self._raise_database_error(conn, stmt.table, rows, problems)  # type: ignore[arg-type]
+        table: sa.Table = stmt.table  # type: ignore[assignment]
+        with savepoint(conn) as sp:
+            try:
+                out = run()
+                inserted = len(out) if isinstance(out, list) else int(out is not None)
+                problems = self._problems(conn, len(rows) - inserted)
+            except sa.exc.DBAPIError as exc:
+                if not transaction_lost(exc):
+                    # IGNORE may fail on a value it coerced itself (NULL -> '' failing
+                    # a CHECK): the same rows without IGNORE show the real cause.
+                    sp.rollback()
+                    self._probe(conn, table, rows)
+                raise
+            if not problems:
+                return out
+            sp.rollback()
+            if isinstance(problems, _Overflow):
+                raise problems
+            self._raise_database_error(conn, table, rows, problems)
 
     def _problems(self, conn: Connection, skipped: int) -> list[tuple[str, int, str]] | _Overflow:
         count, kept = conn.execute(WARNING_COUNTS).one()
@@ -136,14 +165,19 @@ class MySQL(NativeDialect):
     def _raise_database_error(
         self, conn: Connection, table: sa.Table, rows: list[Row], problems: list[tuple[str, int, str]]
     ) -> None:
-        probe = conn.begin_nested()
-        try:
-            conn.execute(self.duplicate_noop(table), rows)  # the server's own error, if strict
-        finally:
-            probe.rollback()
+        self._probe(conn, table, rows)
         listing = "; ".join(f"{code}: {msg}" for _, code, msg in problems[:5])
         raise UnsafeInsertError(
             f"INSERT IGNORE into {table.name!r} reported more than duplicate keys ({listing});"
             " nothing was stored",
             problems,
         )
+
+    def _probe(self, conn: Connection, table: sa.Table, rows: list[Row]) -> None:
+        """Run the rows without IGNORE, always rolled back: raises the server's own
+        error for them (in strict mode), or returns."""
+        probe = conn.begin_nested()
+        try:
+            conn.execute(self.duplicate_noop(table), rows)
+        finally:
+            probe.rollback()

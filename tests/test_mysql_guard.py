@@ -1,0 +1,137 @@
+"""The INSERT IGNORE guard on the real MariaDB server.
+
+These drive the guard into its rare paths: more warnings than the server keeps,
+a non-strict sql_mode, and the one-row-per-statement path that MySQL 8 and
+MariaDB < 10.5 take (forced here by turning RETURNING off on a real server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import onconflict
+from tests.conftest import DEFAULTS, Backend, require_server
+from tests.schema import parent, tags, users
+
+pytestmark = [pytest.mark.mariadb, pytest.mark.usefixtures("tables")]
+
+
+@pytest.fixture
+def backend() -> Backend:  # MariaDB only, whatever the default parametrisation
+    import os  # noqa: PLC0415
+
+    env, default = DEFAULTS["mariadb"]
+    url = os.environ.get(env, default)
+    require_server("mariadb", url)
+    return Backend("mariadb", url)
+
+
+@pytest.fixture
+async def no_returning(backend: Backend) -> AsyncIterator[AsyncEngine]:
+    """A MariaDB engine that behaves as MySQL 8 does: no INSERT ... RETURNING."""
+    engine = backend.async_engine()
+    async with engine.connect():
+        pass  # the dialect learns the server version on first connect
+    engine.dialect.insert_returning = False
+    yield engine
+    await engine.dispose()
+
+
+async def count(engine: AsyncEngine, table: sa.Table) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+async def test_more_duplicates_than_max_error_count(aengine: AsyncEngine) -> None:
+    # 200 duplicates in one statement: more warnings than the server keeps (64)
+    first = await onconflict.insert_ignore(aengine, tags, [{"slug": f"k{i:03d}"} for i in range(200)])
+    assert first.inserted_count == 200
+    rows = [{"slug": f"k{i:03d}"} for i in range(250)]
+    result = await onconflict.insert_ignore(aengine, tags, rows)
+    assert result.existing == rows[:200]
+    assert [r["slug"] for r in result.inserted] == [f"k{i:03d}" for i in range(200, 250)]
+    assert await count(aengine, tags) == 250
+
+
+async def test_bad_row_hidden_behind_many_duplicates(aengine: AsyncEngine) -> None:
+    # The foreign-key failure is the 101st warning: beyond what SHOW WARNINGS keeps.
+    existing = [{"email": f"u{i:03d}@x", "name": "u"} for i in range(100)]
+    await onconflict.insert_ignore(aengine, users, existing)
+    batch = [*existing, {"email": "new@x", "name": "n", "pid": 99}, {"email": "ok@x", "name": "ok"}]
+    with pytest.raises(sa.exc.IntegrityError) as info:
+        await onconflict.insert_ignore(aengine, users, [{**r, "pid": r.get("pid")} for r in batch])
+    assert info.value.orig.args[0] == 1452  # type: ignore[union-attr]
+    assert await count(aengine, users) == 100
+
+
+async def test_non_strict_mode_raises_unsafe_and_stores_nothing(backend: Backend) -> None:
+    engine = backend.async_engine()
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("SET SESSION sql_mode = ''"))
+            with pytest.raises(onconflict.UnsafeInsertError, match="1265") as info:
+                await onconflict.insert_ignore(
+                    conn, users, [{"email": "a@x", "name": "toolongname"}, {"email": "b@x", "name": "b"}]
+                )
+            assert info.value.warnings[0][1] == 1265  # data truncated
+            await conn.commit()
+        assert await count(engine, users) == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_caller_transaction_keeps_earlier_work_after_error(aengine: AsyncEngine) -> None:
+    async with aengine.connect() as conn:
+        await conn.execute(tags.insert(), [{"slug": "mine"}])
+        big = [{"email": f"u{i:04d}@x", "name": "u"} for i in range(1500)]  # two statements
+        big.append({"email": "bad@x", "name": None})
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.insert_ignore(conn, users, big)
+        await conn.commit()  # the caller may go on: the failed call left nothing behind
+    assert await count(aengine, tags) == 1
+    assert await count(aengine, users) == 0
+
+
+# -- one row per statement (MySQL 8, MariaDB < 10.5) --------------------------
+
+
+async def test_without_returning_outcomes_are_exact(no_returning: AsyncEngine) -> None:
+    await onconflict.insert_ignore(no_returning, users, [{"email": "a@x", "name": "alice"}])
+    result = await onconflict.insert_ignore(
+        no_returning,
+        users,
+        [{"email": "b@x", "name": "bob"}, {"email": "a@x", "name": "dup"}, {"email": "b@x", "name": "rep"}],
+    )
+    assert result.existing == [{"email": "a@x", "name": "dup"}, {"email": "b@x", "name": "rep"}]
+    assert len(result.inserted) == 1
+    inserted = result.inserted[0]
+    assert inserted["email"] == "b@x" and isinstance(inserted["id"], int)  # primary key from lastrowid
+    assert await count(no_returning, users) == 2
+
+
+@pytest.mark.parametrize(
+    ("bad", "errno"),
+    [
+        ({"email": "n@x", "name": None}, 1048),
+        ({"email": "n@x", "name": ""}, 4025),
+        ({"email": "n@x", "name": "fk", "pid": 99}, 1452),
+        ({"email": "n@x", "name": "toolongname"}, 1406),
+    ],
+)
+async def test_without_returning_only_duplicates_are_skipped(
+    no_returning: AsyncEngine, bad: dict[str, Any], errno: int
+) -> None:
+    await onconflict.insert_ignore(no_returning, users, [{"email": "a@x", "name": "alice"}])
+    with pytest.raises(sa.exc.DBAPIError) as info:
+        await onconflict.insert_ignore(
+            no_returning, users, [{"email": "a@x", "name": "x"}, {"email": "ok@x", "name": "ok"}, bad]
+        )
+    assert info.value.orig.args[0] == errno  # type: ignore[union-attr]
+    assert await count(no_returning, users) == 1
+    async with no_returning.connect() as conn:
+        assert (await conn.execute(sa.select(parent.c.id).order_by(parent.c.id))).scalars().all() == [1, 2]
