@@ -52,7 +52,7 @@ def _unavailable(name: str, url: str) -> str | None:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
             _availability[name] = None
-        except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+        except Exception as exc:
             shown = make_url(url).render_as_string(hide_password=True)
             _availability[name] = f"{name} server at {shown} unavailable: {exc.__class__.__name__}"
         finally:
@@ -141,7 +141,7 @@ def sengine(backend: Backend) -> Iterator[Engine]:
 
 @pytest.fixture
 async def tables(aengine: AsyncEngine, backend: Backend) -> AsyncIterator[None]:
-    from tests.schema import metadata, partial_metadata, parent  # noqa: PLC0415
+    from tests.schema import metadata, parent, partial_metadata
 
     metas = [metadata] + ([partial_metadata] if backend.name != "mariadb" else [])
     async with aengine.begin() as conn:

@@ -74,7 +74,11 @@ async def test_mixed_batch_outcomes(front: Front, aengine: AsyncEngine) -> None:
     assert result.existing == [{"email": "a@x", "name": "other"}, {"email": "b@x", "name": "again"}]
     assert (result.inserted_count, result.existing_count) == (2, 2)
     stored = await rows_of(aengine, users)
-    assert [(r["email"], r["name"]) for r in stored] == [("a@x", "alice"), ("b@x", "bob"), ("c@x", "carl")]
+    assert [(r["email"], r["name"]) for r in stored] == [
+        ("a@x", "alice"),
+        ("b@x", "bob"),
+        ("c@x", "carl"),
+    ]
     assert {r["id"] for r in result.inserted} == {r["id"] for r in stored[1:]}
 
 
@@ -106,8 +110,10 @@ async def test_heterogeneous_rows_use_their_own_columns(front: Front, aengine: A
     assert result.existing == [{"email": "a@x", "name": "dup", "note": "x"}]
     stored = {r["email"]: r for r in await rows_of(aengine, users)}
     # a row that leaves a column out gets the server default, not NULL
-    assert stored["a@x"]["note"] == "none" and stored["c@x"]["note"] == "none"
-    assert stored["b@x"]["note"] == "given" and stored["b@x"]["pid"] == 1
+    assert stored["a@x"]["note"] == "none"
+    assert stored["c@x"]["note"] == "none"
+    assert stored["b@x"]["note"] == "given"
+    assert stored["b@x"]["pid"] == 1
 
 
 async def test_empty_rows_send_no_sql(aengine: AsyncEngine, statements: list[str]) -> None:
@@ -128,7 +134,11 @@ EXPECTED_ERROR = {
     "not_null": {"postgresql": "23502", "mariadb": 1048, "sqlite": 1299},
     "check": {"postgresql": "23514", "mariadb": 4025, "sqlite": 275},
     "foreign_key": {"postgresql": "23503", "mariadb": 1452, "sqlite": 787},
-    "too_long": {"postgresql": "22001", "mariadb": 1406, "sqlite": None},  # SQLite has no length limit
+    "too_long": {
+        "postgresql": "22001",
+        "mariadb": 1406,
+        "sqlite": None,
+    },  # SQLite has no length limit
 }
 BAD_ROW = {
     "not_null": {"email": "n@x", "name": None},
@@ -178,7 +188,7 @@ async def test_primary_key_duplicate(front: Front, aengine: AsyncEngine, backend
     rows = [{"id": 7, "email": "new@x", "name": "new"}, {"id": 8, "email": "b@x", "name": "bob"}]
     if backend.name == "mariadb":
         # MySQL cannot target the primary key alone: email could collide too
-        with pytest.raises(ValueError, match="no conflict target.*uq_users_email"):
+        with pytest.raises(ValueError, match=r"no conflict target.*uq_users_email"):
             await front.insert_ignore(users, rows, on="id")
         result = await front.insert_ignore(users, rows, on=onconflict.ANY_KEY)
     else:
@@ -189,7 +199,9 @@ async def test_primary_key_duplicate(front: Front, aengine: AsyncEngine, backend
 
 
 async def test_conflict_on_another_key_raises(aengine: AsyncEngine, backend: Backend) -> None:
-    await onconflict.insert_ignore(aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY)
+    await onconflict.insert_ignore(
+        aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY
+    )
     clash = [{"email": "b@x", "handle": "a"}]  # new email, taken handle
     if backend.name == "mariadb":
         with pytest.raises(ValueError, match="ANY_KEY"):
@@ -215,7 +227,10 @@ async def test_partial_unique_index(aengine: AsyncEngine, backend: Backend) -> N
     assert [r["active"] for r in result.inserted] == [True, False, False]
     assert result.existing == [rows[3]]
     by_name = await onconflict.insert_ignore(
-        aengine, subscriptions, [{"email": "a@x", "active": True}], on="uq_subscriptions_active_email"
+        aengine,
+        subscriptions,
+        [{"email": "a@x", "active": True}],
+        on="uq_subscriptions_active_email",
     )
     assert by_name.existing_count == 1
 
@@ -258,7 +273,7 @@ async def test_async_session_with_orm_class(aengine: AsyncEngine) -> None:
 
 
 def test_sync_session_and_connection(sengine: Engine) -> None:
-    from sqlalchemy.orm import Session  # noqa: PLC0415
+    from sqlalchemy.orm import Session
 
     with Session(sengine) as session:
         r = onconflict.sync.insert_ignore(session, Item, [{"code": "s", "title": "t"}])
@@ -295,9 +310,9 @@ async def test_bad_input_is_refused_before_sql(
 
 
 async def test_bad_handle(aengine: AsyncEngine) -> None:
-    with pytest.raises(TypeError, match="AsyncConnection, AsyncSession or AsyncEngine"):
+    with pytest.raises(TypeError, match=r"AsyncConnection, AsyncSession or AsyncEngine"):
         await onconflict.insert_ignore("not a connection", tags, [{"slug": "a"}])  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="sqlalchemy.Table or a mapped ORM class"):
+    with pytest.raises(TypeError, match=r"sqlalchemy\.Table or a mapped ORM class"):
         await onconflict.insert_ignore(aengine, "oc_tags", [{"slug": "a"}])
 
 
@@ -324,7 +339,9 @@ async def test_64_coroutines_insert_the_same_rows(aengine: AsyncEngine) -> None:
 @pytest.mark.slow
 async def test_100k_rows(aengine: AsyncEngine, backend: Backend) -> None:
     n = 100_000
-    first = await onconflict.insert_ignore(aengine, pairs, ({"a": i, "b": 0} for i in range(0, n, 2)))
+    first = await onconflict.insert_ignore(
+        aengine, pairs, ({"a": i, "b": 0} for i in range(0, n, 2))
+    )
     assert first.inserted_count == n // 2
     rows = [{"a": i, "b": 0, "v": "v"} for i in range(n)]
     result = await onconflict.insert_ignore(aengine, pairs, rows)

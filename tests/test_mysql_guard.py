@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.mariadb, pytest.mark.usefixtures("tables")]
 
 @pytest.fixture
 def backend() -> Backend:  # MariaDB only, whatever the default parametrisation
-    import os  # noqa: PLC0415
+    import os
 
     env, default = DEFAULTS["mariadb"]
     url = os.environ.get(env, default)
@@ -49,7 +49,9 @@ async def count(engine: AsyncEngine, table: sa.Table) -> int:
 
 async def test_more_duplicates_than_max_error_count(aengine: AsyncEngine) -> None:
     # 200 duplicates in one statement: more warnings than the server keeps (64)
-    first = await onconflict.insert_ignore(aengine, tags, [{"slug": f"k{i:03d}"} for i in range(200)])
+    first = await onconflict.insert_ignore(
+        aengine, tags, [{"slug": f"k{i:03d}"} for i in range(200)]
+    )
     assert first.inserted_count == 200
     rows = [{"slug": f"k{i:03d}"} for i in range(250)]
     result = await onconflict.insert_ignore(aengine, tags, rows)
@@ -76,7 +78,9 @@ async def test_non_strict_mode_raises_unsafe_and_stores_nothing(backend: Backend
             await conn.execute(sa.text("SET SESSION sql_mode = ''"))
             with pytest.raises(onconflict.UnsafeInsertError, match="1265") as info:
                 await onconflict.insert_ignore(
-                    conn, users, [{"email": "a@x", "name": "toolongname"}, {"email": "b@x", "name": "b"}]
+                    conn,
+                    users,
+                    [{"email": "a@x", "name": "toolongname"}, {"email": "b@x", "name": "b"}],
                 )
             assert info.value.warnings[0][1] == 1265  # data truncated
             await conn.commit()
@@ -105,12 +109,17 @@ async def test_without_returning_outcomes_are_exact(no_returning: AsyncEngine) -
     result = await onconflict.insert_ignore(
         no_returning,
         users,
-        [{"email": "b@x", "name": "bob"}, {"email": "a@x", "name": "dup"}, {"email": "b@x", "name": "rep"}],
+        [
+            {"email": "b@x", "name": "bob"},
+            {"email": "a@x", "name": "dup"},
+            {"email": "b@x", "name": "rep"},
+        ],
     )
     assert result.existing == [{"email": "a@x", "name": "dup"}, {"email": "b@x", "name": "rep"}]
     assert len(result.inserted) == 1
     inserted = result.inserted[0]
-    assert inserted["email"] == "b@x" and isinstance(inserted["id"], int)  # primary key from lastrowid
+    assert inserted["email"] == "b@x"
+    assert isinstance(inserted["id"], int)
     assert await count(no_returning, users) == 2
 
 
@@ -129,9 +138,13 @@ async def test_without_returning_only_duplicates_are_skipped(
     await onconflict.insert_ignore(no_returning, users, [{"email": "a@x", "name": "alice"}])
     with pytest.raises(sa.exc.DBAPIError) as info:
         await onconflict.insert_ignore(
-            no_returning, users, [{"email": "a@x", "name": "x"}, {"email": "ok@x", "name": "ok"}, bad]
+            no_returning,
+            users,
+            [{"email": "a@x", "name": "x"}, {"email": "ok@x", "name": "ok"}, bad],
         )
     assert info.value.orig.args[0] == errno  # type: ignore[union-attr]
     assert await count(no_returning, users) == 1
     async with no_returning.connect() as conn:
-        assert (await conn.execute(sa.select(parent.c.id).order_by(parent.c.id))).scalars().all() == [1, 2]
+        assert (
+            await conn.execute(sa.select(parent.c.id).order_by(parent.c.id))
+        ).scalars().all() == [1, 2]

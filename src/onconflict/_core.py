@@ -13,7 +13,7 @@ import decimal
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,10 +141,8 @@ def _group(prepared: PreparedInsert) -> None:
     for group in groups.values():
         # one lock order for every caller: fewer deadlocks between concurrent batches
         if keyed and group.match == keyed:
-            try:
+            with suppress(TypeError):
                 group.indexes.sort(key=lambda i: _key(tbl, prepared.rows[i], group.match) or ())
-            except TypeError:
-                pass
     prepared.groups = list(groups.values())
 
 
@@ -193,7 +191,9 @@ def _row_bytes(row: Row) -> int:
     return sum(len(v) if isinstance(v, str | bytes) else 16 for v in row.values()) + 8
 
 
-def _align(table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[str, ...]) -> list[Row | None]:
+def _align(
+    table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[str, ...]
+) -> list[Row | None]:
     """Pair each input row with the row the database returned for it, or None."""
     pending: dict[tuple[Any, ...], deque[Row]] = {}
     for r in returned:
@@ -229,7 +229,9 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
             for chunk in prepared.chunks(group):
                 batch = [rows[i] for i in chunk]
                 returned = native.write_many(conn, stmt, batch)
-                for i, one in zip(chunk, _align(prepared.table, batch, returned, group.match), strict=True):
+                for i, one in zip(
+                    chunk, _align(prepared.table, batch, returned, group.match), strict=True
+                ):
                     if one is not None:
                         stored[i] = one
     result = InsertResult()
@@ -240,4 +242,3 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
         else:
             result.existing.append(given)
     return result
-

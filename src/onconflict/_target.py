@@ -40,7 +40,6 @@ class UniqueKey:
     columns: tuple[str, ...]  # column keys; empty when the key has expressions
     elements: tuple[Any, ...]  # what ON CONFLICT (...) lists: columns or expressions
     where: ColumnElement[bool] | None = None  # partial index predicate
-    is_constraint: bool = False  # a named constraint (ON CONFLICT ON CONSTRAINT works)
 
     def describe(self) -> str:
         cols = ", ".join(self.columns) if self.columns else "expressions"
@@ -79,9 +78,7 @@ def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str], dict[str, str]]
         mapper = None
     local = getattr(mapper, "local_table", None)
     if not isinstance(local, sa.Table):
-        raise TypeError(
-            f"table must be a sqlalchemy.Table or a mapped ORM class, not {table!r}"
-        )
+        raise TypeError(f"table must be a sqlalchemy.Table or a mapped ORM class, not {table!r}")
     keys = {c.key: c.key for c in local.c}
     out = dict(keys)
     for attr, col in mapper.columns.items():
@@ -115,32 +112,18 @@ def unique_keys(table: sa.Table) -> list[UniqueKey]:
     pk = table.primary_key
     if pk.columns:
         cols = tuple(c.key for c in pk.columns)
-        keys.append(
-            UniqueKey("primary key", pk.name, cols, tuple(pk.columns), None, pk.name is not None)
-        )
+        keys.append(UniqueKey("primary key", _name(pk.name), cols, tuple(pk.columns)))
     for cons in sorted(
         (c for c in table.constraints if isinstance(c, sa.UniqueConstraint)),
         key=lambda c: (c.name or "", [col.key for col in c.columns]),
     ):
         cols = tuple(c.key for c in cons.columns)
-        keys.append(
-            UniqueKey(
-                "unique constraint",
-                _name(cons.name),
-                cols,
-                tuple(cons.columns),
-                None,
-                cons.name is not None,
-            )
-        )
-    for idx in sorted(
-        (i for i in table.indexes if i.unique), key=lambda i: _name(i.name) or ""
-    ):
+        keys.append(UniqueKey("unique constraint", _name(cons.name), cols, tuple(cons.columns)))
+    for idx in sorted((i for i in table.indexes if i.unique), key=lambda i: _name(i.name) or ""):
         exprs = tuple(idx.expressions)
-        plain = all(isinstance(e, sa.Column) for e in exprs)
-        cols = tuple(e.key for e in exprs) if plain else ()
-        where = _index_where(idx)
-        keys.append(UniqueKey("unique index", _name(idx.name), cols, exprs, where, False))
+        plain = [e.key for e in exprs if isinstance(e, sa.Column)]
+        cols = tuple(plain) if len(plain) == len(exprs) else ()
+        keys.append(UniqueKey("unique index", _name(idx.name), cols, exprs, _index_where(idx)))
     return keys
 
 
@@ -157,9 +140,7 @@ def _index_where(idx: sa.Index) -> ColumnElement[bool] | None:
     return None
 
 
-def resolve_target(
-    table: sa.Table, on: OnTarget, carried: set[str]
-) -> ConflictTarget:
+def resolve_target(table: sa.Table, on: OnTarget, carried: set[str]) -> ConflictTarget:
     """Turn the ``on=`` argument into a ConflictTarget; ValueError when it can't."""
     keys = unique_keys(table)
     if on is ANY_KEY:

@@ -31,4 +31,5 @@ class InsertResult:
         return len(self.existing)
 
     def __repr__(self) -> str:
-        return f"InsertResult(inserted_count={self.inserted_count}, existing_count={self.existing_count})"
+        counts = f"inserted_count={self.inserted_count}, existing_count={self.existing_count}"
+        return f"InsertResult({counts})"

@@ -37,7 +37,9 @@ def insert_ignore(
 
 
 def _run(
-    handle: SyncHandle, work: Callable[[Connection, PreparedInsert, bool], T], prepared: PreparedInsert
+    handle: SyncHandle,
+    work: Callable[[Connection, PreparedInsert, bool], T],
+    prepared: PreparedInsert,
 ) -> T:
     if isinstance(handle, Engine):
         with handle.begin() as conn:

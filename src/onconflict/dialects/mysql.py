@@ -52,12 +52,13 @@ WARNING_COUNTS = sa.text("SELECT @@warning_count, @@max_error_count")
 warnings.filterwarnings("ignore", message=r"Duplicate entry .* for key ", category=Warning)
 
 
-# errors after which InnoDB has rolled back the whole transaction, savepoints included
-TRANSACTION_LOST = frozenset({1213, 1205})  # deadlock; lock wait timeout (innodb_rollback_on_timeout)
+# Errors after which InnoDB has rolled back the whole transaction, savepoints
+# included: deadlock, and lock wait timeout (with innodb_rollback_on_timeout).
+TRANSACTION_LOST = frozenset({1213, 1205})
 
 
 def transaction_lost(exc: BaseException) -> bool:
-    args = getattr(getattr(exc, "orig", None), "args", ())
+    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
     return bool(args) and args[0] in TRANSACTION_LOST
 
 
@@ -157,13 +158,18 @@ class MySQL(NativeDialect):
         if count > len(shown):
             if kept < 1:
                 raise UnsafeInsertError(
-                    "cannot check INSERT IGNORE warnings with max_error_count=0; set it to 1 or more"
+                    "cannot check INSERT IGNORE warnings with max_error_count=0;"
+                    " set it to 1 or more"
                 )
             return _Overflow(kept)
         return []
 
     def _raise_database_error(
-        self, conn: Connection, table: sa.Table, rows: list[Row], problems: list[tuple[str, int, str]]
+        self,
+        conn: Connection,
+        table: sa.Table,
+        rows: list[Row],
+        problems: list[tuple[str, int, str]],
     ) -> None:
         self._probe(conn, table, rows)
         listing = "; ".join(f"{code}: {msg}" for _, code, msg in problems[:5])

@@ -7,6 +7,7 @@ NOT NULL or CHECK constraints, where the upsert clause raises.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ UPSERT_CLAUSE = (3, 24, 0)
 
 
 def sqlite_version(dialect: Dialect) -> tuple[int, ...]:
-    dbapi: Any = dialect.dbapi  # sqlite3 or the aiosqlite adapter
+    dbapi: Any = dialect.dbapi or sqlite3  # sqlite3, the aiosqlite adapter, or none yet
     return tuple(dbapi.sqlite_version_info)
 
 

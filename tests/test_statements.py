@@ -1,0 +1,144 @@
+"""Compile-level checks of the statements, for servers we cannot run here (MySQL 8)
+and to pin the exact SQL each dialect sends. No I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
+from sqlalchemy.engine import Dialect
+
+import onconflict
+from onconflict._core import _bind, prepare_insert_ignore
+from onconflict.dialects.mysql import MySQL
+from tests.schema import accounts, active_email, pairs, subscriptions, tags, users
+
+
+def sql(dialect: Dialect, table: Any, rows: list[dict[str, Any]], on: Any = None) -> str:
+    prepared = prepare_insert_ignore(dialect, table, rows, on)
+    _bind(prepared, dialect)
+    assert prepared.statement is not None
+    group = prepared.groups[0]
+    params = prepared.rows[group.indexes[0]]
+    compiled = prepared.statement.values(params).compile(dialect=dialect)
+    return " ".join(str(compiled).split())
+
+
+def mysql8() -> Dialect:
+    dialect = mysql.pymysql.dialect()
+    dialect.server_version_info = (8, 0, 36)
+    return dialect
+
+
+def mariadb() -> Dialect:
+    return mysql.pymysql.dialect(is_mariadb=True)
+
+
+def test_postgresql() -> None:
+    d = postgresql.asyncpg.dialect()
+    assert sql(d, users, [{"email": "a", "name": "b"}]) == (
+        "INSERT INTO oc_users (email, name) VALUES ($1::VARCHAR, $2::VARCHAR)"
+        " ON CONFLICT (email) DO NOTHING"
+        " RETURNING oc_users.id, oc_users.email, oc_users.name, oc_users.pid, oc_users.note"
+    )
+    assert "ON CONFLICT (a, b) DO NOTHING" in sql(d, pairs, [{"a": 1, "b": 2}])
+    partial = sql(d, subscriptions, [{"email": "a", "active": True}], on=active_email)
+    assert "ON CONFLICT (email) WHERE active DO NOTHING" in partial
+    assert "ON CONFLICT DO NOTHING" in sql(d, tags, [{"slug": "a"}], on=onconflict.ANY_KEY)
+
+
+def test_sqlite() -> None:
+    d = sqlite.pysqlite.dialect()
+    out = sql(d, tags, [{"slug": "a"}])
+    assert out == (
+        "INSERT INTO oc_tags (slug) VALUES (?) ON CONFLICT (slug) DO NOTHING RETURNING slug, label"
+    )
+    assert "INSERT OR IGNORE" not in out
+
+
+def test_sqlite_too_old_for_the_upsert_clause() -> None:
+    d = sqlite.pysqlite.dialect()
+    # only the library version differs; no database behaviour is imitated
+    d.dbapi = type("OldSQLite", (), {"sqlite_version_info": (3, 22, 0)})
+    with pytest.raises(onconflict.NotSupportedError, match=r"SQLite 3\.22\.0 .*3\.24"):
+        sql(d, tags, [{"slug": "a"}])
+
+
+def test_mariadb_uses_guarded_insert_ignore_with_returning() -> None:
+    assert sql(mariadb(), tags, [{"slug": "a"}]) == (
+        "INSERT IGNORE INTO oc_tags (slug) VALUES (%s) RETURNING oc_tags.slug, oc_tags.label"
+    )
+
+
+def test_mysql8_has_no_returning_and_writes_one_row_per_statement() -> None:
+    d = mysql8()
+    assert sql(d, tags, [{"slug": "a"}]) == "INSERT IGNORE INTO oc_tags (slug) VALUES (%s)"
+    prepared = prepare_insert_ignore(d, tags, [{"slug": "a"}, {"slug": "b"}], None)
+    _bind(prepared, d)
+    assert prepared.statements() == 2
+
+
+def test_mysql_probe_is_a_duplicate_noop() -> None:
+    stmt = MySQL().duplicate_noop(users).values(email="a", name="b")
+    text = " ".join(str(stmt.compile(dialect=mysql8())).split())
+    assert text == (
+        "INSERT INTO oc_users (email, name) VALUES (%s, %s)"
+        " ON DUPLICATE KEY UPDATE id = oc_users.id"
+    )
+
+
+@pytest.mark.parametrize("dialect", [mysql8(), mariadb()], ids=["mysql8", "mariadb"])
+def test_mysql_refuses_a_target_it_cannot_name(dialect: Dialect) -> None:
+    with pytest.raises(ValueError, match=r"could also collide on unique constraint \(handle\)"):
+        sql(dialect, accounts, [{"email": "a", "handle": "b"}], on="email")
+    assert "INSERT IGNORE" in sql(
+        dialect, accounts, [{"email": "a", "handle": "b"}], on=onconflict.ANY_KEY
+    )
+    # an autoincrement primary key left out of the rows cannot collide
+    assert "INSERT IGNORE" in sql(dialect, users, [{"email": "a", "name": "b"}])
+
+
+def test_unsupported_dialect_names_the_supported_ones() -> None:
+    with pytest.raises(onconflict.NotSupportedError, match=r"'mssql'.*postgresql"):
+        sql(mssql.pyodbc.dialect(), tags, [{"slug": "a"}])
+
+
+def test_parameter_budget_splits_statements() -> None:
+    d = postgresql.asyncpg.dialect()
+    rows = [{"a": i, "b": i, "v": "x"} for i in range(25_000)]
+    prepared = prepare_insert_ignore(d, pairs, rows, None)
+    _bind(prepared, d)
+    chunks = list(prepared.chunks(prepared.groups[0]))
+    assert max(len(c) for c in chunks) * 3 <= 32_767  # asyncpg's limit
+    assert sum(len(c) for c in chunks) == 25_000
+
+
+def test_mysql_statement_size_budget() -> None:
+    d = mariadb()
+    rows = [{"slug": f"{i:05d}", "label": "x" * 30_000} for i in range(300)]
+    prepared = prepare_insert_ignore(d, tags, rows, None)
+    _bind(prepared, d)
+    chunks = list(prepared.chunks(prepared.groups[0]))
+    assert len(chunks) > 1
+    assert all(sum(30_000 for _ in c) <= 2 * 1024 * 1024 for c in chunks)
+
+
+def test_in_call_duplicates_are_not_sent() -> None:
+    d = postgresql.asyncpg.dialect()
+    prepared = prepare_insert_ignore(d, tags, [{"slug": "a"}, {"slug": "a", "label": "x"}], None)
+    assert prepared.duplicate_of == {1: 0}
+    assert [g.indexes for g in prepared.groups] == [[0]]
+
+
+def test_rows_with_null_keys_are_never_deduplicated() -> None:
+    table = sa.Table(
+        "oc_nullable",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(5), unique=True, nullable=True),
+    )
+    d = postgresql.asyncpg.dialect()
+    prepared = prepare_insert_ignore(d, table, [{"code": None}, {"code": None}], "code")
+    assert prepared.duplicate_of == {}
