@@ -54,6 +54,11 @@ class PreparedInsert:
     native: NativeDialect | None = None
     given: list[Mapping[str, Any]] = field(default_factory=list)  # as the caller passed them
     outmap: dict[str, str] = field(default_factory=dict)  # column key -> result key
+    keys: _Keys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = _Keys(self.table)
+
     statement: Insert | None = None
     returning: bool = True
     groups: list[_Group] = field(default_factory=list)
@@ -120,13 +125,13 @@ def _bind(prepared: PreparedInsert, dialect: Dialect) -> NativeDialect:
 
 
 def _group(prepared: PreparedInsert) -> None:
-    tbl, target = prepared.table, prepared.target
+    target, keys = prepared.target, prepared.keys
     groups: dict[tuple[str, ...], _Group] = {}
     first_of: dict[tuple[Any, ...], int] = {}
     # A partial index only covers rows matching its WHERE: leave those to the database.
     keyed = target.columns if target.key is not None and target.key.where is None else ()
     for i, row in enumerate(prepared.rows):
-        key = _key(tbl, row, keyed) if keyed else None
+        key = keys.unique(row, keyed) if keyed else None
         if key is not None:
             if key in first_of:
                 prepared.duplicate_of[i] = first_of[key]
@@ -142,7 +147,7 @@ def _group(prepared: PreparedInsert) -> None:
         # one lock order for every caller: fewer deadlocks between concurrent batches
         if keyed and group.match == keyed:
             with suppress(TypeError):
-                group.indexes.sort(key=lambda i: _key(tbl, prepared.rows[i], group.match) or ())
+                group.indexes.sort(key=lambda i: keys.of(prepared.rows[i], group.match))
     prepared.groups = list(groups.values())
 
 
@@ -160,31 +165,36 @@ def _check_reachable(prepared: PreparedInsert) -> None:
             )
 
 
-def _norm(table: sa.Table, col: str, value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        pytype = table.c[col].type.python_type
-    except NotImplementedError:
-        return value
-    if pytype in _COERCIBLE and not isinstance(value, pytype):
+class _Keys:
+    """Key tuples for rows, with input values brought to the column's Python type
+    (so that ``"5"`` given for an integer column matches the ``5`` returned)."""
+
+    def __init__(self, table: sa.Table) -> None:
+        self.types: dict[str, type | None] = {}
+        for col in table.c:
+            try:
+                pytype = col.type.python_type
+            except NotImplementedError:
+                pytype = None
+            self.types[col.key] = pytype if pytype in _COERCIBLE else None
+
+    def norm(self, col: str, value: Any) -> Any:
+        pytype = self.types[col]
+        if pytype is None or value is None or type(value) is pytype:
+            return value
         try:
             return pytype(value)
-        except (TypeError, ValueError, decimal.InvalidOperation):
+        except (TypeError, ValueError, ArithmeticError):
             return value
-    return value
 
+    def of(self, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
+        return tuple([self.norm(c, row.get(c)) for c in cols])
 
-def _key(table: sa.Table, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...] | None:
-    """The row's value for cols, or None when it can't be a duplicate key
-    (a column missing or NULL: NULLs never collide in a unique index)."""
-    out = []
-    for c in cols:
-        value = _norm(table, c, row.get(c))
-        if value is None:
-            return None
-        out.append(value)
-    return tuple(out)
+    def unique(self, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...] | None:
+        """The row's key, or None when it can't collide (a column missing or NULL:
+        NULLs never collide in a unique index)."""
+        key = self.of(row, cols)
+        return None if None in key else key
 
 
 def _row_bytes(row: Row) -> int:
@@ -192,15 +202,15 @@ def _row_bytes(row: Row) -> int:
 
 
 def _align(
-    table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[str, ...]
+    keys: _Keys, table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[str, ...]
 ) -> list[Row | None]:
     """Pair each input row with the row the database returned for it, or None."""
     pending: dict[tuple[Any, ...], deque[Row]] = {}
     for r in returned:
-        pending.setdefault(tuple(_norm(table, c, r.get(c)) for c in match), deque()).append(r)
+        pending.setdefault(keys.of(r, match), deque()).append(r)
     out: list[Row | None] = []
     for row in rows:
-        queue = pending.get(tuple(_norm(table, c, row.get(c)) for c in match))
+        queue = pending.get(keys.of(row, match))
         out.append(queue.popleft() if queue else None)
     left = sum(len(q) for q in pending.values())
     if left:
@@ -230,7 +240,9 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
                 batch = [rows[i] for i in chunk]
                 returned = native.write_many(conn, stmt, batch)
                 for i, one in zip(
-                    chunk, _align(prepared.table, batch, returned, group.match), strict=True
+                    chunk,
+                    _align(prepared.keys, prepared.table, batch, returned, group.match),
+                    strict=True,
                 ):
                     if one is not None:
                         stored[i] = one
