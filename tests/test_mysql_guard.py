@@ -60,6 +60,16 @@ async def test_more_duplicates_than_max_error_count(aengine: AsyncEngine) -> Non
     assert await count(aengine, tags) == 250
 
 
+async def test_session_warning_limit_is_put_back(aengine: AsyncEngine) -> None:
+    async with aengine.connect() as conn:
+        before = (await conn.execute(sa.text("SELECT @@max_error_count"))).scalar_one()
+        await onconflict.insert_ignore(conn, tags, [{"slug": f"k{i}"} for i in range(200)])
+        result = await onconflict.insert_ignore(conn, tags, [{"slug": f"k{i}"} for i in range(200)])
+        assert result.existing_count == 200
+        after = (await conn.execute(sa.text("SELECT @@max_error_count"))).scalar_one()
+        assert after == before
+
+
 async def test_bad_row_hidden_behind_many_duplicates(aengine: AsyncEngine) -> None:
     # The foreign-key failure is the 101st warning: beyond what SHOW WARNINGS keeps.
     existing = [{"email": f"u{i:03d}@x", "name": "u"} for i in range(100)]

@@ -228,7 +228,7 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
     assert stmt is not None
     stored: dict[int, Row] = {}
     atomic = not owned and prepared.statements() > 1
-    with native.atomic(conn) if atomic else nullcontext():
+    with native.scope(conn), native.atomic(conn) if atomic else nullcontext():
         for group in prepared.groups:
             if not prepared.returning:
                 for i in group.indexes:

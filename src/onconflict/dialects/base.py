@@ -54,6 +54,10 @@ class NativeDialect:
         """
         return nullcontext()
 
+    def scope(self, conn: Connection) -> AbstractContextManager[Any]:
+        """Wraps a whole call: puts back any session setting the call changed."""
+        return nullcontext()
+
     # -- I/O: the only places that talk to the database -----------------------
 
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:

@@ -46,6 +46,9 @@ from onconflict.exceptions import UnsafeInsertError
 DUPLICATE_KEY = 1062
 SHOW_WARNINGS = sa.text("SHOW WARNINGS")
 WARNING_COUNTS = sa.text("SELECT @@warning_count, @@max_error_count")
+SET_LIMIT = sa.text("SET SESSION max_error_count = :n")
+WARNINGS_WANTED = 65535  # the largest max_error_count; a statement has at most 1000 rows
+SAVED_LIMIT = "onconflict.saved_max_error_count"
 
 # aiomysql turns every server warning into a Python warning; a skipped duplicate
 # is the expected outcome of insert_ignore, not something to warn about.
@@ -112,10 +115,24 @@ class MySQL(NativeDialect):
             )
             return returned
         except _Overflow as over:
+            if over.kept < WARNINGS_WANTED and SAVED_LIMIT not in conn.info:
+                # keep enough warnings to check a whole statement; put back by scope()
+                conn.info[SAVED_LIMIT] = over.kept
+                conn.execute(SET_LIMIT, {"n": WARNINGS_WANTED})
+                return self.write_many(conn, stmt, rows)
             out: list[Row] = []
             for i in range(0, len(rows), over.kept):
                 out.extend(self.write_many(conn, stmt, rows[i : i + over.kept]))
             return out
+
+    @contextmanager
+    def scope(self, conn: Connection) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            saved = conn.info.pop(SAVED_LIMIT, None)
+            if saved is not None and not conn.invalidated:
+                conn.execute(SET_LIMIT, {"n": saved})
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         stored: Row | None = self._guarded(
