@@ -350,3 +350,27 @@ async def test_100k_rows(aengine: AsyncEngine, backend: Backend) -> None:
     assert [r["a"] for r in result.existing[:3]] == [0, 2, 4]
     async with aengine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(pairs))).scalar() == n
+
+
+async def test_without_returning_one_row_per_statement(backend: Backend) -> None:
+    """SQLite < 3.35 and MySQL 8 have no INSERT ... RETURNING: one row per
+    statement, outcome from the affected-row count. Forced on the real server."""
+    if backend.name == "postgresql":
+        pytest.skip("PostgreSQL always has RETURNING")
+    engine = backend.async_engine()
+    try:
+        async with engine.connect():
+            pass  # the dialect learns the server version on first connect
+        engine.dialect.insert_returning = False
+        await onconflict.insert_ignore(engine, users, [{"email": "a@x", "name": "a"}])
+        result = await onconflict.insert_ignore(
+            engine, users, [{"email": "a@x", "name": "dup"}, {"email": "b@x", "name": "b"}]
+        )
+        assert result.existing == [{"email": "a@x", "name": "dup"}]
+        assert [r["email"] for r in result.inserted] == ["b@x"]
+        assert isinstance(result.inserted[0]["id"], int)
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.insert_ignore(engine, users, [{"email": "c@x", "name": None}])
+        assert len(await rows_of(engine, users)) == 2
+    finally:
+        await engine.dispose()
