@@ -374,3 +374,34 @@ async def test_without_returning_one_row_per_statement(backend: Backend) -> None
         assert len(await rows_of(engine, users)) == 2
     finally:
         await engine.dispose()
+
+
+async def test_failed_multi_statement_call_leaves_nothing_in_callers_transaction(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    big = [{"email": f"u{i:05d}@x", "name": "u"} for i in range(2500)]  # several statements
+    big.append({"email": "bad@x", "name": None})  # fails in the last one
+    async with aengine.connect() as conn:
+        await conn.execute(tags.insert(), [{"slug": "mine"}])
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.insert_ignore(conn, users, big)
+        if backend.name == "postgresql":
+            await conn.rollback()  # PostgreSQL aborts the whole transaction on any error
+        else:
+            await conn.commit()  # the caller's own work can still be committed
+    assert len(await rows_of(aengine, users)) == 0
+    expected = [] if backend.name == "postgresql" else [{"slug": "mine", "label": None}]
+    assert await rows_of(aengine, tags) == expected
+
+
+async def test_first_call_in_a_transaction_stays_in_it(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    """A multi-statement call as the first thing in a transaction: its savepoint
+    must not commit on release (Python's sqlite3 would, without a BEGIN first)."""
+    rows = [{"slug": f"s{i:05d}"} for i in range(2500)]
+    async with aengine.connect() as conn:
+        result = await onconflict.insert_ignore(conn, tags, rows)
+        assert result.inserted_count == 2500
+        await conn.rollback()
+    assert await rows_of(aengine, tags) == []

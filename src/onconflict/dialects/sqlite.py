@@ -8,11 +8,12 @@ NOT NULL or CHECK constraints, where the upsert clause raises.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._target import ConflictTarget
@@ -40,3 +41,20 @@ class SQLite(NativeDialect):
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return do_nothing(sqlite.insert(table), table, target, returning)
+
+    def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
+        begun(conn)
+        return conn.begin_nested()
+
+
+def begun(conn: Connection) -> None:
+    """Make sure SQLite itself is inside a transaction before a SAVEPOINT.
+
+    Python's sqlite3 module (legacy transaction control) opens transactions
+    lazily, before the first INSERT/UPDATE/DELETE. A SAVEPOINT sent before that
+    starts a transaction of its own, and releasing it COMMITs: the caller could
+    then no longer roll the work back. An explicit BEGIN first avoids that.
+    """
+    driver: Any = conn.connection.driver_connection  # sqlite3 or aiosqlite connection
+    if not driver.in_transaction:
+        conn.exec_driver_sql("BEGIN")
