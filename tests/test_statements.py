@@ -16,8 +16,10 @@ from onconflict.dialects.mysql import MySQL
 from tests.schema import accounts, active_email, pairs, subscriptions, tags, users
 
 
-def sql(dialect: Dialect, table: Any, rows: list[dict[str, Any]], on: Any = None) -> str:
-    prepared = prepare_insert_ignore(dialect, table, rows, on)
+def sql(
+    dialect: Dialect, table: Any, rows: list[dict[str, Any]], on: Any = None, strategy: str = "auto"
+) -> str:
+    prepared = prepare_insert_ignore(dialect, table, rows, on, strategy)
     _bind(prepared, dialect)
     assert prepared.statement is not None
     group = prepared.groups[0]
@@ -63,7 +65,9 @@ def test_sqlite_too_old_for_the_upsert_clause() -> None:
     # only the library version differs; no database behaviour is imitated
     d.dbapi = type("OldSQLite", (), {"sqlite_version_info": (3, 22, 0)})
     with pytest.raises(onconflict.NotSupportedError, match=r"SQLite 3\.22\.0 .*3\.24"):
-        sql(d, tags, [{"slug": "a"}])
+        sql(d, tags, [{"slug": "a"}], strategy="native")
+    # "auto" falls back to classify: a plain INSERT per row in a SAVEPOINT
+    assert "ON CONFLICT" not in sql(d, tags, [{"slug": "a"}])
 
 
 def test_mariadb_uses_guarded_insert_ignore_with_returning() -> None:
@@ -100,9 +104,18 @@ def test_mysql_refuses_a_target_it_cannot_name(dialect: Dialect) -> None:
     assert "INSERT IGNORE" in sql(dialect, users, [{"email": "a", "name": "b"}])
 
 
-def test_unsupported_dialect_names_the_supported_ones() -> None:
+def test_dialect_without_native_form_uses_classify() -> None:
+    d = mssql.pyodbc.dialect()
     with pytest.raises(onconflict.NotSupportedError, match=r"'mssql'.*postgresql"):
-        sql(mssql.pyodbc.dialect(), tags, [{"slug": "a"}])
+        sql(d, tags, [{"slug": "a"}], strategy="native")
+    plain = "INSERT INTO oc_tags (slug) OUTPUT inserted.slug, inserted.label VALUES (:slug)"
+    assert sql(d, tags, [{"slug": "a"}]) == plain
+    assert sql(d, tags, [{"slug": "a"}], strategy="classify") == plain
+
+
+def test_bad_strategy() -> None:
+    with pytest.raises(ValueError, match="strategy must be one of auto, native, classify"):
+        sql(postgresql.asyncpg.dialect(), tags, [{"slug": "a"}], strategy="fast")
 
 
 def test_parameter_budget_splits_statements() -> None:

@@ -9,8 +9,9 @@ and ``onconflict.sync`` has the same names for ``Connection``, ``Session`` and
 """
 
 from onconflict.__about__ import __version__
-from onconflict._async import insert_ignore
+from onconflict._async import insert_ignore, retrying
 from onconflict._target import ANY_KEY
+from onconflict.errors import UniqueViolation, is_transient, is_unique_violation, unique_violation
 from onconflict.exceptions import (
     NotSupportedError,
     OnConflictError,
@@ -18,6 +19,7 @@ from onconflict.exceptions import (
     UnsafeInsertError,
 )
 from onconflict.result import InsertResult
+from onconflict.retry import Retry
 
 __all__ = [
     "ANY_KEY",
@@ -25,7 +27,13 @@ __all__ = [
     "NotSupportedError",
     "OnConflictError",
     "OutcomeMismatchError",
+    "Retry",
+    "UniqueViolation",
     "UnsafeInsertError",
     "__version__",
     "insert_ignore",
+    "is_transient",
+    "is_unique_violation",
+    "retrying",
+    "unique_violation",
 ]

@@ -6,24 +6,33 @@ as the sync front, so both behave identically.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+import anyio
+import tenacity
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from onconflict._core import PreparedInsert, execute_insert_ignore, prepare_insert_ignore
+from onconflict._core import PreparedInsert, Strategy, execute_insert_ignore, prepare_insert_ignore
 from onconflict._front import ASYNC_HANDLES, dialect_of, session_connection
 from onconflict._target import OnTarget
 from onconflict.result import InsertResult
+from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
 
 AsyncHandle = AsyncConnection | AsyncSession | AsyncEngine
 T = TypeVar("T")
 
 
 async def insert_ignore(
-    conn: AsyncHandle, table: Any, rows: Iterable[Mapping[str, Any]], *, on: OnTarget = None
+    conn: AsyncHandle,
+    table: Any,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    on: OnTarget = None,
+    strategy: Strategy = "auto",
+    retry: Retry | None = DEFAULT_RETRY,
 ) -> InsertResult:
     """Insert the rows that are not there yet; skip duplicates and nothing else.
 
@@ -39,21 +48,47 @@ async def insert_ignore(
 
     Only duplicates of the target are skipped. Every other error (NOT NULL,
     CHECK, foreign key, value too long, ...) propagates unchanged.
+
+    ``strategy``: ``"native"`` (the database's duplicate-only statement),
+    ``"classify"`` (each row in a SAVEPOINT, duplicates recognised from the
+    error) or ``"auto"`` (native where the database has it). ``retry``: how to
+    retry transient errors when the call owns the transaction (an engine);
+    ``None`` never retries.
     """
-    prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on)
+    prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy)
     if prepared.empty:
         return InsertResult()
-    return await _run(conn, execute_insert_ignore, prepared)
+    return await _run(conn, execute_insert_ignore, prepared, retry)
+
+
+async def retrying(
+    engine: AsyncEngine,
+    fn: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    retry: Retry = DEFAULT_RETRY,
+) -> T:
+    """Run ``fn(conn)`` in a transaction of its own, committed at the end, and
+    run it again in a new transaction after a transient error (deadlock,
+    serialization failure; see :func:`onconflict.is_transient`)."""
+    async for attempt in tenacity.AsyncRetrying(sleep=anyio.sleep, **retry.tenacity_args()):
+        with attempt:
+            async with engine.begin() as conn:
+                return await fn(conn)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _run(
     handle: AsyncHandle,
     work: Callable[[Connection, PreparedInsert, bool], T],
     prepared: PreparedInsert,
+    retry: Retry | None,
 ) -> T:
     if isinstance(handle, AsyncEngine):
-        async with handle.begin() as conn:
+
+        async def owned(conn: AsyncConnection) -> T:
             return await conn.run_sync(work, prepared, True)
+
+        return await retrying(handle, owned, retry=retry or NO_RETRY)
     if isinstance(handle, AsyncSession):
 
         def in_session(session: Session) -> T:

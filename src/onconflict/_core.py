@@ -10,12 +10,13 @@ through ``AsyncConnection.run_sync``, so both fronts share every line.
 from __future__ import annotations
 
 import decimal
+import logging
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
@@ -28,12 +29,18 @@ from onconflict._target import (
     reachable_keys,
     resolve_table,
     resolve_target,
+    unique_keys,
 )
-from onconflict.dialects import NativeDialect, native_for
-from onconflict.exceptions import OutcomeMismatchError
+from onconflict.dialects import DialectSupport, native_support, support_for
+from onconflict.dialects.base import with_primary_key
+from onconflict.errors import unique_violation
+from onconflict.exceptions import NotSupportedError, OutcomeMismatchError
 from onconflict.result import InsertResult
 
 Row = dict[str, Any]
+Strategy = Literal["auto", "native", "classify"]
+STRATEGIES: tuple[str, ...] = ("auto", "native", "classify")
+logger = logging.getLogger("onconflict")
 _COERCIBLE = (int, float, str, decimal.Decimal, uuid.UUID)
 
 
@@ -51,7 +58,8 @@ class PreparedInsert:
     table: sa.Table
     target: ConflictTarget
     rows: list[Row]  # with column keys
-    native: NativeDialect | None = None
+    support: DialectSupport | None = None
+    native: bool = True  # the native statement, or classify
     given: list[Mapping[str, Any]] = field(default_factory=list)  # as the caller passed them
     outmap: dict[str, str] = field(default_factory=dict)  # column key -> result key
     keys: _Keys = field(init=False)
@@ -71,7 +79,7 @@ class PreparedInsert:
         return not self.rows
 
     def statements(self) -> int:
-        if not self.returning:
+        if not self.returning or not self.native:
             return sum(len(g.indexes) for g in self.groups)
         return sum(len(list(self.chunks(g))) for g in self.groups)
 
@@ -92,9 +100,15 @@ class PreparedInsert:
 
 
 def prepare_insert_ignore(
-    dialect: Dialect, table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget
+    dialect: Dialect,
+    table: Any,
+    rows: Iterable[Mapping[str, Any]],
+    on: OnTarget,
+    strategy: Strategy = "auto",
 ) -> PreparedInsert:
     """Validate and plan an insert_ignore call. Pure: no I/O."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
     tbl, keymap, outmap = resolve_table(table)
     given = list(rows)
     data = normalize_rows(tbl, keymap, given)
@@ -102,26 +116,44 @@ def prepare_insert_ignore(
         return PreparedInsert(tbl, ConflictTarget(None, any_key=True), [])
     carried = set(data[0]).intersection(*data[1:])
     target = resolve_target(tbl, on, carried)
-    native = native_for(dialect)
-    prepared = PreparedInsert(tbl, target, data, native, given=given, outmap=outmap)
+    support, native = _choose(dialect, strategy)
+    prepared = PreparedInsert(tbl, target, data, support, given=given, outmap=outmap)
+    prepared.native = native
     _group(prepared)
-    if not native.targets_conflicts and not target.any_key:
+    if native and not support.targets_conflicts and not target.any_key:
         _check_reachable(prepared)
     return prepared
 
 
-def _bind(prepared: PreparedInsert, dialect: Dialect) -> NativeDialect:
+def _choose(dialect: Dialect, strategy: str) -> tuple[DialectSupport, bool]:
+    """The dialect's support and whether the native statement is used."""
+    if strategy == "classify":
+        return support_for(dialect), False
+    try:
+        return native_support(dialect), True
+    except NotSupportedError:
+        if strategy == "native":
+            raise
+        return support_for(dialect), False
+
+
+def _bind(prepared: PreparedInsert, dialect: Dialect) -> DialectSupport:
     """Settle what depends on the server version: known once a connection exists
     (a fresh engine's dialect learns it on its first connect)."""
-    native = prepared.native
-    assert native is not None
-    prepared.returning = native.returning(dialect)
-    prepared.statement = native.insert_ignore(prepared.table, prepared.target, prepared.returning)
-    prepared.max_bytes = native.max_statement_bytes(dialect)
-    params = native.max_params(dialect)
+    support = prepared.support
+    assert support is not None
+    prepared.returning = support.returning(dialect)
+    if prepared.native:
+        stmt = support.insert_ignore(prepared.table, prepared.target, prepared.returning)
+    else:
+        stmt = sa.insert(prepared.table)
+        stmt = stmt.returning(*prepared.table.c) if prepared.returning else stmt
+    prepared.statement = stmt
+    prepared.max_bytes = support.max_statement_bytes(dialect)
+    params = support.max_params(dialect)
     for g in prepared.groups:
-        prepared.max_rows[g.columns] = max(1, min(native.page_size, params // len(g.columns)))
-    return native
+        prepared.max_rows[g.columns] = max(1, min(support.page_size, params // len(g.columns)))
+    return support
 
 
 def _group(prepared: PreparedInsert) -> None:
@@ -223,29 +255,13 @@ def _align(
 
 def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: bool) -> InsertResult:
     """Run a prepared call on a synchronous connection. The only I/O of insert_ignore."""
-    native = _bind(prepared, conn.dialect)
-    stmt, rows = prepared.statement, prepared.rows
-    assert stmt is not None
-    stored: dict[int, Row] = {}
+    support = _bind(prepared, conn.dialect)
     atomic = not owned and prepared.statements() > 1
-    with native.scope(conn), native.atomic(conn) if atomic else nullcontext():
-        for group in prepared.groups:
-            if not prepared.returning:
-                for i in group.indexes:
-                    one = native.write_one(conn, stmt, rows[i])
-                    if one is not None:
-                        stored[i] = one
-                continue
-            for chunk in prepared.chunks(group):
-                batch = [rows[i] for i in chunk]
-                returned = native.write_many(conn, stmt, batch)
-                for i, one in zip(
-                    chunk,
-                    _align(prepared.keys, prepared.table, batch, returned, group.match),
-                    strict=True,
-                ):
-                    if one is not None:
-                        stored[i] = one
+    with support.scope(conn), support.atomic(conn) if atomic else nullcontext():
+        if prepared.native:
+            stored = _write_native(conn, prepared, support)
+        else:
+            stored = _write_classify(conn, prepared, support)
     result = InsertResult()
     out = prepared.outmap
     for i, given in enumerate(prepared.given):
@@ -254,3 +270,82 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
         else:
             result.existing.append(given)
     return result
+
+
+def _write_native(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport
+) -> dict[int, Row]:
+    stmt, rows = prepared.statement, prepared.rows
+    assert stmt is not None
+    stored: dict[int, Row] = {}
+    for group in prepared.groups:
+        if not prepared.returning:
+            for i in group.indexes:
+                one = support.write_one(conn, stmt, rows[i])
+                if one is not None:
+                    stored[i] = one
+            continue
+        for chunk in prepared.chunks(group):
+            batch = [rows[i] for i in chunk]
+            returned = support.write_many(conn, stmt, batch)
+            aligned = _align(prepared.keys, prepared.table, batch, returned, group.match)
+            for i, one in zip(chunk, aligned, strict=True):
+                if one is not None:
+                    stored[i] = one
+    return stored
+
+
+def _write_classify(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport
+) -> dict[int, Row]:
+    """Each row in a SAVEPOINT with a plain INSERT; a duplicate of the target
+    means ``existing``, any other error is raised unchanged."""
+    stmt, rows = prepared.statement, prepared.rows
+    assert stmt is not None
+    stored: dict[int, Row] = {}
+    for group in prepared.groups:
+        for i in group.indexes:
+            try:
+                with support.savepoint(conn):
+                    result = conn.execute(stmt, rows[i])
+                    one = _stored_row(result, rows[i], prepared)
+            except sa.exc.DBAPIError as exc:
+                if _duplicate_of_target(exc, prepared):
+                    continue
+                logger.info(
+                    "insert into %s failed: not a duplicate", prepared.table.name, exc_info=True
+                )
+                raise
+            stored[i] = one
+    return stored
+
+
+def _stored_row(result: sa.CursorResult[Any], row: Row, prepared: PreparedInsert) -> Row:
+    if prepared.returning:
+        return dict(result.mappings().one())
+    return with_primary_key(prepared.table, row, result)
+
+
+def _duplicate_of_target(exc: BaseException, prepared: PreparedInsert) -> bool:
+    """A unique violation of the conflict target (not of another key).
+
+    Decided from the columns the error names (PostgreSQL, SQLite, Oracle 23)
+    or its constraint name; when the error names neither, a duplicate counts.
+    """
+    violation = unique_violation(exc)
+    if violation is None:
+        return False
+    target = prepared.target
+    if target.key is None:
+        return True
+    if violation.columns:
+        return set(violation.columns) == set(target.columns)
+    name = (violation.constraint or "").lower()
+    if not name:
+        return True
+    if target.key.name and name == target.key.name.lower():
+        return True
+    if name == "primary":  # MySQL's name for the primary key
+        return target.key.kind == "primary key"
+    others = {k.name.lower() for k in unique_keys(prepared.table) if k.name and k != target.key}
+    return name not in others

@@ -10,7 +10,7 @@ from importlib import import_module
 
 from sqlalchemy.engine import Dialect
 
-from onconflict.dialects.base import NativeDialect
+from onconflict.dialects.base import DialectSupport
 from onconflict.exceptions import NotSupportedError
 
 REGISTRY: dict[str, str] = {
@@ -21,23 +21,34 @@ REGISTRY: dict[str, str] = {
     "mariadb": "onconflict.dialects.mysql:MySQL",
 }
 
-_loaded: dict[str, NativeDialect] = {}
+_loaded: dict[str, DialectSupport] = {}
 
 
-def native_for(dialect: Dialect) -> NativeDialect:
-    """The native dialect for a SQLAlchemy dialect; NotSupportedError if none."""
-    native = _loaded.get(dialect.name)
-    if native is None:
+def support_for(dialect: Dialect) -> DialectSupport:
+    """What onconflict knows of a SQLAlchemy dialect: its module's class, or the
+    generic base (no native form) for a database without one."""
+    support = _loaded.get(dialect.name)
+    if support is None:
         path = REGISTRY.get(dialect.name)
         if path is None:
-            raise NotSupportedError(
-                f"no native duplicate-only insert for the {dialect.name!r} dialect"
-                f" (supported: {', '.join(sorted(REGISTRY))})"
-            )
-        module, _, cls = path.partition(":")
-        native = _loaded[dialect.name] = getattr(import_module(module), cls)()
-    native.check(dialect)
-    return native
+            support = DialectSupport()
+        else:
+            module, _, cls = path.partition(":")
+            support = getattr(import_module(module), cls)()
+        _loaded[dialect.name] = support
+    return support
 
 
-__all__ = ["REGISTRY", "NativeDialect", "native_for"]
+def native_support(dialect: Dialect) -> DialectSupport:
+    """The native form for this dialect; NotSupportedError if it has none."""
+    support = support_for(dialect)
+    if not support.native:
+        raise NotSupportedError(
+            f"no native duplicate-only insert for the {dialect.name!r} dialect"
+            f" (native: {', '.join(sorted(REGISTRY))}); use strategy='classify' or 'auto'"
+        )
+    support.check(dialect)
+    return support
+
+
+__all__ = ["REGISTRY", "DialectSupport", "native_support", "support_for"]

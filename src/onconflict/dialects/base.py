@@ -1,29 +1,34 @@
-"""What every native dialect provides.
+"""What onconflict knows of a database.
 
 A dialect module builds its statements (pure, no I/O) and says what the
 database supports; the shared core in ``onconflict._core`` does the rest.
-Adding a database is one module with a subclass of :class:`NativeDialect` and
-one line in ``onconflict.dialects.REGISTRY``.
+Adding a database is one module with a subclass of :class:`DialectSupport` and
+one line in ``onconflict.dialects.REGISTRY``. A database without a module gets
+this base class: no native form, so ``strategy="auto"`` uses ``classify``.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._target import ConflictTarget, UniqueKey
+from onconflict.exceptions import NotSupportedError
 
 Row = dict[str, Any]
 
 
-class NativeDialect:
+class DialectSupport:
     """Duplicate-only insert for one database family."""
 
-    name: ClassVar[str]
+    name: ClassVar[str] = "generic"
+    native: ClassVar[bool] = False
+    """True where the database has a duplicate-only INSERT form."""
     targets_conflicts: ClassVar[bool] = True
     """False where the statement cannot name its conflict target (MySQL)."""
 
@@ -45,14 +50,24 @@ class NativeDialect:
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         """The statement that inserts rows and skips duplicates of ``target``."""
-        raise NotImplementedError
+        raise NotSupportedError(f"no native duplicate-only insert for {self.name}")
 
     def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
         """Make a multi-statement call all-or-nothing inside the caller's transaction.
 
-        Nothing to do where an error aborts the whole transaction (PostgreSQL).
+        PostgreSQL overrides this with nothing: an error aborts its whole
+        transaction anyway.
         """
-        return nullcontext()
+        return self.savepoint(conn)
+
+    def savepoint(self, conn: Connection) -> AbstractContextManager[NestedTransaction]:
+        """A SAVEPOINT, released on success and rolled back on error."""
+        return _savepoint(conn, self.transaction_lost)
+
+    def transaction_lost(self, exc: BaseException) -> bool:
+        """True when the server has already rolled the whole transaction back
+        (rolling back to a savepoint would then fail and hide ``exc``)."""
+        return False
 
     def scope(self, conn: Connection) -> AbstractContextManager[Any]:
         """Wraps a whole call: puts back any session setting the call changed."""
@@ -70,13 +85,33 @@ class NativeDialect:
         result = conn.execute(stmt, row)
         if result.rowcount != 1:
             return None
-        stored = dict(row)
-        pk = result.inserted_primary_key
-        if pk is not None:
-            for col, value in zip(stmt.table.primary_key.columns, pk, strict=True):  # type: ignore[attr-defined]
-                if value is not None:
-                    stored[col.key] = value
-        return stored
+        return with_primary_key(stmt.table, row, result)  # type: ignore[arg-type]
+
+
+def with_primary_key(table: sa.Table, row: Row, result: sa.CursorResult[Any]) -> Row:
+    """The row as inserted, with the primary key the database generated for it."""
+    stored = dict(row)
+    pk = result.inserted_primary_key
+    if pk is not None:
+        for col, value in zip(table.primary_key.columns, pk, strict=True):
+            if value is not None:
+                stored[col.key] = value
+    return stored
+
+
+@contextmanager
+def _savepoint(
+    conn: Connection, lost: Callable[[BaseException], bool]
+) -> Iterator[NestedTransaction]:
+    sp = conn.begin_nested()
+    try:
+        yield sp
+    except BaseException as exc:
+        if sp.is_active and not lost(exc):
+            sp.rollback()
+        raise
+    if sp.is_active:
+        sp.commit()
 
 
 def do_nothing(stmt: Any, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:

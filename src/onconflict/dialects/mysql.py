@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Dialect, NestedTransaction
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import NativeDialect, Row
+from onconflict.dialects.base import DialectSupport, Row
 from onconflict.exceptions import UnsafeInsertError
 
 DUPLICATE_KEY = 1062
@@ -60,34 +60,14 @@ warnings.filterwarnings("ignore", message=r"Duplicate entry .* for key ", catego
 TRANSACTION_LOST = frozenset({1213, 1205})
 
 
-def transaction_lost(exc: BaseException) -> bool:
-    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
-    return bool(args) and args[0] in TRANSACTION_LOST
-
-
-@contextmanager
-def savepoint(conn: Connection) -> Iterator[NestedTransaction]:
-    """A SAVEPOINT that is released on success and rolled back on error, except
-    when the server has already rolled the whole transaction back (where rolling
-    back to the savepoint would fail and hide the real error)."""
-    sp = conn.begin_nested()
-    try:
-        yield sp
-    except BaseException as exc:
-        if sp.is_active and not transaction_lost(exc):
-            sp.rollback()
-        raise
-    if sp.is_active:
-        sp.commit()
-
-
 class _Overflow(Exception):
     def __init__(self, kept: int) -> None:
         self.kept = kept
 
 
-class MySQL(NativeDialect):
+class MySQL(DialectSupport):
     name = "mysql"
+    native = True
     targets_conflicts = False
 
     def max_statement_bytes(self, dialect: Dialect) -> int | None:
@@ -105,8 +85,9 @@ class MySQL(NativeDialect):
             col = next(iter(table.c))
         return mysql.insert(table).on_duplicate_key_update({col.name: col})
 
-    def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
-        return savepoint(conn)  # an error does not abort a MySQL transaction
+    def transaction_lost(self, exc: BaseException) -> bool:
+        args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
+        return bool(args) and args[0] in TRANSACTION_LOST
 
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
         try:
@@ -142,13 +123,13 @@ class MySQL(NativeDialect):
 
     def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
         table: sa.Table = stmt.table  # type: ignore[assignment]
-        with savepoint(conn) as sp:
+        with self.savepoint(conn) as sp:
             try:
                 out = run()
                 inserted = len(out) if isinstance(out, list) else int(out is not None)
                 problems = self._problems(conn, len(rows) - inserted)
             except sa.exc.DBAPIError as exc:
-                if not transaction_lost(exc):
+                if not self.transaction_lost(exc):
                     # IGNORE may fail on a value it coerced itself (NULL -> '' failing
                     # a CHECK): the same rows without IGNORE show the real cause.
                     sp.rollback()

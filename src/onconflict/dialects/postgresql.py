@@ -7,16 +7,24 @@ NOT NULL (23502), CHECK (23514), foreign key (23503) and too-long values
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import NativeDialect, do_nothing
+from onconflict.dialects.base import DialectSupport, do_nothing
 
 
-class PostgreSQL(NativeDialect):
+class PostgreSQL(DialectSupport):
     name = "postgresql"
+    native = True
+
+    def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
+        return nullcontext()  # any error aborts the whole transaction: nothing to undo
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return do_nothing(pg.insert(table), table, target, returning)

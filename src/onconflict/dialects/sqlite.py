@@ -13,11 +13,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import NativeDialect, do_nothing
+from onconflict.dialects.base import DialectSupport, do_nothing
 from onconflict.exceptions import NotSupportedError
 
 UPSERT_CLAUSE = (3, 24, 0)
@@ -28,8 +28,9 @@ def sqlite_version(dialect: Dialect) -> tuple[int, ...]:
     return tuple(dbapi.sqlite_version_info)
 
 
-class SQLite(NativeDialect):
+class SQLite(DialectSupport):
     name = "sqlite"
+    native = True
 
     def check(self, dialect: Dialect) -> None:
         version = sqlite_version(dialect)
@@ -42,9 +43,9 @@ class SQLite(NativeDialect):
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return do_nothing(sqlite.insert(table), table, target, returning)
 
-    def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
+    def savepoint(self, conn: Connection) -> AbstractContextManager[NestedTransaction]:
         begun(conn)
-        return conn.begin_nested()
+        return super().savepoint(conn)
 
 
 def begun(conn: Connection) -> None:
