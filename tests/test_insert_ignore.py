@@ -57,7 +57,8 @@ def statements(aengine: AsyncEngine) -> Iterator[list[str]]:
 # -- exact outcomes ----------------------------------------------------------
 
 
-async def test_mixed_batch_outcomes(front: Front, aengine: AsyncEngine) -> None:
+@pytest.mark.parametrize("strategy", ["native", "classify"])
+async def test_mixed_batch_outcomes(front: Front, aengine: AsyncEngine, strategy: str) -> None:
     await front.insert_ignore(users, [{"email": "a@x", "name": "alice"}])
     result = await front.insert_ignore(
         users,
@@ -67,6 +68,7 @@ async def test_mixed_batch_outcomes(front: Front, aengine: AsyncEngine) -> None:
             {"email": "c@x", "name": "carl"},
             {"email": "b@x", "name": "again"},  # repeated in this call
         ],
+        strategy=strategy,
     )
     assert [r["email"] for r in result.inserted] == ["b@x", "c@x"]
     assert all(isinstance(r["id"], int) for r in result.inserted)
@@ -160,9 +162,10 @@ def driver_code(exc: BaseException) -> Any:
     return None
 
 
+@pytest.mark.parametrize("strategy", ["native", "classify"])
 @pytest.mark.parametrize("violation", list(EXPECTED_ERROR))
 async def test_other_violations_raise_and_store_nothing(
-    front: Front, aengine: AsyncEngine, backend: Backend, violation: str
+    front: Front, aengine: AsyncEngine, backend: Backend, violation: str, strategy: str
 ) -> None:
     await front.insert_ignore(users, [{"email": "a@x", "name": "alice"}])
     batch = [
@@ -172,11 +175,11 @@ async def test_other_violations_raise_and_store_nothing(
     ]
     expected = EXPECTED_ERROR[violation][backend.name]
     if expected is None:
-        result = await front.insert_ignore(users, batch)
+        result = await front.insert_ignore(users, batch, strategy=strategy)
         assert result.inserted[-1]["name"] == "toolongname"  # stored as given, not cut
         return
     with pytest.raises(sa.exc.DBAPIError) as info:
-        await front.insert_ignore(users, batch)
+        await front.insert_ignore(users, batch, strategy=strategy)
     assert driver_code(info.value) == expected
     assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x"]
 
@@ -319,12 +322,13 @@ async def test_bad_handle(aengine: AsyncEngine) -> None:
 # -- concurrency and size ----------------------------------------------------
 
 
-async def test_64_coroutines_insert_the_same_rows(aengine: AsyncEngine) -> None:
+@pytest.mark.parametrize("strategy", ["native", "classify"])
+async def test_64_coroutines_insert_the_same_rows(aengine: AsyncEngine, strategy: Any) -> None:
     rows = [{"slug": f"key-{i:03d}", "label": "x"} for i in range(100)]
     counts: list[int] = []
 
     async def worker() -> None:
-        result = await onconflict.insert_ignore(aengine, tags, rows)
+        result = await onconflict.insert_ignore(aengine, tags, rows, strategy=strategy)
         assert result.inserted_count + result.existing_count == 100
         counts.append(result.inserted_count)
 
@@ -405,3 +409,60 @@ async def test_first_call_in_a_transaction_stays_in_it(
         assert result.inserted_count == 2500
         await conn.rollback()
     assert await rows_of(aengine, tags) == []
+
+
+# -- the classify strategy -------------------------------------------------------
+
+
+async def test_classify_raises_for_a_duplicate_of_another_key(aengine: AsyncEngine) -> None:
+    await onconflict.insert_ignore(
+        aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY
+    )
+    clash = [{"email": "b@x", "handle": "a"}]  # new email, taken handle
+    with pytest.raises(sa.exc.IntegrityError):
+        await onconflict.insert_ignore(aengine, accounts, clash, on="email", strategy="classify")
+    again = [{"email": "a@x", "handle": "z"}]  # a true duplicate of the target
+    result = await onconflict.insert_ignore(
+        aengine, accounts, again, on="email", strategy="classify"
+    )
+    assert result.existing == again
+    any_key = await onconflict.insert_ignore(
+        aengine, accounts, clash, on=onconflict.ANY_KEY, strategy="classify"
+    )
+    assert any_key.existing == clash
+
+
+async def test_classify_primary_key_target(aengine: AsyncEngine) -> None:
+    async with aengine.begin() as conn:
+        await conn.execute(users.insert(), [{"id": 5, "email": "a@x", "name": "a"}])
+    result = await onconflict.insert_ignore(
+        aengine, users, [{"id": 5, "email": "b@x", "name": "b"}], on="id", strategy="classify"
+    )
+    assert result.existing_count == 1
+
+
+async def test_classify_keeps_the_callers_transaction_alive(aengine: AsyncEngine) -> None:
+    """On PostgreSQL a failed INSERT aborts the transaction; the per-row SAVEPOINT
+    keeps the caller's earlier work."""
+    await onconflict.insert_ignore(aengine, tags, [{"slug": "taken"}])
+    async with aengine.begin() as conn:
+        await conn.execute(tags.insert(), [{"slug": "mine"}])
+        result = await onconflict.insert_ignore(
+            conn, tags, [{"slug": "taken"}, {"slug": "new"}], strategy="classify"
+        )
+        assert (result.inserted_count, result.existing_count) == (1, 1)
+        await conn.execute(tags.insert(), [{"slug": "after"}])
+    assert [r["slug"] for r in await rows_of(aengine, tags)] == ["after", "mine", "new", "taken"]
+
+
+async def test_classify_logs_the_error_it_raises(
+    aengine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="onconflict")
+    with pytest.raises(sa.exc.IntegrityError):
+        await onconflict.insert_ignore(
+            aengine, users, [{"email": "x@x", "name": None}], strategy="classify"
+        )
+    record = next(r for r in caplog.records if r.name == "onconflict")
+    assert "oc_users" in record.getMessage()
+    assert record.exc_info is not None

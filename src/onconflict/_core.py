@@ -25,6 +25,7 @@ from sqlalchemy.sql.dml import Insert
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
+    UniqueKey,
     normalize_rows,
     reachable_keys,
     resolve_table,
@@ -343,9 +344,18 @@ def _duplicate_of_target(exc: BaseException, prepared: PreparedInsert) -> bool:
     name = (violation.constraint or "").lower()
     if not name:
         return True
-    if target.key.name and name == target.key.name.lower():
+    if name in _server_names(target.key):
         return True
-    if name == "primary":  # MySQL's name for the primary key
-        return target.key.kind == "primary key"
-    others = {k.name.lower() for k in unique_keys(prepared.table) if k.name and k != target.key}
-    return name not in others
+    others = [k for k in unique_keys(prepared.table) if k != target.key]
+    return not any(name in _server_names(k) for k in others)
+
+
+def _server_names(key: UniqueKey) -> set[str]:
+    """Names the server may give this key in an error: its own, MySQL's
+    ``PRIMARY``, or (unnamed, on MySQL) its first column's."""
+    names = {key.name.lower()} if key.name else set()
+    if key.kind == "primary key":
+        names.add("primary")
+    elif not key.name and key.columns:
+        names.add(key.columns[0].lower())
+    return names
