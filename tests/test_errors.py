@@ -120,7 +120,7 @@ def _run_dbapi(conn: Any, ddl: list[str], statements: list[str]) -> list[BaseExc
         try:
             cur.execute(stmt)
             out.append(None)
-        except Exception as exc:  # noqa: BLE001 - the error is what we want
+        except Exception as exc:
             out.append(exc)
         conn.rollback()
     conn.close()
@@ -218,7 +218,7 @@ async def asyncpg_errors(statements: list[str]) -> list[BaseException | None]:
         try:
             await conn.execute(stmt)
             out.append(None)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(exc)
     await conn.close()
     return out
@@ -261,7 +261,7 @@ async def _run_async_cursor(
         try:
             await cur.execute(stmt)
             out.append(None)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             out.append(exc)
         await conn.rollback()
     conn.close()
@@ -282,7 +282,7 @@ async def sqlalchemy_errors(
                 async with engine.begin() as conn:
                     await conn.exec_driver_sql(stmt)
                 out.append(None)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 out.append(exc)
     finally:
         await engine.dispose()
@@ -303,7 +303,7 @@ def sync_sqlalchemy_errors(
                 with engine.begin() as conn:
                     conn.exec_driver_sql(stmt)
                 out.append(None)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 out.append(exc)
     finally:
         engine.dispose()
@@ -502,7 +502,10 @@ def test_oracle(
             assert (violation.constraint, violation.columns) == (constraint, columns)
 
 
-ODBC = "[{state}] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{text} ({number}) (SQLExecDirectW)"
+ODBC = (
+    "[{state}] [Microsoft][ODBC Driver 18 for SQL Server][SQL Server]{text}"
+    " ({number}) (SQLExecDirectW)"
+)
 
 
 @pytest.mark.compiled_driver
