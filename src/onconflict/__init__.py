@@ -9,7 +9,8 @@ and ``onconflict.sync`` has the same names for ``Connection``, ``Session`` and
 """
 
 from onconflict.__about__ import __version__
-from onconflict._async import insert_ignore, retrying
+from onconflict._async import insert_ignore, retrying, upsert
+from onconflict._expr import excluded
 from onconflict._target import ANY_KEY
 from onconflict.errors import UniqueViolation, is_transient, is_unique_violation, unique_violation
 from onconflict.exceptions import (
@@ -18,7 +19,7 @@ from onconflict.exceptions import (
     OutcomeMismatchError,
     UnsafeInsertError,
 )
-from onconflict.result import InsertResult
+from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import Retry
 
 __all__ = [
@@ -30,10 +31,13 @@ __all__ = [
     "Retry",
     "UniqueViolation",
     "UnsafeInsertError",
+    "UpsertResult",
     "__version__",
+    "excluded",
     "insert_ignore",
     "is_transient",
     "is_unique_violation",
     "retrying",
     "unique_violation",
+    "upsert",
 ]

@@ -18,11 +18,13 @@ from sqlalchemy.orm import Session
 from onconflict._core import PreparedInsert, Strategy, execute_insert_ignore, prepare_insert_ignore
 from onconflict._front import ASYNC_HANDLES, dialect_of, session_connection
 from onconflict._target import OnTarget
-from onconflict.result import InsertResult
+from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
+from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
 
 AsyncHandle = AsyncConnection | AsyncSession | AsyncEngine
 T = TypeVar("T")
+P = TypeVar("P", bound=PreparedInsert)
 
 
 async def insert_ignore(
@@ -61,6 +63,47 @@ async def insert_ignore(
     return await _run(conn, execute_insert_ignore, prepared, retry)
 
 
+async def upsert(
+    conn: AsyncHandle,
+    table: Any,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    on: OnTarget = None,
+    update: UpdateSpec = None,
+    where: Any = None,
+    skip_unchanged: bool = False,
+    duplicates: Duplicates = "last",
+    retry: Retry | None = DEFAULT_RETRY,
+) -> UpsertResult:
+    """Insert new rows and update existing ones, with the outcome of each row.
+
+    ``on``: the conflict target, as for :func:`insert_ignore` (not ``ANY_KEY``).
+    ``update``: ``None`` updates every non-key column the rows carry; a list of
+    column names; or a mapping of column to value or expression, where
+    ``onconflict.excluded("col")`` is the incoming value and ``table.c.col`` the
+    stored one. ``where``: update only when this holds (else ``unchanged``).
+    ``skip_unchanged``: do not write rows whose updated columns already hold the
+    incoming values (``unchanged``). ``duplicates``: for a key repeated in the
+    call, ``"last"`` or ``"first"`` wins, ``"error"`` raises ``ValueError``.
+
+    Only key conflicts turn into updates: NOT NULL, CHECK, foreign-key and
+    too-long errors propagate unchanged and nothing is stored.
+    """
+    prepared = prepare_upsert(
+        dialect_of(conn),
+        table,
+        rows,
+        on=on,
+        update=update,
+        where=where,
+        skip_unchanged=skip_unchanged,
+        duplicates=duplicates,
+    )
+    if prepared.empty:
+        return UpsertResult()
+    return await _run(conn, execute_upsert, prepared, retry)
+
+
 async def retrying(
     engine: AsyncEngine,
     fn: Callable[[AsyncConnection], Awaitable[T]],
@@ -79,8 +122,8 @@ async def retrying(
 
 async def _run(
     handle: AsyncHandle,
-    work: Callable[[Connection, PreparedInsert, bool], T],
-    prepared: PreparedInsert,
+    work: Callable[[Connection, P, bool], T],
+    prepared: P,
     retry: Retry | None,
 ) -> T:
     if isinstance(handle, AsyncEngine):

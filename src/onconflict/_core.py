@@ -9,10 +9,7 @@ through ``AsyncConnection.run_sync``, so both fronts share every line.
 
 from __future__ import annotations
 
-import decimal
 import logging
-import uuid
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
@@ -22,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._match import Keys, align
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
@@ -35,14 +33,13 @@ from onconflict._target import (
 from onconflict.dialects import DialectSupport, native_support, support_for
 from onconflict.dialects.base import with_primary_key
 from onconflict.errors import unique_violation
-from onconflict.exceptions import NotSupportedError, OutcomeMismatchError
+from onconflict.exceptions import NotSupportedError
 from onconflict.result import InsertResult
 
 Row = dict[str, Any]
 Strategy = Literal["auto", "native", "classify"]
 STRATEGIES: tuple[str, ...] = ("auto", "native", "classify")
 logger = logging.getLogger("onconflict")
-_COERCIBLE = (int, float, str, decimal.Decimal, uuid.UUID)
 
 
 @dataclass
@@ -63,10 +60,10 @@ class PreparedInsert:
     native: bool = True  # the native statement, or classify
     given: list[Mapping[str, Any]] = field(default_factory=list)  # as the caller passed them
     outmap: dict[str, str] = field(default_factory=dict)  # column key -> result key
-    keys: _Keys = field(init=False)
+    keys: Keys = field(init=False)
 
     def __post_init__(self) -> None:
-        self.keys = _Keys(self.table)
+        self.keys = Keys(self.table)
 
     statement: Insert | None = None
     returning: bool = True
@@ -150,26 +147,46 @@ def _bind(prepared: PreparedInsert, dialect: Dialect) -> DialectSupport:
         stmt = sa.insert(prepared.table)
         stmt = stmt.returning(*prepared.table.c) if prepared.returning else stmt
     prepared.statement = stmt
+    budgets(prepared, support, dialect)
+    return support
+
+
+def budgets(prepared: PreparedInsert, support: DialectSupport, dialect: Dialect) -> None:
+    """Rows per statement for each group, within the driver's parameter budget."""
     prepared.max_bytes = support.max_statement_bytes(dialect)
     params = support.max_params(dialect)
     for g in prepared.groups:
         prepared.max_rows[g.columns] = max(1, min(support.page_size, params // len(g.columns)))
-    return support
 
 
-def _group(prepared: PreparedInsert) -> None:
+def _group(prepared: PreparedInsert, keep: str = "first") -> None:
+    """Group rows by the columns they carry; resolve keys repeated in the call.
+
+    keep: which of the rows sharing a key is written ("first", "last"), or
+    "error" to refuse them. The others are recorded in ``duplicate_of``.
+    """
     target, keys = prepared.target, prepared.keys
-    groups: dict[tuple[str, ...], _Group] = {}
-    first_of: dict[tuple[Any, ...], int] = {}
     # A partial index only covers rows matching its WHERE: leave those to the database.
     keyed = target.columns if target.key is not None and target.key.where is None else ()
+    row_keys = [keys.unique(row, keyed) if keyed else None for row in prepared.rows]
+    winner: dict[tuple[Any, ...], int] = {}
+    for i, key in enumerate(row_keys):
+        if key is None:
+            continue
+        if key in winner and keep == "error":
+            shown = ", ".join(f"{c}={v!r}" for c, v in zip(keyed, key, strict=True))
+            raise ValueError(
+                f"rows {winner[key]} and {i} have the same key ({shown});"
+                " pass duplicates='first' or 'last' to choose one"
+            )
+        if key not in winner or keep == "last":
+            winner[key] = i
+    groups: dict[tuple[str, ...], _Group] = {}
     for i, row in enumerate(prepared.rows):
-        key = keys.unique(row, keyed) if keyed else None
-        if key is not None:
-            if key in first_of:
-                prepared.duplicate_of[i] = first_of[key]
-                continue
-            first_of[key] = i
+        key = row_keys[i]
+        if key is not None and winner[key] != i:
+            prepared.duplicate_of[i] = winner[key]
+            continue
         cols = tuple(sorted(row))
         group = groups.get(cols)
         if group is None:
@@ -198,60 +215,8 @@ def _check_reachable(prepared: PreparedInsert) -> None:
             )
 
 
-class _Keys:
-    """Key tuples for rows, with input values brought to the column's Python type
-    (so that ``"5"`` given for an integer column matches the ``5`` returned)."""
-
-    def __init__(self, table: sa.Table) -> None:
-        self.types: dict[str, type | None] = {}
-        for col in table.c:
-            try:
-                pytype = col.type.python_type
-            except NotImplementedError:
-                pytype = None
-            self.types[col.key] = pytype if pytype in _COERCIBLE else None
-
-    def norm(self, col: str, value: Any) -> Any:
-        pytype = self.types[col]
-        if pytype is None or value is None or type(value) is pytype:
-            return value
-        try:
-            return pytype(value)
-        except (TypeError, ValueError, ArithmeticError):
-            return value
-
-    def of(self, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
-        return tuple([self.norm(c, row.get(c)) for c in cols])
-
-    def unique(self, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...] | None:
-        """The row's key, or None when it can't collide (a column missing or NULL:
-        NULLs never collide in a unique index)."""
-        key = self.of(row, cols)
-        return None if None in key else key
-
-
 def _row_bytes(row: Row) -> int:
     return sum(len(v) if isinstance(v, str | bytes) else 16 for v in row.values()) + 8
-
-
-def _align(
-    keys: _Keys, table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[str, ...]
-) -> list[Row | None]:
-    """Pair each input row with the row the database returned for it, or None."""
-    pending: dict[tuple[Any, ...], deque[Row]] = {}
-    for r in returned:
-        pending.setdefault(keys.of(r, match), deque()).append(r)
-    out: list[Row | None] = []
-    for row in rows:
-        queue = pending.get(keys.of(row, match))
-        out.append(queue.popleft() if queue else None)
-    left = sum(len(q) for q in pending.values())
-    if left:
-        raise OutcomeMismatchError(
-            f"{left} row(s) returned by the INSERT into {table.name!r} match no input row"
-            f" on ({', '.join(match)}); pass values of the columns' Python types"
-        )
-    return out
 
 
 def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: bool) -> InsertResult:
@@ -289,7 +254,7 @@ def _write_native(
         for chunk in prepared.chunks(group):
             batch = [rows[i] for i in chunk]
             returned = support.write_many(conn, stmt, batch)
-            aligned = _align(prepared.keys, prepared.table, batch, returned, group.match)
+            aligned = align(prepared.keys, prepared.table, batch, returned, group.match)
             for i, one in zip(chunk, aligned, strict=True):
                 if one is not None:
                     stored[i] = one

@@ -20,24 +20,30 @@ from onconflict._core import (
     execute_insert_ignore,
     prepare_insert_ignore,
 )
+from onconflict._expr import excluded
 from onconflict._front import SYNC_HANDLES, dialect_of, session_connection
 from onconflict._target import ANY_KEY, OnTarget
+from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
 from onconflict.errors import is_transient, is_unique_violation, unique_violation
-from onconflict.result import InsertResult
+from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
 
 SyncHandle = Connection | Session | Engine
 T = TypeVar("T")
+P = TypeVar("P", bound=PreparedInsert)
 
 __all__ = [
     "ANY_KEY",
     "InsertResult",
     "Retry",
+    "UpsertResult",
+    "excluded",
     "insert_ignore",
     "is_transient",
     "is_unique_violation",
     "retrying",
     "unique_violation",
+    "upsert",
 ]
 
 
@@ -60,6 +66,37 @@ def insert_ignore(
     return _run(conn, execute_insert_ignore, prepared, retry)
 
 
+def upsert(
+    conn: SyncHandle,
+    table: Any,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    on: OnTarget = None,
+    update: UpdateSpec = None,
+    where: Any = None,
+    skip_unchanged: bool = False,
+    duplicates: Duplicates = "last",
+    retry: Retry | None = DEFAULT_RETRY,
+) -> UpsertResult:
+    """Insert new rows and update existing ones, with the outcome of each row.
+
+    See :func:`onconflict.upsert`, of which this is the synchronous twin.
+    """
+    prepared = prepare_upsert(
+        dialect_of(conn),
+        table,
+        rows,
+        on=on,
+        update=update,
+        where=where,
+        skip_unchanged=skip_unchanged,
+        duplicates=duplicates,
+    )
+    if prepared.empty:
+        return UpsertResult()
+    return _run(conn, execute_upsert, prepared, retry)
+
+
 def retrying(engine: Engine, fn: Callable[[Connection], T], *, retry: Retry = DEFAULT_RETRY) -> T:
     """Run ``fn(conn)`` in a transaction of its own, committed at the end, and
     run it again in a new transaction after a transient error.
@@ -74,8 +111,8 @@ def retrying(engine: Engine, fn: Callable[[Connection], T], *, retry: Retry = DE
 
 def _run(
     handle: SyncHandle,
-    work: Callable[[Connection, PreparedInsert, bool], T],
-    prepared: PreparedInsert,
+    work: Callable[[Connection, P, bool], T],
+    prepared: P,
     retry: Retry | None,
 ) -> T:
     if isinstance(handle, Engine):

@@ -11,16 +11,36 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
+from onconflict._expr import substitute
+from onconflict._match import Keys, align
 from onconflict._target import ConflictTarget, UniqueKey
 from onconflict.exceptions import NotSupportedError
 
 Row = dict[str, Any]
+INSERTED = "onconflict_inserted_"  # RETURNING label of PostgreSQL's "was inserted" flag
+Outcome = tuple[str, Row | None]  # ("inserted" | "updated" | "unchanged", stored row)
+
+
+@dataclass
+class UpsertPlan:
+    """One statement shape of an upsert call, as the dialect's writer needs it."""
+
+    table: sa.Table
+    target: ConflictTarget
+    keys: Keys
+    match: tuple[str, ...]  # columns that identify a returned row
+    set_: dict[str, Any]  # column -> value or expression, excluded() placeholders inside
+    where: ColumnElement[bool] | None  # the caller's where AND the skip_unchanged test
+    statement: Any = None  # built by the dialect at bind time
+    extra: dict[str, Any] = field(default_factory=dict)  # dialect-specific statements
 
 
 class DialectSupport:
@@ -69,6 +89,22 @@ class DialectSupport:
         (rolling back to a savepoint would then fail and hide ``exc``)."""
         return False
 
+    def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
+        """Build ``plan.statement`` (and any ``plan.extra``): pure."""
+        raise NotSupportedError(f"upsert has no native form for {self.name}")
+
+    def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
+        """Upsert rows sharing one key set as ONE statement; the outcome of each
+        row, in order. Default: RETURNING carries an "inserted" flag (PostgreSQL)."""
+        returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+        out: list[Outcome] = []
+        for stored in align(plan.keys, plan.table, rows, returned, plan.match):
+            if stored is None:
+                out.append(("unchanged", None))
+            else:
+                out.append(("inserted" if stored.pop(INSERTED) else "updated", stored))
+        return out
+
     def scope(self, conn: Connection) -> AbstractContextManager[Any]:
         """Wraps a whole call: puts back any session setting the call changed."""
         return nullcontext()
@@ -112,6 +148,29 @@ def _savepoint(
         raise
     if sp.is_active:
         sp.commit()
+
+
+def do_update(stmt: Any, plan: UpsertPlan) -> Any:
+    """``ON CONFLICT (target) DO UPDATE SET ... WHERE ...`` (PostgreSQL, SQLite)."""
+    key = plan.target.key
+    assert key is not None
+    incoming = stmt.excluded
+    set_ = {
+        col: substitute(v, plan.table, lambda c: incoming[c.key]) for col, v in plan.set_.items()
+    }
+    where = substitute(plan.where, plan.table, lambda c: incoming[c.key])
+    return stmt.on_conflict_do_update(
+        index_elements=list(key.elements), index_where=key.where, set_=set_, where=where
+    )
+
+
+def select_by_keys(plan: UpsertPlan, rows: list[Row], key_only: bool = False) -> sa.Select[Any]:
+    """SELECT the stored rows (or only their keys) with the keys of ``rows``."""
+    cols = [plan.table.c[c] for c in plan.match]
+    wanted = [plan.keys.of(r, plan.match) for r in rows]
+    keys = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
+    where = keys.in_([k[0] for k in wanted] if len(cols) == 1 else wanted)
+    return (sa.select(*cols) if key_only else sa.select(plan.table)).where(where)
 
 
 def do_nothing(stmt: Any, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:

@@ -39,8 +39,10 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._expr import substitute
+from onconflict._match import align
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import DialectSupport, Row
+from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan, select_by_keys
 from onconflict.exceptions import UnsafeInsertError
 
 DUPLICATE_KEY = 1062
@@ -84,6 +86,86 @@ class MySQL(DialectSupport):
         if col is None:
             col = next(iter(table.c))
         return mysql.insert(table).on_duplicate_key_update({col.name: col})
+
+    # -- upsert ------------------------------------------------------------------
+    # 1. SELECT ... FOR UPDATE the keys, in key order: the existing rows are
+    #    locked exclusively before anything else touches them. (Taking the shared
+    #    lock of a duplicate check first and upgrading it for the UPDATE is what
+    #    deadlocks concurrent upserters of the same keys.)
+    # 2. the guarded INSERT IGNORE above for the keys not found: exactly the
+    #    inserted rows. A row it skips was inserted by someone else meanwhile
+    #    (possible under READ COMMITTED) and is treated as existing.
+    # 3. the existing rows are updated by ON DUPLICATE KEY UPDATE (unconditional
+    #    update: all of them "updated"), or, with a condition, by one UPDATE each
+    #    whose matched-row count (CLIENT_FOUND_ROWS) says whether it held;
+    # 4. the updated rows are read back for the result.
+
+    def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
+        table = plan.table
+        plan.extra["returning"] = bool(dialect.insert_returning)
+        plan.statement = self.insert_ignore(table, plan.target, plan.extra["returning"])
+        if plan.where is None:
+            odku = mysql.insert(table)
+
+            def incoming(col: sa.Column[Any]) -> Any:
+                return odku.inserted[col.key]
+
+            set_ = {col: substitute(v, table, incoming) for col, v in plan.set_.items()}
+            plan.extra["update_all"] = odku.on_duplicate_key_update(set_)
+            return
+
+        def param(col: sa.Column[Any]) -> Any:
+            return sa.bindparam(f"oc_new_{col.key}", type_=col.type)
+
+        key = [table.c[c] == sa.bindparam(f"oc_key_{c}", type_=table.c[c].type) for c in plan.match]
+        set_ = {col: substitute(v, table, param) for col, v in plan.set_.items()}
+        plan.extra["update_one"] = (
+            sa.update(table).where(*key).where(substitute(plan.where, table, param)).values(set_)
+        )
+
+    def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
+        keyed = bool(plan.target.columns) and plan.match == plan.target.columns
+        found: set[tuple[Any, ...]] = set()
+        if keyed:
+            lock = select_by_keys(plan, rows, key_only=True)
+            lock = lock.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
+            found = {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
+        fresh = [i for i, row in enumerate(rows) if plan.keys.of(row, plan.match) not in found]
+        inserted: list[Row | None] = [None] * len(rows)
+        if fresh:
+            batch = [rows[i] for i in fresh]
+            if plan.extra["returning"]:
+                returned = self.write_many(conn, plan.statement, batch)
+                done = align(plan.keys, plan.table, batch, returned, plan.match)
+            else:
+                done = [self.write_one(conn, plan.statement, row) for row in batch]
+            for i, one in zip(fresh, done, strict=True):
+                inserted[i] = one
+        existing = [row for row, ins in zip(rows, inserted, strict=True) if ins is None]
+        updated: list[Row] = []
+        if existing and "update_all" in plan.extra:
+            conn.execute(plan.extra["update_all"], existing)
+            updated = existing
+        elif existing:
+            update = plan.extra["update_one"]
+            for row in existing:
+                params = {f"oc_new_{c}": v for c, v in row.items()}
+                params.update({f"oc_key_{c}": row[c] for c in plan.match})
+                if conn.execute(update, params).rowcount:
+                    updated.append(row)
+        stored: dict[tuple[Any, ...], Row] = {}
+        if updated:
+            for now in conn.execute(select_by_keys(plan, updated)).mappings():
+                stored[plan.keys.of(dict(now), plan.match)] = dict(now)
+        out: list[Outcome] = []
+        for row, ins in zip(rows, inserted, strict=True):
+            if ins is not None:
+                out.append(("inserted", ins))
+            elif (after := stored.get(plan.keys.of(row, plan.match))) is not None:
+                out.append(("updated", after))
+            else:
+                out.append(("unchanged", None))
+        return out
 
     def transaction_lost(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())

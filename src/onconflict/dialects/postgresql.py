@@ -12,11 +12,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import DialectSupport, do_nothing
+from onconflict.dialects.base import INSERTED, DialectSupport, UpsertPlan, do_nothing, do_update
 
 
 class PostgreSQL(DialectSupport):
@@ -28,3 +28,11 @@ class PostgreSQL(DialectSupport):
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return do_nothing(pg.insert(table), table, target, returning)
+
+    def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
+        # xmax is 0 on a row version this statement inserted, and set (to the
+        # locking transaction) on one it updated: the per-row outcome, exactly.
+        was_inserted = (sa.literal_column("xmax") == sa.literal_column("0")).label(INSERTED)
+        plan.statement = do_update(pg.insert(plan.table), plan).returning(
+            *plan.table.c, was_inserted
+        )

@@ -16,11 +16,21 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._match import align
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import DialectSupport, do_nothing
+from onconflict.dialects.base import (
+    DialectSupport,
+    Outcome,
+    Row,
+    UpsertPlan,
+    do_nothing,
+    do_update,
+    select_by_keys,
+)
 from onconflict.exceptions import NotSupportedError
 
 UPSERT_CLAUSE = (3, 24, 0)
+RETURNING = (3, 35, 0)
 
 
 def sqlite_version(dialect: Dialect) -> tuple[int, ...]:
@@ -47,15 +57,43 @@ class SQLite(DialectSupport):
         begun(conn)
         return super().savepoint(conn)
 
+    def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
+        if sqlite_version(dialect) < RETURNING:
+            raise NotSupportedError("upsert needs SQLite 3.35 or newer (INSERT ... RETURNING)")
+        plan.statement = do_update(sqlite.insert(plan.table), plan).returning(*plan.table.c)
 
-def begun(conn: Connection) -> None:
+    def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
+        """SQLite cannot say whether RETURNING's row was inserted or updated, so
+        the keys that exist are read first, under the write lock: no other
+        writer can come between the read and the upsert."""
+        begun(conn, immediate=True)
+        keyed = bool(plan.target.columns) and plan.match == plan.target.columns
+        before: set[tuple[Any, ...]] = set()
+        if keyed:
+            found = conn.execute(select_by_keys(plan, rows, key_only=True)).mappings()
+            before = {plan.keys.of(dict(r), plan.match) for r in found}
+        returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+        aligned = align(plan.keys, plan.table, rows, returned, plan.match)
+        out: list[Outcome] = []
+        for row, stored in zip(rows, aligned, strict=True):
+            if stored is None:
+                out.append(("unchanged", None))
+            elif keyed and plan.keys.of(row, plan.match) in before:
+                out.append(("updated", stored))
+            else:
+                out.append(("inserted", stored))
+        return out
+
+
+def begun(conn: Connection, immediate: bool = False) -> None:
     """Make sure SQLite itself is inside a transaction before a SAVEPOINT.
 
     Python's sqlite3 module (legacy transaction control) opens transactions
     lazily, before the first INSERT/UPDATE/DELETE. A SAVEPOINT sent before that
     starts a transaction of its own, and releasing it COMMITs: the caller could
     then no longer roll the work back. An explicit BEGIN first avoids that.
+    ``immediate`` takes the write lock at once (BEGIN IMMEDIATE).
     """
     driver: Any = conn.connection.driver_connection  # sqlite3 or aiosqlite connection
     if not driver.in_transaction:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,185 @@
+"""The shared core of upsert: pure planning, then one I/O function.
+
+It reuses insert_ignore's planning (table, rows, conflict target, grouping,
+budgets) and adds what to update, when, and what to do with keys repeated in
+one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.elements import ColumnElement
+
+from onconflict._core import PreparedInsert, _check_reachable, _group, budgets
+from onconflict._expr import excluded, excluded_names
+from onconflict._match import align
+from onconflict._target import (
+    ANY_KEY,
+    ConflictTarget,
+    OnTarget,
+    normalize_rows,
+    resolve_table,
+    resolve_target,
+)
+from onconflict.dialects import native_support
+from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan
+from onconflict.result import UpsertResult
+
+Duplicates = Literal["last", "first", "error"]
+UpdateSpec = Sequence[str] | Mapping[str, Any] | None
+
+
+@dataclass
+class PreparedUpsert(PreparedInsert):
+    plans: dict[tuple[str, ...], UpsertPlan] = field(default_factory=dict)
+
+
+def prepare_upsert(
+    dialect: Dialect,
+    table: Any,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    on: OnTarget,
+    update: UpdateSpec,
+    where: Any,
+    skip_unchanged: bool,
+    duplicates: Duplicates,
+) -> PreparedUpsert:
+    """Validate and plan an upsert call. Pure: no I/O."""
+    if duplicates not in ("last", "first", "error"):
+        raise ValueError(f"duplicates must be 'last', 'first' or 'error', not {duplicates!r}")
+    if on is ANY_KEY:
+        raise ValueError(
+            "upsert needs a conflict target to update by; ANY_KEY is for insert_ignore"
+        )
+    if where is not None and not isinstance(where, ColumnElement):
+        raise TypeError(f"where must be a SQLAlchemy expression, not {where!r}")
+    tbl, keymap, outmap = resolve_table(table)
+    given = list(rows)
+    data = normalize_rows(tbl, keymap, given)
+    if not data:
+        return PreparedUpsert(tbl, ConflictTarget(None, any_key=True), [])
+    target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
+    support = native_support(dialect)
+    prepared = PreparedUpsert(tbl, target, data, support, given=given, outmap=outmap)
+    _check_names(tbl, where, "where")
+    spec = _update_spec(tbl, keymap, update)
+    _group(prepared, keep=duplicates)
+    if not support.targets_conflicts:
+        _check_reachable(prepared)
+    for group in prepared.groups:
+        set_ = _set_for(tbl, target, spec, group.columns, update is None)
+        cond = where
+        if skip_unchanged and set_:
+            changed = sa.or_(*(tbl.c[col].is_distinct_from(_expr(v)) for col, v in set_.items()))
+            cond = changed if cond is None else sa.and_(cond, changed)
+        prepared.plans[group.columns] = UpsertPlan(
+            tbl, target, prepared.keys, group.match, set_, cond
+        )
+    return prepared
+
+
+def _check_names(table: sa.Table, expr: Any, what: str) -> None:
+    unknown = sorted(n for n in excluded_names(expr) if n not in table.c)
+    if unknown:
+        raise ValueError(f"{what}: excluded({unknown[0]!r}) is not a column of {table.name!r}")
+
+
+def _update_spec(table: sa.Table, keymap: Mapping[str, str], update: UpdateSpec) -> dict[str, Any]:
+    """update= as column key -> value/expression (None: decided per group)."""
+    if update is None:
+        return {}
+    if isinstance(update, str):
+        update = [update]
+    if isinstance(update, Mapping):
+        items = list(update.items())
+    elif isinstance(update, Sequence):
+        items = [(name, None) for name in update]
+    else:
+        raise TypeError(f"update must be column names or a mapping, not {update!r}")
+    spec: dict[str, Any] = {}
+    for name, value in items:
+        if not isinstance(name, str) or name not in keymap:
+            raise ValueError(f"update: {name!r} is not a column of {table.name!r}")
+        _check_names(table, value, f"update[{name!r}]")
+        spec[keymap[name]] = value
+    return spec
+
+
+def _set_for(
+    table: sa.Table,
+    target: ConflictTarget,
+    spec: dict[str, Any],
+    columns: tuple[str, ...],
+    default: bool,
+) -> dict[str, Any]:
+    """The SET clause for rows carrying ``columns``."""
+    if default:  # every non-key column the rows carry
+        return {c: excluded(c) for c in columns if c not in target.columns}
+    set_: dict[str, Any] = {}
+    for col, value in spec.items():
+        if value is None:  # a bare name: the incoming value
+            if col not in columns:
+                raise ValueError(
+                    f"update: column {col!r} is not in every row (rows with columns"
+                    f" {', '.join(columns)}); give it a value: update={{{col!r}: ...}}"
+                )
+            value = excluded(col)
+        set_[col] = value
+    return set_
+
+
+def _expr(value: Any) -> Any:
+    return value if isinstance(value, sa.sql.ClauseElement) else sa.literal(value)
+
+
+def execute_upsert(conn: Connection, prepared: PreparedUpsert, owned: bool) -> UpsertResult:
+    """Run a prepared upsert on a synchronous connection. The only I/O of upsert."""
+    support = prepared.support
+    assert support is not None
+    budgets(prepared, support, conn.dialect)
+    returning = support.returning(conn.dialect)
+    for plan in prepared.plans.values():
+        if plan.set_:
+            support.prepare_upsert(plan, conn.dialect)
+        else:  # nothing to update: existing rows stay as they are
+            plan.statement = support.insert_ignore(plan.table, plan.target, returning)
+    outcomes: dict[int, Outcome] = {}
+    with support.scope(conn), support.atomic(conn) if not owned else nullcontext():
+        for group in prepared.groups:
+            plan = prepared.plans[group.columns]
+            for chunk in prepared.chunks(group):
+                batch = [prepared.rows[i] for i in chunk]
+                if plan.set_:
+                    done = support.write_upsert(conn, plan, batch)
+                else:
+                    done = _insert_only(conn, support, plan, batch, returning)
+                outcomes.update(zip(chunk, done, strict=True))
+    result = UpsertResult()
+    out = prepared.outmap
+    for i, given in enumerate(prepared.given):
+        kind, stored = outcomes.get(i, ("unchanged", None))  # superseded repeats: unchanged
+        if stored is None:
+            result.unchanged.append(given)
+        else:
+            getattr(result, kind).append({out.get(k, k): v for k, v in stored.items()})
+    return result
+
+
+def _insert_only(
+    conn: Connection, support: DialectSupport, plan: UpsertPlan, rows: list[Row], returning: bool
+) -> list[Outcome]:
+    """Rows whose only columns are the key: insert the new ones, leave the rest."""
+    stored: list[Row | None]
+    if returning:
+        returned = support.write_many(conn, plan.statement, rows)
+        stored = align(plan.keys, plan.table, rows, returned, plan.match)
+    else:
+        stored = [support.write_one(conn, plan.statement, row) for row in rows]
+    return [("unchanged", None) if r is None else ("inserted", r) for r in stored]
