@@ -9,8 +9,15 @@ and ``onconflict.sync`` has the same names for ``Connection``, ``Session`` and
 """
 
 from onconflict.__about__ import __version__
-from onconflict._async import insert_ignore, retrying, upsert
+from onconflict._async import (
+    get_or_create,
+    insert_ignore,
+    retrying,
+    update_or_create,
+    upsert,
+)
 from onconflict._expr import excluded
+from onconflict._fetch import LookupMismatchError
 from onconflict._target import ANY_KEY
 from onconflict.errors import UniqueViolation, is_transient, is_unique_violation, unique_violation
 from onconflict.exceptions import (
@@ -25,6 +32,7 @@ from onconflict.retry import Retry
 __all__ = [
     "ANY_KEY",
     "InsertResult",
+    "LookupMismatchError",
     "NotSupportedError",
     "OnConflictError",
     "OutcomeMismatchError",
@@ -34,10 +42,12 @@ __all__ = [
     "UpsertResult",
     "__version__",
     "excluded",
+    "get_or_create",
     "insert_ignore",
     "is_transient",
     "is_unique_violation",
     "retrying",
     "unique_violation",
+    "update_or_create",
     "upsert",
 ]

@@ -15,7 +15,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from onconflict._core import PreparedInsert, Strategy, execute_insert_ignore, prepare_insert_ignore
+from onconflict._core import Strategy, execute_insert_ignore, prepare_insert_ignore
+from onconflict._fetch import (
+    _as_instances,
+    _get_or_create_work,
+    _update_or_create_work,
+    prepare_get_or_create,
+    prepare_update_or_create,
+)
 from onconflict._front import ASYNC_HANDLES, dialect_of, session_connection
 from onconflict._target import OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
@@ -24,7 +31,7 @@ from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
 
 AsyncHandle = AsyncConnection | AsyncSession | AsyncEngine
 T = TypeVar("T")
-P = TypeVar("P", bound=PreparedInsert)
+P = TypeVar("P")
 
 
 async def insert_ignore(
@@ -104,6 +111,54 @@ async def upsert(
     return await _run(conn, execute_upsert, prepared, retry)
 
 
+async def get_or_create(
+    conn: AsyncHandle,
+    table: Any,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    on: OnTarget = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> tuple[Any, bool]:
+    """The row matching ``lookup``, created from ``lookup`` and ``defaults`` if
+    there is none: ``(row, created)``. Race-safe: callers asking for the same key
+    at once all get the same row, and exactly one of them ``created=True``.
+
+    ``lookup`` must contain exactly one unique key of the table (or name it with
+    ``on``). The row is a mapping with server-generated values; with an ORM class
+    and an ``AsyncSession``, the mapped instance, attached to the session.
+
+    On PostgreSQL it is one statement; with an engine it runs in autocommit (no
+    BEGIN/COMMIT round trips).
+    """
+    prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
+    return await _run(
+        conn,
+        _get_or_create_work,
+        prepared,
+        retry,
+        autocommit=prepared.support.fetch_in_one_statement,
+        finish=_as_instances(prepared),
+    )
+
+
+async def update_or_create(
+    conn: AsyncHandle,
+    table: Any,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    on: OnTarget = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> tuple[Any, bool]:
+    """Create the row from ``lookup`` and ``defaults``, or bring the existing
+    one's ``defaults`` columns to these values: ``(row, created)``. Race-safe."""
+    if not defaults:
+        return await get_or_create(conn, table, lookup, on=on, retry=retry)
+    fetch, prepared = prepare_update_or_create(dialect_of(conn), table, lookup, defaults, on)
+    return await _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(fetch))
+
+
 async def retrying(
     engine: AsyncEngine,
     fn: Callable[[AsyncConnection], Awaitable[T]],
@@ -113,8 +168,21 @@ async def retrying(
     """Run ``fn(conn)`` in a transaction of its own, committed at the end, and
     run it again in a new transaction after a transient error (deadlock,
     serialization failure; see :func:`onconflict.is_transient`)."""
+    return await _with_engine(engine, fn, retry, autocommit=False)
+
+
+async def _with_engine(
+    engine: AsyncEngine,
+    fn: Callable[[AsyncConnection], Awaitable[T]],
+    retry: Retry,
+    autocommit: bool,
+) -> T:
     async for attempt in tenacity.AsyncRetrying(sleep=anyio.sleep, **retry.tenacity_args()):
         with attempt:
+            if autocommit:  # one statement: no BEGIN/COMMIT round trips
+                async with engine.connect() as conn:
+                    auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return await fn(auto)
             async with engine.begin() as conn:
                 return await fn(conn)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -125,17 +193,21 @@ async def _run(
     work: Callable[[Connection, P, bool], T],
     prepared: P,
     retry: Retry | None,
+    *,
+    autocommit: bool = False,
+    finish: Callable[[Session | None, T], T] | None = None,
 ) -> T:
     if isinstance(handle, AsyncEngine):
 
         async def owned(conn: AsyncConnection) -> T:
             return await conn.run_sync(work, prepared, True)
 
-        return await retrying(handle, owned, retry=retry or NO_RETRY)
+        return await _with_engine(handle, owned, retry or NO_RETRY, autocommit)
     if isinstance(handle, AsyncSession):
 
         def in_session(session: Session) -> T:
-            return work(session_connection(session), prepared, False)
+            done = work(session_connection(session), prepared, False)
+            return finish(session, done) if finish else done
 
         return await handle.run_sync(in_session)
     if isinstance(handle, AsyncConnection):

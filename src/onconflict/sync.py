@@ -15,12 +15,18 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
 from onconflict._core import (
-    PreparedInsert,
     Strategy,
     execute_insert_ignore,
     prepare_insert_ignore,
 )
 from onconflict._expr import excluded
+from onconflict._fetch import (
+    _as_instances,
+    _get_or_create_work,
+    _update_or_create_work,
+    prepare_get_or_create,
+    prepare_update_or_create,
+)
 from onconflict._front import SYNC_HANDLES, dialect_of, session_connection
 from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
@@ -30,7 +36,7 @@ from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
 
 SyncHandle = Connection | Session | Engine
 T = TypeVar("T")
-P = TypeVar("P", bound=PreparedInsert)
+P = TypeVar("P")
 
 __all__ = [
     "ANY_KEY",
@@ -43,6 +49,7 @@ __all__ = [
     "is_unique_violation",
     "retrying",
     "unique_violation",
+    "update_or_create",
     "upsert",
 ]
 
@@ -97,15 +104,62 @@ def upsert(
     return _run(conn, execute_upsert, prepared, retry)
 
 
+def get_or_create(
+    conn: SyncHandle,
+    table: Any,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    on: OnTarget = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> tuple[Any, bool]:
+    """See :func:`onconflict.get_or_create`, of which this is the synchronous twin."""
+    prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
+    return _run(
+        conn,
+        _get_or_create_work,
+        prepared,
+        retry,
+        autocommit=prepared.support.fetch_in_one_statement,
+        finish=_as_instances(prepared),
+    )
+
+
+def update_or_create(
+    conn: SyncHandle,
+    table: Any,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    on: OnTarget = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> tuple[Any, bool]:
+    """See :func:`onconflict.update_or_create`, of which this is the synchronous twin."""
+    if not defaults:
+        return get_or_create(conn, table, lookup, on=on, retry=retry)
+    fetch, prepared = prepare_update_or_create(dialect_of(conn), table, lookup, defaults, on)
+    return _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(fetch))
+
+
 def retrying(engine: Engine, fn: Callable[[Connection], T], *, retry: Retry = DEFAULT_RETRY) -> T:
     """Run ``fn(conn)`` in a transaction of its own, committed at the end, and
     run it again in a new transaction after a transient error.
 
     See :func:`onconflict.retrying`, of which this is the synchronous twin.
     """
+    return _with_engine(engine, fn, retry, autocommit=False)
+
+
+def _with_engine(
+    engine: Engine, fn: Callable[[Connection], T], retry: Retry, autocommit: bool
+) -> T:
     for attempt in tenacity.Retrying(sleep=time.sleep, **retry.tenacity_args()):
-        with attempt, engine.begin() as conn:
-            return fn(conn)
+        with attempt:
+            if autocommit:  # one statement: no BEGIN/COMMIT round trips
+                with engine.connect() as conn:
+                    return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            with engine.begin() as conn:
+                return fn(conn)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -114,11 +168,17 @@ def _run(
     work: Callable[[Connection, P, bool], T],
     prepared: P,
     retry: Retry | None,
+    *,
+    autocommit: bool = False,
+    finish: Callable[[Session | None, T], T] | None = None,
 ) -> T:
     if isinstance(handle, Engine):
-        return retrying(handle, lambda conn: work(conn, prepared, True), retry=retry or NO_RETRY)
+        return _with_engine(
+            handle, lambda conn: work(conn, prepared, True), retry or NO_RETRY, autocommit
+        )
     if isinstance(handle, Session):
-        return work(session_connection(handle), prepared, False)
+        done = work(session_connection(handle), prepared, False)
+        return finish(handle, done) if finish else done
     if isinstance(handle, Connection):
         return work(handle, prepared, False)
     raise TypeError(f"onconflict.sync expects a {SYNC_HANDLES}, got {type(handle).__name__}")

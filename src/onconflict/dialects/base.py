@@ -43,6 +43,26 @@ class UpsertPlan:
     extra: dict[str, Any] = field(default_factory=dict)  # dialect-specific statements
 
 
+@dataclass
+class FetchPlan:
+    """The statements of one get_or_create shape; ``params`` are per call."""
+
+    table: sa.Table
+    target: ConflictTarget
+    lookup: tuple[str, ...]  # column keys the row is looked up by
+    values: tuple[str, ...]  # column keys written when it is created
+    statements: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # column key -> value
+
+    def bound(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        return {f"oc_{k}": self.params[k] for k in keys}
+
+
+def lookup_condition(plan: FetchPlan) -> ColumnElement[bool]:
+    t = plan.table
+    return sa.and_(*(t.c[k] == sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.lookup))
+
+
 class DialectSupport:
     """Duplicate-only insert for one database family."""
 
@@ -104,6 +124,38 @@ class DialectSupport:
             else:
                 out.append(("inserted" if stored.pop(INSERTED) else "updated", stored))
         return out
+
+    # -- get_or_create -------------------------------------------------------------
+    fetch_in_one_statement: ClassVar[bool] = False
+    """True where get_or_create is one statement (then an engine-owned call runs
+    it in autocommit: no BEGIN/COMMIT round trips)."""
+
+    def prepare_fetch(self, plan: FetchPlan) -> None:
+        """Build the statements of a get_or_create shape: pure, cached by shape."""
+        t = plan.table
+        select = sa.select(t).where(lookup_condition(plan))
+        plan.statements["select"] = select
+        # a locking read sees rows committed after the transaction's snapshot
+        plan.statements["select_locked"] = select.with_for_update(read=True)
+        plan.statements["insert"] = self.insert_ignore(t, plan.target, False)
+        plan.statements["insert_returning"] = self.insert_ignore(t, plan.target, True)
+
+    def get_or_create_once(self, conn: Connection, plan: FetchPlan) -> tuple[Row, bool] | None:
+        """Read the row, or create it: (row, created), or None after a lost race
+        whose row could not be read (the caller tries again)."""
+        found = conn.execute(plan.statements["select"], plan.bound(plan.lookup)).mappings().first()
+        if found is not None:
+            return dict(found), False
+        values = {k: plan.params[k] for k in plan.values}
+        if self.returning(conn.dialect):
+            made = self.write_many(conn, plan.statements["insert_returning"], [values])
+            if made:
+                return made[0], True
+        elif (one := self.write_one(conn, plan.statements["insert"], values)) is not None:
+            return one, True
+        locked = plan.statements["select_locked"]
+        found = conn.execute(locked, plan.bound(plan.lookup)).mappings().first()
+        return (dict(found), False) if found is not None else None
 
     def scope(self, conn: Connection) -> AbstractContextManager[Any]:
         """Wraps a whole call: puts back any session setting the call changed."""
