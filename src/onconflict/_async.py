@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from onconflict._core import Strategy, execute_insert_ignore, prepare_insert_ignore
 from onconflict._fetch import (
+    ATTEMPTS,
     _as_instances,
     _get_or_create_work,
     _update_or_create_work,
@@ -132,6 +133,11 @@ async def get_or_create(
     BEGIN/COMMIT round trips).
     """
     prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
+    if isinstance(conn, AsyncEngine):
+        got = await prepared.support.get_or_create_fast(conn, prepared.plan, ATTEMPTS)
+        if got is not None:
+            row, created = got
+            return prepared.output(row), created
     return await _run(
         conn,
         _get_or_create_work,

@@ -43,6 +43,10 @@ class PreparedFetch:
     outmap: dict[str, str] = field(default_factory=dict)
     mapper: Mapper[Any] | None = None
 
+    def output(self, row: Row) -> Row:
+        """The row with the keys results use (attribute names for an ORM class)."""
+        return {self.outmap.get(k, k): v for k, v in row.items()}
+
 
 def prepare_get_or_create(
     dialect: Dialect,
@@ -133,7 +137,7 @@ def execute_get_or_create(conn: Connection, prepared: PreparedFetch) -> tuple[Ro
         got = support.get_or_create_once(conn, plan)
         if got is not None:
             row, created = got
-            return {prepared.outmap.get(k, k): v for k, v in row.items()}, created
+            return prepared.output(row), created
     if set(plan.lookup) != set(plan.target.columns):
         raise LookupMismatchError(
             f"get_or_create on {plan.table.name!r}: a row with this"
@@ -156,6 +160,7 @@ def as_instance(session: Session, prepared: PreparedFetch, row: Row) -> Any:
     existing = session.identity_map.get(key)
     if existing is not None:
         return existing
+    sa.orm.configure_mappers()  # instrumentation is complete once mappers are configured
     instance = mapper.class_manager.new_instance()
     for name, value in row.items():
         prop = mapper.get_property_by_column(by_column[name])

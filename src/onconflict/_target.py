@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeAlias
 
 import sqlalchemy as sa
@@ -108,6 +109,12 @@ def normalize_rows(
 
 def unique_keys(table: sa.Table) -> list[UniqueKey]:
     """The primary key, unique constraints and unique indexes, in that order."""
+    # cached per table, and per its shape: a constraint added later is seen
+    return list(_unique_keys(table, len(table.constraints), len(table.indexes), len(table.c)))
+
+
+@lru_cache(maxsize=256)
+def _unique_keys(table: sa.Table, *shape: int) -> tuple[UniqueKey, ...]:
     keys: list[UniqueKey] = []
     pk = table.primary_key
     if pk.columns:
@@ -124,7 +131,7 @@ def unique_keys(table: sa.Table) -> list[UniqueKey]:
         plain = [e.key for e in exprs if isinstance(e, sa.Column)]
         cols = tuple(plain) if len(plain) == len(exprs) else ()
         keys.append(UniqueKey("unique index", _name(idx.name), cols, exprs, _index_where(idx)))
-    return keys
+    return tuple(keys)
 
 
 def _name(name: Any) -> str | None:

@@ -157,6 +157,12 @@ class DialectSupport:
         found = conn.execute(locked, plan.bound(plan.lookup)).mappings().first()
         return (dict(found), False) if found is not None else None
 
+    async def get_or_create_fast(
+        self, engine: Any, plan: FetchPlan, attempts: int
+    ) -> tuple[Row, bool] | None:
+        """An optional faster path for an engine-owned call; None: take the usual one."""
+        return None
+
     def scope(self, conn: Connection) -> AbstractContextManager[Any]:
         """Wraps a whole call: puts back any session setting the call changed."""
         return nullcontext()

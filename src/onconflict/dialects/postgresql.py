@@ -12,8 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
@@ -65,7 +67,7 @@ class PostgreSQL(DialectSupport):
         t = plan.table
         found = sa.select(t).where(lookup_condition(plan)).cte("oc_found")
         values = [sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values]
-        source = sa.select(*values).where(~sa.exists(sa.select(sa.literal(1)).select_from(found)))
+        source = sa.select(*values).where(~sa.exists().select_from(found))
         key = plan.target.key
         assert key is not None
         made = (
@@ -86,3 +88,69 @@ class PostgreSQL(DialectSupport):
             return None
         row = dict(got)
         return row, bool(row.pop(CREATED))
+
+    async def get_or_create_fast(
+        self, engine: AsyncEngine, plan: FetchPlan, attempts: int
+    ) -> tuple[Row, bool] | None:
+        """The same statement, run on the asyncpg connection itself.
+
+        For a call that owns its work (an engine) on asyncpg: a pooled connection,
+        the statement compiled once per shape (asyncpg keeps it prepared), no
+        transaction. Returns None whenever it cannot answer (another driver, an
+        error, a row that cannot be read): the caller then runs the ordinary path,
+        which reports any error exactly as SQLAlchemy does. The statement is a
+        single autocommitted one, so a failed attempt has written nothing.
+        """
+        if engine.dialect.driver != "asyncpg":
+            return None
+        fast: _Compiled | None = plan.statements.get("asyncpg")
+        if fast is None:
+            fast = plan.statements["asyncpg"] = _Compiled(plan.statements["one"], engine.dialect)
+        args = fast.arguments(plan.params)
+        # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
+        return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
+
+
+def _fetch_fast(
+    engine: Engine, fast: _Compiled, args: list[Any], attempts: int
+) -> tuple[Row, bool] | None:
+    raw = engine.raw_connection()
+    try:
+        driver: Any = raw.driver_connection
+        for _ in range(attempts):
+            record = await_only(driver.fetchrow(fast.sql, *args))
+            if record is not None:
+                row = fast.row(record)
+                return row, bool(row.pop(CREATED))
+    except Exception:  # the ordinary path will meet and report it
+        if raw.driver_connection is None or raw.driver_connection.is_closed():
+            raw.invalidate()
+        return None
+    finally:
+        raw.close()
+    return None
+
+
+class _Compiled:
+    """A statement compiled for asyncpg: SQL text, parameter order, type processing."""
+
+    def __init__(self, stmt: Any, dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        names = compiled.positiontup or []
+        binds = compiled.binds
+        self.params = [
+            (name.removeprefix("oc_"), binds[name].type.bind_processor(dialect)) for name in names
+        ]
+        self.columns = [
+            (col.key, col.type.result_processor(dialect, None)) for col in stmt.selected_columns
+        ]
+
+    def arguments(self, values: dict[str, Any]) -> list[Any]:
+        return [proc(values[k]) if proc else values[k] for k, proc in self.params]
+
+    def row(self, record: Any) -> Row:
+        return {
+            key: proc(value) if proc else value
+            for (key, proc), value in zip(self.columns, record, strict=True)
+        }

@@ -1,0 +1,280 @@
+"""get_or_create and update_or_create on the real servers, under races."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+import onconflict
+import onconflict.sync
+from tests.conftest import Backend
+from tests.schema import Item, accounts, tags, users
+
+pytestmark = pytest.mark.usefixtures("tables")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def count(engine: AsyncEngine, table: sa.Table) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+@pytest.mark.parametrize("front", ["async", "sync"])
+async def test_get_then_create(aengine: AsyncEngine, sengine: Engine, front: str) -> None:
+    async def call(*args: Any, **kw: Any) -> tuple[Any, bool]:
+        if front == "async":
+            return await onconflict.get_or_create(aengine, *args, **kw)
+        return onconflict.sync.get_or_create(sengine, *args, **kw)
+
+    row, created = await call(users, {"email": "a@x"}, {"name": "alice"})
+    assert created is True
+    assert (row["email"], row["name"], row["note"]) == ("a@x", "alice", "none")
+    again, created_again = await call(users, {"email": "a@x"}, {"name": "other"})
+    assert created_again is False
+    assert again == row  # defaults are not applied to an existing row
+
+
+@pytest.mark.parametrize("front", ["async", "sync"])
+async def test_update_or_create(aengine: AsyncEngine, sengine: Engine, front: str) -> None:
+    async def call(*args: Any, **kw: Any) -> tuple[Any, bool]:
+        if front == "async":
+            return await onconflict.update_or_create(aengine, *args, **kw)
+        return onconflict.sync.update_or_create(sengine, *args, **kw)
+
+    row, created = await call(users, {"email": "a@x"}, {"name": "alice"})
+    assert created
+    updated, created = await call(users, {"email": "a@x"}, {"name": "bob"})
+    assert not created
+    assert (updated["id"], updated["name"]) == (row["id"], "bob")
+    same, created = await call(users, {"email": "a@x"})  # no defaults: get_or_create
+    assert (same["name"], created) == ("bob", False)
+
+
+async def test_64_coroutines_one_key(aengine: AsyncEngine) -> None:
+    got: list[tuple[Any, bool]] = []
+
+    async def worker(i: int) -> None:
+        got.append(
+            await onconflict.get_or_create(aengine, users, {"email": "race@x"}, {"name": f"w{i}"})
+        )
+
+    async with anyio.create_task_group() as tg:
+        for i in range(64):
+            tg.start_soon(worker, i)
+    assert len({row["id"] for row, _ in got}) == 1
+    assert sum(created for _, created in got) == 1
+    assert await count(aengine, users) == 1
+
+
+async def test_64_coroutines_update_or_create(aengine: AsyncEngine) -> None:
+    got: list[bool] = []
+
+    async def worker(i: int) -> None:
+        _, created = await onconflict.update_or_create(
+            aengine, users, {"email": "r@x"}, {"name": f"w{i % 10}"}
+        )
+        got.append(created)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(64):
+            tg.start_soon(worker, i)
+    assert sum(got) == 1
+    assert await count(aengine, users) == 1
+
+
+def test_8_processes_one_key(backend: Backend, tmp_path: Path) -> None:
+    """Separate processes (separate pools, separate event loops) at once."""
+    start = time.time() + 3
+    url = backend.url
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.race_worker", url, str(start), str(i)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        )
+        for i in range(8)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outputs]
+    results = [line.split() for out, _ in outputs for line in out.splitlines()]
+    assert len({pk for pk, _ in results}) == 1
+    assert sum(created == "True" for _, created in results) == 1
+
+
+async def test_orm_instance_attached_to_the_session(aengine: AsyncEngine) -> None:
+    async with AsyncSession(aengine) as session:
+        item, created = await onconflict.get_or_create(session, Item, {"code": "x"}, {"title": "T"})
+        assert created
+        assert isinstance(item, Item)
+        assert item in session
+        assert item.title == "T"
+        same = await session.get(Item, item.id)
+        assert same is item
+        again, created = await onconflict.get_or_create(session, Item, {"code": "x"})
+        assert again is item
+        assert not created
+        item.title = "changed"
+        await session.commit()
+    async with aengine.connect() as conn:
+        title = (await conn.execute(sa.select(Item.__table__.c.item_title))).scalar_one()
+    assert title == "changed"
+
+
+async def test_works_inside_the_callers_transaction(aengine: AsyncEngine) -> None:
+    async with aengine.begin() as conn:
+        await conn.execute(tags.insert(), [{"slug": "mine"}])
+        row, created = await onconflict.get_or_create(conn, users, {"email": "t@x"}, {"name": "t"})
+        assert created
+    async with aengine.connect() as conn:
+        await onconflict.get_or_create(conn, users, {"email": "u@x"}, {"name": "u"})
+        await conn.rollback()
+    assert await count(aengine, tags) == 1
+    assert await count(aengine, users) == 1
+
+
+async def test_lost_race_keeps_the_callers_earlier_work(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    """Another transaction holds the key uncommitted; ours waits on the conflict,
+    then finds the row it committed. Our earlier work survives."""
+    if backend.name == "sqlite":
+        pytest.skip("SQLite serialises writers: there is no interleaving to lose")
+    async with aengine.connect() as other:
+        await other.execute(users.insert(), [{"email": "k@x", "name": "other"}])  # not committed
+        async with aengine.connect() as mine:
+            await mine.execute(tags.insert(), [{"slug": "mine"}])
+            call = asyncio.ensure_future(
+                onconflict.get_or_create(mine, users, {"email": "k@x"}, {"name": "me"})
+            )
+            await asyncio.sleep(0.3)
+            assert not call.done()  # waiting on the other's lock
+            await other.commit()
+            row, created = await call
+            assert (row["name"], created) == ("other", False)
+            await mine.commit()
+    assert await count(aengine, tags) == 1
+
+
+@pytest.mark.postgresql
+@pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+async def test_postgresql_strict_isolation_raises_retryable(
+    aengine: AsyncEngine, backend: Backend, level: str
+) -> None:
+    """Under REPEATABLE READ / SERIALIZABLE a row committed after the snapshot
+    cannot be read: PostgreSQL raises 40001, which retrying() resolves."""
+    if backend.name != "postgresql":
+        pytest.skip("PostgreSQL isolation levels")
+    strict = aengine.execution_options(isolation_level=level)
+    async with strict.connect() as mine:
+        await mine.execute(sa.select(1))  # the snapshot
+        async with aengine.begin() as other:
+            await other.execute(users.insert(), [{"email": "s@x", "name": "other"}])
+        with pytest.raises(sa.exc.DBAPIError) as info:
+            await onconflict.get_or_create(mine, users, {"email": "s@x"}, {"name": "me"})
+        assert onconflict.is_transient(info.value)
+
+    attempts: list[int] = []
+
+    async def unit(conn: Any) -> tuple[Any, bool]:
+        attempts.append(1)
+        await conn.execute(sa.select(1))
+        if len(attempts) == 1:
+            async with aengine.begin() as other:
+                await other.execute(users.insert(), [{"email": "s2@x", "name": "other"}])
+        return await onconflict.get_or_create(conn, users, {"email": "s2@x"}, {"name": "me"})
+
+    row, created = await onconflict.retrying(strict, unit)
+    assert (row["name"], created, len(attempts)) == ("other", False, 2)
+
+
+@pytest.mark.mariadb
+async def test_mariadb_repeatable_read_resolves(aengine: AsyncEngine, backend: Backend) -> None:
+    """MariaDB's default REPEATABLE READ: the re-read after the duplicate is a
+    locking read, which sees the row committed after the snapshot."""
+    if backend.name != "mariadb":
+        pytest.skip("MariaDB")
+    async with aengine.connect() as mine:
+        await mine.execute(sa.select(users.c.id))  # the snapshot
+        async with aengine.begin() as other:
+            await other.execute(users.insert(), [{"email": "s@x", "name": "other"}])
+        row, created = await onconflict.get_or_create(mine, users, {"email": "s@x"}, {"name": "me"})
+        assert (row["name"], created) == ("other", False)
+
+
+@pytest.mark.postgresql
+async def test_postgresql_one_round_trip(aengine: AsyncEngine, backend: Backend) -> None:
+    """Counted at the driver: every query asyncpg sends, BEGIN and COMMIT included."""
+    if backend.name != "postgresql":
+        pytest.skip("the one-statement path is PostgreSQL's")
+    queries: list[str] = []
+
+    def log(record: Any) -> None:
+        queries.append(record.query)
+
+    @sa.event.listens_for(aengine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.driver_connection.add_query_logger(log)
+
+    await aengine.dispose()  # new connections get the logger
+    for expected_created in (True, False):  # a miss (no race), then a hit
+        queries.clear()
+        _, created = await onconflict.get_or_create(aengine, users, {"email": "o@x"}, {"name": "o"})
+        await asyncio.sleep(0.05)  # asyncpg calls query loggers soon after, not during
+        assert created is expected_created
+        assert len(queries) == 1, queries
+    # inside the caller's transaction (SQLAlchemy's execution path): one statement too
+    statements: list[str] = []
+
+    @sa.event.listens_for(aengine.sync_engine, "before_cursor_execute")
+    def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    async with aengine.begin() as conn:
+        await onconflict.get_or_create(conn, users, {"email": "o@x"})
+        await onconflict.get_or_create(conn, users, {"email": "o2@x"}, {"name": "o"})
+    assert len(statements) == 2
+
+
+async def test_errors_are_reported_as_sqlalchemy_reports_them(aengine: AsyncEngine) -> None:
+    # name is NOT NULL without a default (MariaDB: 1364, an OperationalError)
+    with pytest.raises(sa.exc.DBAPIError) as info:
+        await onconflict.get_or_create(aengine, users, {"email": "n@x"})
+    assert not onconflict.is_unique_violation(info.value)
+    assert await count(aengine, users) == 0
+
+
+async def test_lookup_that_does_not_match_the_stored_row(aengine: AsyncEngine) -> None:
+    await onconflict.get_or_create(aengine, users, {"email": "m@x"}, {"name": "a"})
+    with pytest.raises(onconflict.LookupMismatchError, match="name"):
+        await onconflict.get_or_create(aengine, users, {"email": "m@x", "name": "b"})
+
+
+@pytest.mark.parametrize(
+    ("table", "lookup", "defaults", "message"),
+    [
+        (users, {"name": "x"}, None, "must contain exactly one unique key"),
+        (accounts, {"email": "a", "handle": "b"}, None, "must contain exactly one unique key"),
+        (users, {"nope": 1}, None, "lookup: 'nope' is not a column"),
+        (users, {"email": "a"}, {"email": "b"}, "both in lookup and in defaults"),
+        (users, {}, None, "non-empty mapping"),
+    ],
+)
+async def test_bad_lookups(
+    aengine: AsyncEngine, table: sa.Table, lookup: Any, defaults: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await onconflict.get_or_create(aengine, table, lookup, defaults)
