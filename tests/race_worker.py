@@ -21,7 +21,7 @@ async def main(url: str, start_at: float, index: int) -> None:
     try:
         async with engine.connect():
             pass  # connected before the start, so that the calls overlap
-        time.sleep(max(0.0, start_at - time.time()))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
         row, created = await onconflict.get_or_create(
             engine, users, {"email": "proc@x"}, {"name": f"p{index}"}
         )

@@ -137,7 +137,7 @@ async def test_orm_instance_attached_to_the_session(aengine: AsyncEngine) -> Non
 async def test_works_inside_the_callers_transaction(aengine: AsyncEngine) -> None:
     async with aengine.begin() as conn:
         await conn.execute(tags.insert(), [{"slug": "mine"}])
-        row, created = await onconflict.get_or_create(conn, users, {"email": "t@x"}, {"name": "t"})
+        _row, created = await onconflict.get_or_create(conn, users, {"email": "t@x"}, {"name": "t"})
         assert created
     async with aengine.connect() as conn:
         await onconflict.get_or_create(conn, users, {"email": "u@x"}, {"name": "u"})
