@@ -13,17 +13,20 @@ from onconflict._async import (
     get_or_create,
     insert_ignore,
     retrying,
+    seed,
     update_or_create,
     upsert,
 )
 from onconflict._expr import excluded
 from onconflict._fetch import LookupMismatchError
+from onconflict._seed import SeedReport, TableReport
 from onconflict._target import ANY_KEY
 from onconflict.errors import UniqueViolation, is_transient, is_unique_violation, unique_violation
 from onconflict.exceptions import (
     NotSupportedError,
     OnConflictError,
     OutcomeMismatchError,
+    SeedLockTimeout,
     UnsafeInsertError,
 )
 from onconflict.result import InsertResult, UpsertResult
@@ -37,6 +40,9 @@ __all__ = [
     "OnConflictError",
     "OutcomeMismatchError",
     "Retry",
+    "SeedLockTimeout",
+    "SeedReport",
+    "TableReport",
     "UniqueViolation",
     "UnsafeInsertError",
     "UpsertResult",
@@ -47,6 +53,7 @@ __all__ = [
     "is_transient",
     "is_unique_violation",
     "retrying",
+    "seed",
     "unique_violation",
     "update_or_create",
     "upsert",

@@ -25,6 +25,14 @@ from onconflict._fetch import (
     prepare_update_or_create,
 )
 from onconflict._front import ASYNC_HANDLES, dialect_of, session_connection
+from onconflict._seed import (
+    DEFAULT_LOCK,
+    Mode,
+    Progress,
+    SeedReport,
+    execute_seed,
+    prepare_seed,
+)
 from onconflict._target import OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
 from onconflict.result import InsertResult, UpsertResult
@@ -163,6 +171,43 @@ async def update_or_create(
         return await get_or_create(conn, table, lookup, on=on, retry=retry)
     fetch, prepared = prepare_update_or_create(dialect_of(conn), table, lookup, defaults, on)
     return await _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(fetch))
+
+
+async def seed(
+    conn: AsyncHandle,
+    data: Mapping[Any, Iterable[Mapping[str, Any]]],
+    *,
+    mode: Mode = "insert",
+    dry_run: bool = False,
+    on: OnTarget | Mapping[str, OnTarget] = None,
+    lock: str | None = DEFAULT_LOCK,
+    lock_timeout: float = 30.0,
+    progress: Progress | None = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> SeedReport:
+    """Write reference data idempotently, all or nothing, one replica at a time.
+
+    ``data`` maps tables (``Table`` objects, mapped classes or names, which are
+    reflected) to rows; tables are written parents first. ``mode``: ``"insert"``
+    adds missing rows and leaves existing ones alone, ``"upsert"`` also brings
+    existing rows to the given values, ``"verify"`` writes nothing and reports
+    rows that are missing or differ. ``dry_run`` reports what would change and
+    writes nothing. ``on``: the conflict target, for all tables or per table
+    name. ``lock``: the name of the database lock that serialises concurrent
+    seeds (``None``: no lock); ``lock_timeout`` in seconds, then
+    ``SeedLockTimeout``. ``progress(table, done, total)`` is called as rows are
+    written.
+    """
+    plan = prepare_seed(
+        data,
+        mode=mode,
+        dry_run=dry_run,
+        on=on,
+        lock=lock,
+        lock_timeout=lock_timeout,
+        progress=progress,
+    )
+    return await _run(conn, execute_seed, plan, retry)
 
 
 async def retrying(

@@ -1,23 +1,26 @@
 """The ``onconflict`` command line.
 
-``onconflict demo`` inserts the same rows three times and races 32 coroutines
-on one key against an embedded SQLite file (or any async URL), then prints what
+``onconflict seed FILE`` writes a YAML, JSON or CSV file of rows into a database
+(an embedded SQLite file by default), idempotently. ``onconflict demo`` inserts
+the same rows three times and races 32 coroutines on one key, then prints what
 was inserted and what already existed.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 try:
     import click
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from rich.table import Table
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise SystemExit(
         f"the onconflict command needs the 'cli' extra ({exc.name} is missing):"
-        " pip install 'onconflict[cli,sqlite]'"
+        " pip install 'onconflict[cli]'"
     ) from exc
 
 import anyio
@@ -30,12 +33,24 @@ import onconflict
 DEFAULT_URL = "sqlite+aiosqlite:///onconflict-demo.db"
 
 
+SEED_URL = "sqlite:///onconflict.db"
+
+
 def masked(url: str) -> str:
     """The URL with any password hidden, for messages."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparsable URL>"
+
+
+def scrub(text: str, url: str) -> str:
+    """A message with the URL's password (if any) replaced, wherever it appears."""
+    try:
+        password = make_url(url).password
+    except Exception:
+        return text
+    return text.replace(str(password), "***") if password else text
 
 
 @click.group()
@@ -131,6 +146,194 @@ def _engine(url: str, pool: int) -> AsyncEngine:
 
 def _names(rows: list[Any]) -> str:
     return ", ".join(str(r["name"]) for r in rows) or "-"
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--url",
+    default=SEED_URL,
+    show_default=True,
+    envvar="ONCONFLICT_URL",
+    help="SQLAlchemy URL, sync or async driver.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["insert", "upsert", "verify"]),
+    default="insert",
+    show_default=True,
+    help="insert: add missing rows; upsert: also update existing ones;"
+    " verify: write nothing, report drift (exit status 2).",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--on", "on", help="Conflict target columns, comma-separated (default: per table).")
+@click.option("--table", help="CSV only: the table the rows go to (default: the file name).")
+@click.option(
+    "--schema",
+    help="Create missing tables first from a SQLAlchemy MetaData: path/to/file.py:NAME"
+    " or package.module:NAME.",
+)
+@click.option("--lock-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+def seed(
+    file: Path,
+    url: str,
+    mode: str,
+    dry_run: bool,
+    on: str | None,
+    table: str | None,
+    schema: str | None,
+    lock_timeout: float,
+) -> None:
+    """Seed FILE (YAML, JSON or CSV) into the database, idempotently.
+
+    YAML and JSON files map table names to lists of rows; a CSV file holds one
+    table. Tables are reflected from the database. Exit status: 0 done, 1 error
+    (nothing written), 2 verify found rows missing or differing.
+    """
+    from onconflict import seedfile
+
+    console = Console(stderr=False)
+    errors = Console(stderr=True)
+
+    def fail(message: str, status: int = 1) -> None:
+        errors.print(f"[red]error:[/red] {scrub(message, url)}", highlight=False)
+        sys.exit(status)
+
+    try:
+        data = seedfile.read(file, table=table)
+        metadata = _load_schema(schema) if schema else None
+    except (seedfile.SeedFileError, ImportError, AttributeError, OSError) as exc:
+        fail(str(exc))
+    targets = [c.strip() for c in on.split(",") if c.strip()] if on else None
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            transient=True,
+            disable=not console.is_terminal,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done)
+
+            report = _run_seed(
+                url,
+                data,
+                metadata,
+                mode=mode,
+                dry_run=dry_run,
+                on=targets,
+                lock_timeout=lock_timeout,
+                progress=progress,
+                source=f"{file}: ",
+            )
+    except (seedfile.SeedFileError, ValueError, TypeError, onconflict.OnConflictError) as exc:
+        fail(str(exc))
+    except sa.exc.SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        fail(f"{type(exc).__name__} against {masked(url)}: {detail}; nothing was written")
+    console.print(_summary(report, file, url))
+    if mode == "verify" and report.drift:
+        sys.exit(2)
+
+
+def _load_schema(spec: str) -> sa.MetaData:
+    """A MetaData from "path/to/file.py:NAME" or "package.module:NAME"."""
+    import importlib
+    import importlib.util
+
+    where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise ImportError(f"--schema {spec!r}: expected path/to/file.py:NAME or module:NAME")
+    if where.endswith(".py"):
+        loader = importlib.util.spec_from_file_location("onconflict_schema", where)
+        if loader is None or loader.loader is None:
+            raise ImportError(f"--schema: cannot load {where!r}")
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    found = getattr(module, name)
+    if not isinstance(found, sa.MetaData):
+        raise ImportError(f"--schema: {spec!r} is a {type(found).__name__}, not a MetaData")
+    return found
+
+
+def _run_seed(
+    url: str,
+    data: dict[str, list[dict[str, Any]]],
+    metadata: sa.MetaData | None,
+    *,
+    source: str,
+    **kw: Any,
+) -> onconflict.SeedReport:
+    """Reflect the tables, bring file values to column types, seed. Sync or
+    async, as the URL's driver is."""
+    import onconflict.sync
+    from onconflict import seedfile
+
+    def tables(conn: sa.Connection) -> dict[Any, list[dict[str, Any]]]:
+        if metadata is not None:
+            metadata.create_all(conn, checkfirst=True)
+        inspector = sa.inspect(conn)
+        unknown = [n for n in data if not inspector.has_table(n)]
+        if unknown:
+            raise ValueError(f"{source}unknown table(s): {', '.join(map(repr, unknown))}")
+        reflected = sa.MetaData()
+        reflected.reflect(conn, only=list(data))
+        return {
+            reflected.tables[n]: seedfile.coerce(reflected.tables[n], rows, source)
+            for n, rows in data.items()
+        }
+
+    if make_url(url).get_dialect().is_async:
+
+        async def run() -> onconflict.SeedReport:
+            engine = create_async_engine(url)
+            try:
+                async with engine.begin() as conn:
+                    typed = await conn.run_sync(tables)
+                return await onconflict.seed(engine, typed, **kw)
+            finally:
+                await engine.dispose()
+
+        return anyio.run(run)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            typed = tables(conn)
+        return onconflict.sync.seed(engine, typed, **kw)
+    finally:
+        engine.dispose()
+
+
+def _summary(report: onconflict.SeedReport, file: Path, url: str) -> Table:
+    dry = " (dry run: nothing written)" if report.dry_run else ""
+    out = Table(title=f"seed {file.name} ({report.mode}){dry}")
+    columns = {
+        "insert": ["inserted", "existing"],
+        "upsert": ["inserted", "updated", "existing"],
+        "verify": ["existing", "missing", "differing"],
+    }[report.mode]
+    if report.dry_run:
+        columns = (
+            ["missing", "existing"]
+            if report.mode == "insert"
+            else ["missing", "differing", "existing"]
+        )
+    out.add_column("table")
+    for col in columns:
+        out.add_column(col, justify="right")
+    for part in report.tables:
+        counts = part.counts()
+        out.add_row(part.table, *(str(counts[c]) for c in columns))
+    out.caption = f"database: {masked(url)}"
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

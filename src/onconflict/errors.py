@@ -25,6 +25,7 @@ __all__ = [
     "DriverError",
     "UniqueViolation",
     "driver_error",
+    "error_code",
     "is_transient",
     "is_unique_violation",
     "unique_violation",
@@ -359,3 +360,9 @@ def is_transient(exc: BaseException) -> bool:
     SQL Server 1205)."""
     err = driver_error(exc)
     return err is not None and err.code in TRANSIENT_CODES.get(err.family, ())
+
+
+def error_code(exc: BaseException) -> Code | None:
+    """The driver's error code (SQLSTATE, errno, ...) anywhere in the chain."""
+    err = driver_error(exc)
+    return None if err is None else err.code

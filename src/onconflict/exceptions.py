@@ -41,3 +41,8 @@ class OutcomeMismatchError(OnConflictError):
     that differs from the input value in a way onconflict cannot undo; pass key
     values of the column's Python type.
     """
+
+
+class SeedLockTimeout(OnConflictError):
+    """seed could not take its database lock in time: another seed (another
+    replica starting, say) still holds it."""

@@ -28,6 +28,14 @@ from onconflict._fetch import (
     prepare_update_or_create,
 )
 from onconflict._front import SYNC_HANDLES, dialect_of, session_connection
+from onconflict._seed import (
+    DEFAULT_LOCK,
+    Mode,
+    Progress,
+    SeedReport,
+    execute_seed,
+    prepare_seed,
+)
 from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
 from onconflict.errors import is_transient, is_unique_violation, unique_violation
@@ -48,6 +56,7 @@ __all__ = [
     "is_transient",
     "is_unique_violation",
     "retrying",
+    "seed",
     "unique_violation",
     "update_or_create",
     "upsert",
@@ -139,6 +148,31 @@ def update_or_create(
         return get_or_create(conn, table, lookup, on=on, retry=retry)
     fetch, prepared = prepare_update_or_create(dialect_of(conn), table, lookup, defaults, on)
     return _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(fetch))
+
+
+def seed(
+    conn: SyncHandle,
+    data: Mapping[Any, Iterable[Mapping[str, Any]]],
+    *,
+    mode: Mode = "insert",
+    dry_run: bool = False,
+    on: OnTarget | Mapping[str, OnTarget] = None,
+    lock: str | None = DEFAULT_LOCK,
+    lock_timeout: float = 30.0,
+    progress: Progress | None = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> SeedReport:
+    """See :func:`onconflict.seed`, of which this is the synchronous twin."""
+    plan = prepare_seed(
+        data,
+        mode=mode,
+        dry_run=dry_run,
+        on=on,
+        lock=lock,
+        lock_timeout=lock_timeout,
+        progress=progress,
+    )
+    return _run(conn, execute_seed, plan, retry)
 
 
 def retrying(engine: Engine, fn: Callable[[Connection], T], *, retry: Retry = DEFAULT_RETRY) -> T:

@@ -157,6 +157,11 @@ class DialectSupport:
         found = conn.execute(locked, plan.bound(plan.lookup)).mappings().first()
         return (dict(found), False) if found is not None else None
 
+    def seed_lock(self, conn: Connection, name: str, timeout: float) -> AbstractContextManager[Any]:
+        """Hold the database-wide lock ``name`` for the rest of the transaction, so
+        that replicas seeding at once take turns. Generic: no lock."""
+        return nullcontext()
+
     async def get_or_create_fast(
         self, engine: Any, plan: FetchPlan, attempts: int
     ) -> tuple[Row, bool] | None:

@@ -29,6 +29,7 @@ whose rows could hit a unique key other than the requested one unless
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,12 +44,14 @@ from onconflict._expr import substitute
 from onconflict._match import align
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan, select_by_keys
-from onconflict.exceptions import UnsafeInsertError
+from onconflict.exceptions import SeedLockTimeout, UnsafeInsertError
 
 DUPLICATE_KEY = 1062
 SHOW_WARNINGS = sa.text("SHOW WARNINGS")
 WARNING_COUNTS = sa.text("SELECT @@warning_count, @@max_error_count")
 SET_LIMIT = sa.text("SET SESSION max_error_count = :n")
+GET_LOCK = sa.select(sa.func.get_lock(sa.bindparam("name"), sa.bindparam("timeout")))
+RELEASE_LOCK = sa.select(sa.func.release_lock(sa.bindparam("name")))
 WARNINGS_WANTED = 65535  # the largest max_error_count; a statement has at most 1000 rows
 SAVED_LIMIT = "onconflict.saved_max_error_count"
 
@@ -166,6 +169,24 @@ class MySQL(DialectSupport):
             else:
                 out.append(("unchanged", None))
         return out
+
+    @contextmanager
+    def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
+        """GET_LOCK: a named lock of the session (not the transaction), released
+        at the end. Names are limited to 64 characters: longer ones are hashed."""
+        if len(name) > 64:
+            name = "onconflict." + hashlib.sha256(name.encode()).hexdigest()[:40]
+        got = conn.execute(GET_LOCK, {"name": name, "timeout": max(1, round(timeout))}).scalar()
+        if got != 1:
+            raise SeedLockTimeout(
+                f"could not take the seed lock {name!r} within {timeout:g}s:"
+                " another seed is still running"
+            )
+        try:
+            yield
+        finally:
+            if not conn.invalidated:
+                conn.execute(RELEASE_LOCK, {"name": name})
 
     def transaction_lost(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())

@@ -7,7 +7,8 @@ NOT NULL (23502), CHECK (23514), foreign key (23503) and too-long values
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +29,8 @@ from onconflict.dialects.base import (
     do_update,
     lookup_condition,
 )
+from onconflict.errors import error_code
+from onconflict.exceptions import SeedLockTimeout
 
 CREATED = "onconflict_created_"
 
@@ -50,6 +53,24 @@ class PostgreSQL(DialectSupport):
         plan.statement = do_update(pg.insert(plan.table), plan).returning(
             *plan.table.c, was_inserted
         )
+
+    @contextmanager
+    def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
+        """A transaction-level advisory lock, waited for at most ``timeout``."""
+        setting = sa.func.set_config("lock_timeout", sa.bindparam("t"), True)
+        previous = conn.execute(sa.select(sa.func.current_setting("lock_timeout"))).scalar_one()
+        conn.execute(sa.select(setting), {"t": f"{max(1, int(timeout * 1000))}ms"})
+        try:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(name))))
+        except sa.exc.DBAPIError as exc:
+            if error_code(exc) == "55P03":  # lock_not_available
+                raise SeedLockTimeout(
+                    f"could not take the seed lock {name!r} within {timeout:g}s:"
+                    " another seed is still running"
+                ) from exc
+            raise
+        conn.execute(sa.select(setting), {"t": previous})
+        yield  # released when the transaction ends
 
     def prepare_fetch(self, plan: FetchPlan) -> None:
         """get_or_create as ONE statement:

@@ -8,7 +8,8 @@ NOT NULL or CHECK constraints, where the upsert clause raises.
 from __future__ import annotations
 
 import sqlite3
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +28,8 @@ from onconflict.dialects.base import (
     do_update,
     select_by_keys,
 )
-from onconflict.exceptions import NotSupportedError
+from onconflict.errors import error_code
+from onconflict.exceptions import NotSupportedError, SeedLockTimeout
 
 UPSERT_CLAUSE = (3, 24, 0)
 RETURNING = (3, 35, 0)
@@ -56,6 +58,31 @@ class SQLite(DialectSupport):
     def savepoint(self, conn: Connection) -> AbstractContextManager[NestedTransaction]:
         begun(conn)
         return super().savepoint(conn)
+
+    @contextmanager
+    def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
+        """SQLite's lock is the database's write lock: BEGIN IMMEDIATE, waiting at
+        most ``timeout`` for another writer (a transaction already open takes
+        the lock at its first write instead)."""
+        driver: Any = conn.connection.driver_connection
+        if driver.in_transaction:
+            yield
+            return
+        previous = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        # PRAGMA takes no bound parameters; the value is an int computed here
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(timeout * 1000))}")
+        try:
+            begun(conn, immediate=True)
+        except sa.exc.OperationalError as exc:
+            if error_code(exc) in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
+                raise SeedLockTimeout(
+                    f"could not take the database write lock within {timeout:g}s:"
+                    " another seed (or writer) is still running"
+                ) from exc
+            raise
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
+        yield
 
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         if sqlite_version(dialect) < RETURNING:

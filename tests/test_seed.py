@@ -1,0 +1,181 @@
+"""seed (API and CLI) on the real servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from examples.app import metadata as app_metadata
+from examples.app import roles, users
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import onconflict
+import onconflict.sync
+from tests.conftest import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = [{"name": "admin", "description": "all"}, {"name": "member", "description": "some"}]
+USERS = [
+    {"email": "admin@x", "name": "Admin", "role": "admin"},
+    {"email": "ada@x", "name": "Ada", "role": "member"},
+]
+
+
+@pytest.fixture
+async def app_tables(aengine: AsyncEngine) -> Any:
+    async with aengine.begin() as conn:
+        await conn.run_sync(app_metadata.drop_all)
+        await conn.run_sync(app_metadata.create_all)
+    yield
+    async with aengine.begin() as conn:
+        await conn.run_sync(app_metadata.drop_all)
+
+
+async def contents(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
+    async with engine.connect() as conn:
+        return {
+            "roles": [
+                tuple(r) for r in await conn.execute(sa.select(roles).order_by(roles.c.name))
+            ],
+            "users": [
+                tuple(r)[1:] for r in await conn.execute(sa.select(users).order_by(users.c.email))
+            ],
+        }
+
+
+pytestmark = pytest.mark.usefixtures("app_tables")
+
+
+async def test_insert_twice_children_listed_first(aengine: AsyncEngine) -> None:
+    data = {users: USERS, roles: ROLES}  # parents are written first anyway
+    first = await onconflict.seed(aengine, data)
+    assert [(t.table, t.counts()["inserted"]) for t in first.tables] == [("roles", 2), ("users", 2)]
+    again = await onconflict.seed(aengine, data)
+    assert again.total("inserted") == 0
+    assert again.total("existing") == 4
+    assert not again.changed
+
+
+async def test_tables_by_name_are_reflected(aengine: AsyncEngine, sengine: Any) -> None:
+    report = onconflict.sync.seed(sengine, {"users": USERS, "roles": ROLES})
+    assert report.total("inserted") == 4
+    assert (await contents(aengine))["users"][0] == ("ada@x", "Ada", "member")
+
+
+async def test_upsert_verify_and_dry_run(aengine: AsyncEngine) -> None:
+    await onconflict.seed(aengine, {roles: ROLES, users: USERS})
+    changed = [dict(USERS[0], name="Root"), {"email": "new@x", "name": "New", "role": "member"}]
+    before = await contents(aengine)
+
+    verify = await onconflict.seed(aengine, {users: changed}, mode="verify")
+    (part,) = verify.tables
+    assert part.missing == [changed[1]]
+    assert [(g["email"], s["name"]) for g, s in part.differing] == [("admin@x", "Admin")]
+    assert verify.drift
+
+    dry = await onconflict.seed(aengine, {users: changed}, mode="upsert", dry_run=True)
+    assert (dry.total("missing"), dry.total("differing")) == (1, 1)
+    dry_insert = await onconflict.seed(aengine, {users: changed}, dry_run=True)
+    assert (dry_insert.total("missing"), dry_insert.total("existing")) == (1, 1)
+    assert await contents(aengine) == before  # verify and dry runs write nothing
+
+    done = await onconflict.seed(aengine, {users: changed}, mode="upsert")
+    assert [r["name"] for r in done.tables[0].updated] == ["Root"]
+    assert done.total("inserted") == 1
+    assert not (await onconflict.seed(aengine, {users: changed}, mode="verify")).drift
+
+
+async def test_all_or_nothing(aengine: AsyncEngine) -> None:
+    bad = [*USERS, {"email": "x@x", "name": "X", "role": "no-such-role"}]  # foreign key
+    with pytest.raises(sa.exc.DBAPIError):
+        await onconflict.seed(aengine, {roles: ROLES, users: bad})
+    assert await contents(aengine) == {"roles": [], "users": []}
+    # inside the caller's transaction: the caller's own work survives (not on PostgreSQL,
+    # where any error aborts the transaction)
+    async with aengine.connect() as conn:
+        with pytest.raises(sa.exc.DBAPIError):
+            await onconflict.seed(conn, {roles: ROLES, users: bad})
+        await conn.rollback()
+    assert await contents(aengine) == {"roles": [], "users": []}
+
+
+async def test_unknown_tables_and_columns_write_nothing(aengine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match="unknown table"):
+        await onconflict.seed(aengine, {"roles": ROLES, "nope": [{"a": 1}]})
+    with pytest.raises(ValueError, match="'colour' not a column of table 'users'"):
+        await onconflict.seed(aengine, {roles: ROLES, users: [{**USERS[0], "colour": "red"}]})
+    assert await contents(aengine) == {"roles": [], "users": []}
+
+
+async def test_progress_is_reported(aengine: AsyncEngine) -> None:
+    seen: list[tuple[str, int, int]] = []
+    await onconflict.seed(aengine, {roles: ROLES, users: USERS}, progress=lambda *a: seen.append(a))
+    assert seen == [("roles", 2, 2), ("users", 2, 2)]
+
+
+def hold_lock(backend: Backend, release: threading.Event, held: threading.Event) -> None:
+    """Take the seed lock as another replica would, until told to let go."""
+    engine = sa.create_engine(backend.sync_url)
+    with engine.connect() as conn:
+        if backend.name == "postgresql":
+            conn.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("onconflict.seed")))
+            )
+        elif backend.name == "mariadb":
+            conn.execute(sa.select(sa.func.get_lock("onconflict.seed", 1)))
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        held.set()
+        release.wait(30)
+        conn.rollback()
+        if backend.name == "mariadb":
+            conn.execute(sa.select(sa.func.release_lock("onconflict.seed")))
+    engine.dispose()
+
+
+async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Backend) -> None:
+    release, held = threading.Event(), threading.Event()
+    holder = threading.Thread(target=hold_lock, args=(backend, release, held))
+    holder.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        with pytest.raises(onconflict.SeedLockTimeout, match="another seed"):
+            await onconflict.seed(aengine, {roles: ROLES}, lock_timeout=1.0, retry=None)
+        assert time.monotonic() - started < 10
+    finally:
+        release.set()
+        holder.join()
+    assert (await onconflict.seed(aengine, {roles: ROLES})).total("inserted") == 2
+
+
+def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
+    """docs' FastAPI example: eight workers run the start-up seeding at once."""
+    url = backend.url
+    start = time.time() + 4
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.lifespan_worker", str(start)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ONCONFLICT_URL": url, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"},
+        )
+        for _ in range(8)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err[-2000:] for _, err in outputs]
+    inserted = [int(out.split()[0]) for out, _ in outputs]
+    assert sum(inserted) == 2  # one role and one admin user, by exactly one worker
+    engine = sa.create_engine(backend.sync_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 1
+    engine.dispose()
