@@ -11,16 +11,15 @@ from click.testing import CliRunner
 from onconflict.cli import main, masked
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_COMMAND = (
-    "python3 -m venv .venv && .venv/bin/pip install -e '.[sqlite,cli]' && .venv/bin/onconflict demo"
-)
+SEED = ".venv/bin/onconflict seed examples/seed.yaml --schema examples/app.py:metadata"
+MAIN_COMMAND = f"python3 -m venv .venv && .venv/bin/pip install -e '.[cli]' && {SEED} && {SEED}"
 TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install tox && .venv/bin/tox"
 
 
 def test_readme_has_exactly_the_two_setup_commands() -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
-    assert [b.strip() for b in blocks] == [DEMO_COMMAND, TEST_COMMAND]
+    assert [b.strip() for b in blocks] == [MAIN_COMMAND, TEST_COMMAND]
 
 
 def test_ci_runs_the_readme_test_command() -> None:
