@@ -278,3 +278,31 @@ async def test_bad_lookups(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         await onconflict.get_or_create(aengine, table, lookup, defaults)
+
+
+async def test_a_vanished_row_is_retried_not_returned_as_none(
+    aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a conflicting row is gone before it can be read (the attempt reports
+    nothing), the next attempt runs; after five, a clear error. The database
+    work of each attempt is real; only the first attempt's answer is dropped."""
+    from onconflict.dialects import support_for  # noqa: PLC0415
+
+    support = support_for(aengine.dialect)
+    real = support.get_or_create_once
+    calls: list[int] = []
+
+    def first_lost(conn: Any, plan: Any) -> Any:
+        calls.append(1)
+        got = real(conn, plan)
+        return None if len(calls) == 1 else got
+
+    monkeypatch.setattr(support, "get_or_create_once", first_lost)
+    async with aengine.begin() as conn:  # the SQLAlchemy path, where attempts are counted
+        row, created = await onconflict.get_or_create(conn, users, {"email": "v@x"}, {"name": "v"})
+    assert len(calls) == 2
+    assert row["email"] == "v@x"
+    monkeypatch.setattr(support, "get_or_create_once", lambda conn, plan: None)
+    async with aengine.connect() as conn:
+        with pytest.raises(onconflict.OnConflictError, match="could not be read 5 times"):
+            await onconflict.get_or_create(conn, users, {"email": "w@x"}, {"name": "w"})
