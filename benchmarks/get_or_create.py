@@ -57,7 +57,9 @@ async def check(engine: AsyncEngine, keys: int, created: int) -> None:
         raise SystemExit(f"exactly-once violated: {rows} rows, {created} creators, {keys} keys")
 
 
-async def timed(workers: int, plan: list[str], call: Callable[[str], Awaitable[bool]]) -> tuple[float, int]:
+async def timed(
+    workers: int, plan: list[str], call: Callable[[str], Awaitable[bool]]
+) -> tuple[float, int]:
     it = iter(plan)
     made = 0
 
@@ -194,13 +196,15 @@ async def main() -> None:
     await pool.close()
     await engine.dispose()
 
-    print(f"\n{args.workers} workers, {args.keys} keys, {args.calls} calls, {args.rounds} rounds (median):")
+    size = f"{args.workers} workers, {args.keys} keys, {args.calls} calls"
+    print(f"\n{size}, {args.rounds} rounds (median):")
     med = {name: statistics.median(v) for name, v in results.items()}
     for name, rate in med.items():
         print(f"  {name:24} {rate:9,.0f} calls/s")
     ours_rate = med["onconflict, engine"]
     floor = med["raw asyncpg pool"] / ours_rate
-    print(f"  raw pool / onconflict: {floor:.2f}x (goal <= 1.25x: {'met' if floor <= 1.25 else 'NOT met'})")
+    verdict = "met" if floor <= 1.25 else "NOT met"
+    print(f"  raw pool / onconflict: {floor:.2f}x (goal <= 1.25x: {verdict})")
     if "Django get_or_create" in med:
         vs = ours_rate / med["Django get_or_create"]
         print(f"  onconflict / Django:   {vs:.2f}x (goal >= 2x: {'met' if vs >= 2 else 'NOT met'})")

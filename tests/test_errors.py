@@ -127,74 +127,31 @@ def _run_dbapi(conn: Any, ddl: list[str], statements: list[str]) -> list[BaseExc
     return out
 
 
-def psycopg2_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("psycopg2")
-    d = dsn("postgresql")
-    conn = mod.connect(
-        host=d["host"], port=d["port"], user=d["user"], password=d["password"], dbname=d["database"]
-    )
-    return _run_dbapi(conn, PG_DDL, statements)
+# Sync DB-API drivers: (module, server, DDL, connect keyword for the database name)
+DBAPI_DRIVERS = {
+    "psycopg2": ("psycopg2", "postgresql", PG_DDL, "dbname"),
+    "psycopg": ("psycopg", "postgresql", PG_DDL, "dbname"),
+    "pg8000": ("pg8000.dbapi", "postgresql", PG_DDL, "database"),
+    "pymysql": ("pymysql", "mariadb", MYSQL_DDL, "database"),
+    "mysqlclient": ("MySQLdb", "mariadb", MYSQL_DDL, "database"),
+    "mariadb-connector": ("mariadb", "mariadb", MYSQL_DDL, "database"),
+}
 
 
-def psycopg_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("psycopg")
-    d = dsn("postgresql")
-    conn = mod.connect(
-        host=d["host"], port=d["port"], user=d["user"], password=d["password"], dbname=d["database"]
-    )
-    return _run_dbapi(conn, PG_DDL, statements)
-
-
-def pg8000_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("pg8000.dbapi")
-    d = dsn("postgresql")
+def dbapi_errors(driver: str, statements: list[str]) -> list[BaseException | None]:
+    module, server, ddl, db_keyword = DBAPI_DRIVERS[driver]
+    mod = need(module)
+    d = dsn(server)
+    default_port = 5432 if server == "postgresql" else 3306
+    password = d["password"] or (None if driver == "pg8000" else "")
     conn = mod.connect(
         host=d["host"],
-        port=d["port"] or 5432,
+        port=d["port"] or default_port,
         user=d["user"],
-        password=d["password"] or None,
-        database=d["database"],
+        password=password,
+        **{db_keyword: d["database"]},
     )
-    return _run_dbapi(conn, PG_DDL, statements)
-
-
-def pymysql_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("pymysql")
-    d = dsn("mariadb")
-    conn = mod.connect(
-        host=d["host"],
-        port=d["port"] or 3306,
-        user=d["user"],
-        password=d["password"],
-        database=d["database"],
-    )
-    return _run_dbapi(conn, MYSQL_DDL, statements)
-
-
-def mysqlclient_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("MySQLdb")
-    d = dsn("mariadb")
-    conn = mod.connect(
-        host=d["host"],
-        port=d["port"] or 3306,
-        user=d["user"],
-        password=d["password"],
-        database=d["database"],
-    )
-    return _run_dbapi(conn, MYSQL_DDL, statements)
-
-
-def mariadb_connector_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("mariadb")
-    d = dsn("mariadb")
-    conn = mod.connect(
-        host=d["host"],
-        port=d["port"] or 3306,
-        user=d["user"],
-        password=d["password"],
-        database=d["database"],
-    )
-    return _run_dbapi(conn, MYSQL_DDL, statements)
+    return _run_dbapi(conn, ddl, statements)
 
 
 def sqlite3_errors(statements: list[str], path: Path) -> list[BaseException | None]:
@@ -329,17 +286,10 @@ async def produce(driver: str, tmp_path: Path) -> tuple[str, list[BaseException 
         return "sqlite", await sqlalchemy_errors(
             f"sqlite+aiosqlite:///{sqlite_file}", SQLITE_DDL, statements
         )
-    sync: dict[str, tuple[str, Callable[[], list[BaseException | None]]]] = {
-        "psycopg2": ("postgresql", lambda: psycopg2_errors(statements)),
-        "psycopg": ("postgresql", lambda: psycopg_errors(statements)),
-        "pg8000": ("postgresql", lambda: pg8000_errors(statements)),
-        "pymysql": ("mysql", lambda: pymysql_errors(statements)),
-        "mysqlclient": ("mysql", lambda: mysqlclient_errors(statements)),
-        "mariadb-connector": ("mysql", lambda: mariadb_connector_errors(statements)),
-        "sqlite3": ("sqlite", lambda: sqlite3_errors(statements, sqlite_file)),
-    }
-    family, run = sync[driver]
-    return family, await asyncio.to_thread(run)
+    if driver == "sqlite3":
+        return "sqlite", await asyncio.to_thread(sqlite3_errors, statements, sqlite_file)
+    family = "postgresql" if DBAPI_DRIVERS[driver][1] == "postgresql" else "mysql"
+    return family, await asyncio.to_thread(dbapi_errors, driver, statements)
 
 
 DRIVERS = [

@@ -286,7 +286,7 @@ async def test_a_vanished_row_is_retried_not_returned_as_none(
     """When a conflicting row is gone before it can be read (the attempt reports
     nothing), the next attempt runs; after five, a clear error. The database
     work of each attempt is real; only the first attempt's answer is dropped."""
-    from onconflict.dialects import support_for  # noqa: PLC0415
+    from onconflict.dialects import support_for
 
     support = support_for(aengine.dialect)
     real = support.get_or_create_once
@@ -299,7 +299,7 @@ async def test_a_vanished_row_is_retried_not_returned_as_none(
 
     monkeypatch.setattr(support, "get_or_create_once", first_lost)
     async with aengine.begin() as conn:  # the SQLAlchemy path, where attempts are counted
-        row, created = await onconflict.get_or_create(conn, users, {"email": "v@x"}, {"name": "v"})
+        row, _created = await onconflict.get_or_create(conn, users, {"email": "v@x"}, {"name": "v"})
     assert len(calls) == 2
     assert row["email"] == "v@x"
     monkeypatch.setattr(support, "get_or_create_once", lambda conn, plan: None)
