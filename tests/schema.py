@@ -81,3 +81,13 @@ class Item(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column("item_code", sa.String(20), unique=True)
     title: Mapped[str | None] = mapped_column("item_title", sa.String(40))
+
+
+# Hot keys for the process storm and the property tests.
+storm = sa.Table(
+    "oc_storm",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("k", sa.String(40), nullable=False, unique=True),
+    sa.Column("v", sa.String(40), nullable=True),
+)

@@ -206,11 +206,17 @@ def _savepoint(
     try:
         yield sp
     except BaseException as exc:
-        if sp.is_active and not lost(exc):
+        # not after the server rolled everything back, nor on a dead connection:
+        # rolling back to the savepoint would fail and hide the real error
+        if sp.is_active and not conn.invalidated and not _disconnect(exc) and not lost(exc):
             sp.rollback()
         raise
     if sp.is_active:
         sp.commit()
+
+
+def _disconnect(exc: BaseException) -> bool:
+    return bool(getattr(exc, "connection_invalidated", False))
 
 
 def do_update(stmt: Any, plan: UpsertPlan) -> Any:

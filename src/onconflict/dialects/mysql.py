@@ -214,9 +214,11 @@ class MySQL(DialectSupport):
         try:
             yield
         finally:
-            saved = conn.info.pop(SAVED_LIMIT, None)
-            if saved is not None and not conn.invalidated:
-                conn.execute(SET_LIMIT, {"n": saved})
+            # a dead connection has no session to restore (and its info is gone)
+            if not conn.invalidated:
+                saved = conn.info.pop(SAVED_LIMIT, None)
+                if saved is not None:
+                    conn.execute(SET_LIMIT, {"n": saved})
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         stored: Row | None = self._guarded(
@@ -232,7 +234,7 @@ class MySQL(DialectSupport):
                 inserted = len(out) if isinstance(out, list) else int(out is not None)
                 problems = self._problems(conn, len(rows) - inserted)
             except sa.exc.DBAPIError as exc:
-                if not self.transaction_lost(exc):
+                if not (self.transaction_lost(exc) or exc.connection_invalidated):
                     # IGNORE may fail on a value it coerced itself (NULL -> '' failing
                     # a CHECK): the same rows without IGNORE show the real cause.
                     sp.rollback()

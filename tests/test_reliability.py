@@ -1,0 +1,329 @@
+"""Reliability: process storms, killed connections, isolation levels, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from sqlalchemy.dialects.mysql import LONGTEXT
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import onconflict
+from onconflict.cli import main
+from tests.conftest import Backend
+from tests.schema import pairs, storm
+
+pytestmark = pytest.mark.usefixtures("tables")
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
+
+
+async def count(engine: AsyncEngine, table: sa.Table) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
+
+
+# -- a storm of processes ------------------------------------------------------------
+
+
+def run_storm(url: str, processes: int = 16, coroutines: int = 64) -> list[dict[str, Any]]:
+    start = time.time() + 6  # every process connected and waiting by then
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.storm_worker",
+                url,
+                str(start),
+                str(coroutines),
+                "20",
+                "4",
+                str(i),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for i in range(processes)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes, [e[-1500:] for _, e in outputs]
+    return [json.loads(out) for out, _ in outputs]
+
+
+@pytest.mark.slow
+async def test_process_storm(aengine: AsyncEngine, backend: Backend) -> None:
+    """16 processes x 64 coroutines mixing insert_ignore, upsert and get_or_create
+    on 20 hot keys: every key once, one creator per key, no error."""
+    reports = await asyncio.to_thread(run_storm, backend.url)
+    errors = [e for r in reports for e in r["errors"]]
+    assert errors == []
+    touched = set().union(*(r["touched"] for r in reports))
+    creators = Counter(k for r in reports for k in r["created"])
+    assert creators == Counter(dict.fromkeys(touched, 1))
+    assert await count(aengine, storm) == len(touched)
+
+
+# -- a connection killed in the middle of a large batch -------------------------------
+
+KILLERS = {
+    # the connection of any other session whose transaction has written
+    "postgresql": (
+        "SELECT pid FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
+        " AND pid <> pg_backend_pid() AND datname = current_database()",
+        "SELECT pg_terminate_backend(:victim)",
+    ),
+    "mariadb": (
+        "SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX"
+        " WHERE trx_rows_modified > 0 AND trx_mysql_thread_id <> CONNECTION_ID()",
+        "KILL CONNECTION :victim",
+    ),
+}
+
+
+async def test_connection_killed_mid_batch(aengine: AsyncEngine, backend: Backend) -> None:
+    """The call fails with a clear error, nothing of it is committed, and the same
+    call run again converges to the full table."""
+    if backend.name == "sqlite":
+        pytest.skip("SQLite has no server connection; see test_sqlite_writer_killed")
+    find, kill = KILLERS[backend.name]
+    rows = [{"a": i, "b": 0, "v": "x"} for i in range(150_000)]
+    call = asyncio.ensure_future(onconflict.insert_ignore(aengine, pairs, rows))
+    killer = create_async_engine(backend.url)
+    killed = False
+    try:
+        async with killer.connect() as conn:
+            for _ in range(1000):
+                victim = (await conn.execute(sa.text(find))).scalar()
+                if victim is not None:
+                    await conn.execute(sa.text(kill), {"victim": victim})
+                    killed = True
+                    break
+                if call.done():
+                    break
+                await asyncio.sleep(0.005)
+    finally:
+        await killer.dispose()
+    assert killed, "the batch finished before it could be interrupted"
+    with pytest.raises(sa.exc.DBAPIError) as info:
+        await call
+    assert not onconflict.is_unique_violation(info.value)
+    assert await count(aengine, pairs) == 0  # nothing partial
+    again = await onconflict.insert_ignore(aengine, pairs, rows)
+    assert again.inserted_count == len(rows)
+    assert await count(aengine, pairs) == len(rows)
+
+
+def test_sqlite_writer_killed(tmp_path: Path) -> None:
+    """A process killed inside its transaction: the next opener rolls the hot
+    journal back, and the same seed run again converges."""
+    db = tmp_path / "killed.db"
+    url = f"sqlite:///{db}"
+    script = (
+        "import sys, sqlalchemy as sa, onconflict.sync\n"
+        "from tests.schema import metadata, pairs\n"
+        "e = sa.create_engine(sys.argv[1])\n"
+        "metadata.create_all(e)\n"
+        "print('ready', flush=True)\n"
+        "onconflict.sync.insert_ignore(e, pairs, [{'a': i, 'b': 0} for i in range(2_000_000)])\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, url], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    journal = Path(f"{db}-journal")
+    deadline = time.monotonic() + 60
+    while not journal.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # well inside the transaction
+    assert proc.poll() is None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(pairs)).scalar() == 0
+    import onconflict.sync
+
+    rows = [{"a": i, "b": 0} for i in range(10_000)]
+    assert onconflict.sync.insert_ignore(engine, pairs, rows).inserted_count == 10_000
+    engine.dispose()
+
+
+# -- isolation levels ---------------------------------------------------------------
+
+LEVELS = {
+    "postgresql": ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"],
+    "mariadb": ["READ COMMITTED", "REPEATABLE READ"],
+    "sqlite": ["SERIALIZABLE"],
+}
+
+
+@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+async def test_isolation_levels_with_retrying(
+    aengine: AsyncEngine, backend: Backend, level: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """16 coroutines, each running transactions of its own at this level: take a
+    snapshot, yield to the others, then one insert_ignore, upsert or
+    get_or_create on a shared key. Under retrying() all succeed and every key
+    exists once; the log counts the transient errors that were retried."""
+    if level not in LEVELS[backend.name]:
+        pytest.skip(f"{backend.name} has no {level} of its own")
+    caplog.set_level("INFO", logger="onconflict")
+    engine = aengine.execution_options(isolation_level=level)
+    created: list[str] = []
+
+    def unit(i: int, j: int) -> Any:
+        key = f"k{(i + j) % 8}"
+
+        async def run(conn: Any) -> list[str]:
+            await conn.execute(sa.select(storm.c.id).limit(1))  # the snapshot, taken early
+            await asyncio.sleep(0.001)  # let the others write meanwhile
+            if j % 3 == 0:
+                r = await onconflict.insert_ignore(conn, storm, [{"k": key, "v": "i"}])
+                return [key] * r.inserted_count
+            if j % 3 == 1:
+                u = await onconflict.upsert(conn, storm, [{"k": key, "v": f"u{i}"}])
+                return [key] * u.inserted_count
+            _, was_created = await onconflict.get_or_create(conn, storm, {"k": key}, {"v": "g"})
+            return [key] * was_created
+
+        return run
+
+    async def worker(i: int) -> None:
+        for j in range(6):
+            retry = onconflict.Retry(attempts=20, max_delay=0.2)
+            created.extend(await onconflict.retrying(engine, unit(i, j), retry=retry))
+
+    await asyncio.gather(*(worker(i) for i in range(16)))
+    assert Counter(created) == Counter({f"k{n}": 1 for n in range(8)})
+    assert await count(aengine, storm) == 8
+    retried = sum("transient error, retrying" in r.getMessage() for r in caplog.records)
+    print(f"{backend.name} {level}: {retried} transient errors retried")
+
+
+# -- hostile names and values ----------------------------------------------------------
+
+HOSTILE_TABLE = "oc_we\"ird'; --tbl ünï"
+HOSTILE_KEY = "k'ey; drop table x --"
+HOSTILE_COL = 'va"l ünï'
+HOSTILE_VALUES = [
+    "'; DROP TABLE oc_storm; --",
+    '"double" `back` \\slash',
+    "unicode ✓ — ünï 🐍",
+    "x" * 100_000,
+]
+
+
+@pytest.fixture
+async def hostile(aengine: AsyncEngine) -> Any:
+    md = sa.MetaData()
+    table = sa.Table(
+        HOSTILE_TABLE,
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(HOSTILE_KEY, sa.String(100), nullable=False, unique=True),
+        # LONGTEXT on MariaDB: its TEXT stops at 64 KiB (and says so: error 1406)
+        sa.Column(HOSTILE_COL, sa.Text().with_variant(LONGTEXT(), "mysql"), nullable=True),
+    )
+    async with aengine.begin() as conn:
+        await conn.run_sync(md.drop_all)
+        await conn.run_sync(md.create_all)
+    yield table
+    async with aengine.begin() as conn:
+        await conn.run_sync(md.drop_all)
+
+
+async def test_hostile_names_and_values(
+    aengine: AsyncEngine, backend: Backend, hostile: sa.Table
+) -> None:
+    rows = [{HOSTILE_KEY: f"key {v[:20]}", HOSTILE_COL: v} for v in HOSTILE_VALUES]
+    first = await onconflict.insert_ignore(aengine, hostile, rows)
+    assert first.inserted_count == len(rows)
+    assert (await onconflict.insert_ignore(aengine, hostile, rows)).existing_count == len(rows)
+    changed = [{**r, HOSTILE_COL: r[HOSTILE_COL] + " ✓"} for r in rows]
+    assert (await onconflict.upsert(aengine, hostile, changed)).updated_count == len(rows)
+    row, created = await onconflict.get_or_create(
+        aengine, hostile, {HOSTILE_KEY: rows[0][HOSTILE_KEY]}
+    )
+    assert not created
+    assert row[HOSTILE_COL] == changed[0][HOSTILE_COL]
+    async with aengine.connect() as conn:
+        found = await conn.execute(sa.select(hostile.c[HOSTILE_KEY], hostile.c[HOSTILE_COL]))
+        stored = dict(found.tuples().all())
+    assert stored == {r[HOSTILE_KEY]: r[HOSTILE_COL] for r in changed}  # exactly as given
+    assert await count(aengine, storm) == 0  # the "DROP TABLE" in a value was only a value
+
+
+async def test_nul_bytes(aengine: AsyncEngine, backend: Backend, hostile: sa.Table) -> None:
+    row = {HOSTILE_KEY: "nul", HOSTILE_COL: "before\x00after"}
+    if (
+        backend.name == "postgresql"
+    ):  # PostgreSQL text cannot hold NUL: its own error, nothing stored
+        with pytest.raises(sa.exc.DBAPIError):
+            await onconflict.insert_ignore(aengine, hostile, [row])
+        assert await count(aengine, hostile) == 0
+        return
+    await onconflict.insert_ignore(aengine, hostile, [row])
+    async with aengine.connect() as conn:
+        assert (await conn.execute(sa.select(hostile.c[HOSTILE_COL]))).scalar() == "before\x00after"
+
+
+@pytest.mark.parametrize(
+    ("kw", "rows", "message"),
+    [
+        ({"on": "k; DROP TABLE oc_storm"}, [{"k": "a"}], "neither a column nor a constraint"),
+        ({}, [{"k; --": "a"}], "'k; --' not a column"),
+        ({}, [{"": "a"}], "'' not a column"),
+        ({}, [{1: "a"}], "1 not a column"),
+    ],
+)
+async def test_invalid_identifiers_are_refused(
+    aengine: AsyncEngine, kw: dict[str, Any], rows: Any, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        await onconflict.insert_ignore(aengine, storm, rows, **kw)
+
+
+async def test_hostile_seed_file(backend: Backend, hostile: sa.Table, tmp_path: Path) -> None:
+    data = {HOSTILE_TABLE: [{HOSTILE_KEY: "a", HOSTILE_COL: "'; DROP TABLE x; --"}]}
+    path = tmp_path / "hostile.json"
+    path.write_text(json.dumps(data))
+    url = backend.sync_url
+    result = CliRunner().invoke(main, ["seed", str(path), "--url", url])
+    assert result.exit_code == 0, result.output
+    again = CliRunner().invoke(main, ["seed", str(path), "--url", url, "--mode", "verify"])
+    assert again.exit_code == 0, again.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({'nope"; DROP TABLE oc_storm; --': [{"a": 1}]}))
+    refused = CliRunner().invoke(main, ["seed", str(bad), "--url", url])
+    assert refused.exit_code == 1
+    assert "unknown table" in refused.output
+
+
+async def test_passwords_never_in_the_libraries_errors(backend: Backend) -> None:
+    if backend.name == "sqlite":
+        pytest.skip("no password")
+    url = sa.engine.make_url(backend.url).set(password="s3cr3t-pw", port=1)
+    engine = create_async_engine(url)
+    try:
+        with pytest.raises((sa.exc.DBAPIError, OSError)) as info:
+            await onconflict.seed(engine, {storm: [{"k": "a"}]}, retry=None)
+        text = "".join(map(str, [info.value, info.value.__cause__, info.value.__context__]))
+        assert "s3cr3t-pw" not in text
+    finally:
+        await engine.dispose()
