@@ -264,7 +264,7 @@ async def test_hostile_names_and_values(
     assert row[HOSTILE_COL] == changed[0][HOSTILE_COL]
     async with aengine.connect() as conn:
         found = await conn.execute(sa.select(hostile.c[HOSTILE_KEY], hostile.c[HOSTILE_COL]))
-        stored = dict(found.tuples().all())
+        stored = dict(found.all())
     assert stored == {r[HOSTILE_KEY]: r[HOSTILE_COL] for r in changed}  # exactly as given
     assert await count(aengine, storm) == 0  # the "DROP TABLE" in a value was only a value
 
