@@ -7,9 +7,10 @@ as the sync front, so both behave identically.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
+import sqlalchemy as sa
 import tenacity
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -40,6 +41,7 @@ from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
 
 AsyncHandle = AsyncConnection | AsyncSession | AsyncEngine
 T = TypeVar("T")
+_O = TypeVar("_O")
 P = TypeVar("P")
 
 
@@ -120,6 +122,36 @@ async def upsert(
     return await _run(conn, execute_upsert, prepared, retry)
 
 
+@overload
+async def get_or_create(
+    conn: AsyncSession,
+    table: type[_O],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[_O, bool]: ...
+@overload
+async def get_or_create(
+    conn: AsyncHandle,
+    table: sa.Table,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
+@overload
+async def get_or_create(
+    conn: AsyncConnection | AsyncEngine,
+    table: type[Any],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
 async def get_or_create(
     conn: AsyncHandle,
     table: Any,
@@ -156,6 +188,36 @@ async def get_or_create(
     )
 
 
+@overload
+async def update_or_create(
+    conn: AsyncSession,
+    table: type[_O],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[_O, bool]: ...
+@overload
+async def update_or_create(
+    conn: AsyncHandle,
+    table: sa.Table,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
+@overload
+async def update_or_create(
+    conn: AsyncConnection | AsyncEngine,
+    table: type[Any],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
 async def update_or_create(
     conn: AsyncHandle,
     table: Any,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
+import sqlalchemy as sa
 import tenacity
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
@@ -44,6 +45,7 @@ from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
 
 SyncHandle = Connection | Session | Engine
 T = TypeVar("T")
+_O = TypeVar("_O")
 P = TypeVar("P")
 
 __all__ = [
@@ -113,6 +115,36 @@ def upsert(
     return _run(conn, execute_upsert, prepared, retry)
 
 
+@overload
+def get_or_create(
+    conn: Session,
+    table: type[_O],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[_O, bool]: ...
+@overload
+def get_or_create(
+    conn: SyncHandle,
+    table: sa.Table,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
+@overload
+def get_or_create(
+    conn: Connection | Engine,
+    table: type[Any],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
 def get_or_create(
     conn: SyncHandle,
     table: Any,
@@ -134,6 +166,36 @@ def get_or_create(
     )
 
 
+@overload
+def update_or_create(
+    conn: Session,
+    table: type[_O],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[_O, bool]: ...
+@overload
+def update_or_create(
+    conn: SyncHandle,
+    table: sa.Table,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
+@overload
+def update_or_create(
+    conn: Connection | Engine,
+    table: type[Any],
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = ...,
+    *,
+    on: OnTarget = ...,
+    retry: Retry | None = ...,
+) -> tuple[dict[str, Any], bool]: ...
 def update_or_create(
     conn: SyncHandle,
     table: Any,
