@@ -51,9 +51,9 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
                 source, f"{page.name}[{i}]", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
             )
             if code.co_flags & inspect.CO_COROUTINE:
-                loop.run_until_complete(eval(code, namespace))  # noqa: S307 - our own docs
+                loop.run_until_complete(eval(code, namespace))
             else:
-                exec(code, namespace)  # noqa: S102
+                exec(code, namespace)
         # engines the examples left open
         for value in list(namespace.values()):
             dispose = getattr(value, "dispose", None)
