@@ -20,9 +20,7 @@ async def async_fronts(engine: AsyncEngine, session: AsyncSession) -> None:
     assert_type(await onconflict.insert_ignore(engine, users, []), onconflict.InsertResult)
     assert_type(await onconflict.upsert(engine, users, []), onconflict.UpsertResult)
     assert_type(await onconflict.seed(engine, {}), onconflict.SeedReport)
-    assert_type(
-        await onconflict.get_or_create(session, Item, {"code": "x"}), tuple[Item, bool]
-    )
+    assert_type(await onconflict.get_or_create(session, Item, {"code": "x"}), tuple[Item, bool])
     assert_type(
         await onconflict.get_or_create(engine, users, {"email": "x"}), tuple[dict[str, Any], bool]
     )
