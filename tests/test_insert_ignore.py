@@ -466,3 +466,27 @@ async def test_classify_logs_the_error_it_raises(
     record = next(r for r in caplog.records if r.name == "onconflict")
     assert "oc_users" in record.getMessage()
     assert record.exc_info is not None
+
+
+async def test_postgresql_copy_path_for_large_calls(aengine: AsyncEngine, backend: Backend) -> None:
+    """Above the threshold, asyncpg calls COPY into a temporary table and insert
+    from it: the same exact outcomes as the statement path."""
+    if backend.name != "postgresql":
+        pytest.skip("the COPY path is PostgreSQL's (asyncpg)")
+    from onconflict.dialects.postgresql import COPY_THRESHOLD
+
+    seen: list[str] = []
+    sa.event.listen(aengine.sync_engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    n = COPY_THRESHOLD + 5_000
+    await onconflict.insert_ignore(aengine, pairs, [{"a": i, "b": 0} for i in range(0, n, 3)])
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(n)]
+    rows.append({"a": 1, "b": 0, "v": "repeat"})  # repeated in the call
+    result = await onconflict.insert_ignore(aengine, pairs, rows)
+    assert any("CREATE TEMPORARY TABLE oc_copy_" in s for s in seen)
+    assert [r["a"] for r in result.existing[:3]] == [0, 3, 6]
+    assert result.existing[-1] == {"a": 1, "b": 0, "v": "repeat"}
+    assert [(r["a"], r["v"]) for r in result.inserted[:2]] == [(1, "v1"), (2, "v2")]
+    assert result.inserted_count == n - len(range(0, n, 3))
+    assert all(isinstance(r["id"], int) for r in result.inserted)
+    async with aengine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(pairs))).scalar() == n

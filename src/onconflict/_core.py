@@ -251,7 +251,19 @@ def _write_native(
                 if one is not None:
                     stored[i] = one
             continue
-        for chunk in prepared.chunks(group):
+        pieces = list(prepared.chunks(group))
+        if len(pieces) > 1:  # a large group: the dialect may have a faster way in
+            batch = [rows[i] for i in group.indexes]
+            returned_all = support.write_bulk(
+                conn, prepared.table, prepared.target, group.columns, batch
+            )
+            if returned_all is not None:
+                aligned = align(prepared.keys, prepared.table, batch, returned_all, group.match)
+                for i, one in zip(group.indexes, aligned, strict=True):
+                    if one is not None:
+                        stored[i] = one
+                continue
+        for chunk in pieces:
             batch = [rows[i] for i in chunk]
             returned = support.write_many(conn, stmt, batch)
             aligned = align(prepared.keys, prepared.table, batch, returned, group.match)

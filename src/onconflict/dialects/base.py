@@ -179,6 +179,18 @@ class DialectSupport:
         statement; return the rows the database reports as inserted."""
         return [dict(m) for m in conn.execute(stmt, rows).mappings()]
 
+    def write_bulk(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        target: ConflictTarget,
+        columns: tuple[str, ...],
+        rows: list[Row],
+    ) -> list[Row] | None:
+        """A faster path for a large insert_ignore group, or None (the usual
+        statements then run). Returns the inserted rows, like write_many."""
+        return None
+
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         """Without RETURNING: insert one row, the stored row or None if it was a duplicate."""
         result = conn.execute(stmt, row)

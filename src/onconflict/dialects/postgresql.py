@@ -7,6 +7,7 @@ NOT NULL (23502), CHECK (23514), foreign key (23503) and too-long values
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -33,6 +34,28 @@ from onconflict.errors import error_code
 from onconflict.exceptions import SeedLockTimeout
 
 CREATED = "onconflict_created_"
+COPY_THRESHOLD = 20_000  # rows in one call's group; measured: benchmarks/bulk.py
+
+
+def _copyable(cols: list[sa.Column[Any]], rows: list[Row], dialect: Dialect) -> bool:
+    """Every value None or of its column's plain Python type, no bind processing."""
+    kinds = []
+    for col in cols:
+        if col.type.bind_processor(dialect) is not None:
+            return False
+        try:
+            pytype = col.type.python_type
+        except NotImplementedError:
+            return False
+        if pytype not in (int, str, float, bool, bytes):
+            return False
+        kinds.append((col.key, pytype))
+    for row in rows:
+        for key, pytype in kinds:
+            value = row.get(key)
+            if value is not None and type(value) is not pytype:
+                return False
+    return True
 
 
 class PostgreSQL(DialectSupport):
@@ -53,6 +76,50 @@ class PostgreSQL(DialectSupport):
         plan.statement = do_update(pg.insert(plan.table), plan).returning(
             *plan.table.c, was_inserted
         )
+
+    def write_bulk(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        target: ConflictTarget,
+        columns: tuple[str, ...],
+        rows: list[Row],
+    ) -> list[Row] | None:
+        """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
+        DO NOTHING RETURNING: for large calls on asyncpg.
+
+        Used only when every value already has its column's Python type and no
+        column needs SQLAlchemy's own value processing, so that COPY cannot fail
+        half way on a conversion; otherwise (or below the threshold) None.
+        """
+        if conn.dialect.driver != "asyncpg" or len(rows) < COPY_THRESHOLD:
+            return None
+        cols = [table.c[c] for c in columns]
+        if not _copyable(cols, rows, conn.dialect):
+            return None
+        scratch = sa.Table(
+            f"oc_copy_{uuid.uuid4().hex[:16]}",
+            sa.MetaData(),
+            *(sa.Column(c.name, c.type) for c in cols),
+            sa.Column("oc_ord", sa.BigInteger),
+            prefixes=["TEMPORARY"],
+            postgresql_on_commit="DROP",
+        )
+        scratch.create(conn)  # through SQLAlchemy: the transaction is begun
+        driver: Any = conn.connection.driver_connection
+        records = [(*(row.get(c) for c in columns), n) for n, row in enumerate(rows)]
+        await_only(
+            driver.copy_records_to_table(
+                scratch.name, records=records, columns=[*(c.name for c in cols), "oc_ord"]
+            )
+        )
+        source = sa.select(*(scratch.c[c.name] for c in cols)).order_by(scratch.c.oc_ord)
+        stmt = do_nothing(
+            pg.insert(table).from_select([c.name for c in cols], source), table, target, True
+        )
+        returned = [dict(m) for m in conn.execute(stmt).mappings()]
+        scratch.drop(conn)
+        return returned
 
     @contextmanager
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:

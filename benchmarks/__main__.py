@@ -1,0 +1,123 @@
+"""python -m benchmarks race|bulk [--url URL] [...] [--out DIR]
+
+Writes <kind>.json (every figure, versions, machine facts), <kind>.md (tables
+and goals) and <kind>-*.png (plots, with the bench extra) to --out, and prints
+the tables. Exactly-once is checked on every run; a violation stops the run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from benchmarks import bulk as bulk_mod
+from benchmarks import race as race_mod
+from benchmarks.common import goal, machine, ratio, server_version, write
+
+DEFAULT_URL = "sqlite+aiosqlite:///bench.db"
+
+
+def numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+@click.group()
+def main() -> None:
+    """Benchmarks of onconflict beside the alternatives, measured side by side."""
+
+
+@main.command()
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="ONCONFLICT_BENCH_URL")
+@click.option("--workers", default="1,8,32,128", show_default=True)
+@click.option("--keys", default="10,1000", show_default=True)
+@click.option("--dups", default="0,50,99", show_default=True, help="duplicate percentages")
+@click.option("--calls", default=2000, show_default=True, type=click.IntRange(1))
+@click.option("--out", default="bench-results", show_default=True, type=click.Path(path_type=Path))
+def race(url: str, workers: str, keys: str, dups: str, calls: int, out: Path) -> None:
+    """Many callers on the same keys: insert and get_or_create."""
+    results, facts = _with_progress(
+        "race",
+        url,
+        lambda p: race_mod.run(url, numbers(workers), numbers(keys), numbers(dups), calls, p),
+    )
+    w, k = numbers(workers), numbers(keys)
+    goals = race_goals(results, w, k)
+    _report("race", out, facts, results, goals)
+
+
+@main.command()
+@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="ONCONFLICT_BENCH_URL")
+@click.option("--rows", default="100000", show_default=True, help="row counts, comma-separated")
+@click.option("--dups", default="0,50,100", show_default=True, help="duplicate percentages")
+@click.option("--out", default="bench-results", show_default=True, type=click.Path(path_type=Path))
+def bulk(url: str, rows: str, dups: str, out: Path) -> None:
+    """Idempotent bulk loads beside plain INSERT and COPY."""
+    results, facts = _with_progress(
+        "bulk", url, lambda p: bulk_mod.run(url, numbers(rows), numbers(dups), p)
+    )
+    _report("bulk", out, facts, results, bulk_mod.goals(results, numbers(rows)))
+
+
+def _with_progress(kind: str, url: str, job: Any) -> tuple[list[Any], dict[str, Any]]:
+    facts = machine(url)
+
+    async def go() -> list[Any]:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(url)
+        facts["server"] = await server_version(engine)
+        await engine.dispose()
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()
+        ) as bar:
+            task = bar.add_task(kind)
+            return list(await job(lambda text: bar.update(task, description=f"{kind}: {text}")))
+
+    return anyio.run(go), facts
+
+
+def race_goals(results: list[Any], workers: list[int], keys: list[int]) -> list[dict[str, Any]]:
+    goals = []
+    n = 32 if 32 in workers else max(workers)
+    k = keys[0]
+    scen = f"insert {n}w {k}k 99%dup"
+    r = ratio(results, (scen, "onconflict native"), (scen, "onconflict classify"))
+    goals.append(goal(f"native >= 2x classify ({scen})", r, None if r is None else r >= 2))
+    storm = {x.scenario: x for x in results if x.contender == "onconflict native"}
+    one, many = storm.get("insert storm 1w"), storm.get(f"insert storm {n}w")
+    if one and many and one.percentile(99) and many.percentile(99):
+        p = many.percentile(99) / one.percentile(99)
+        goals.append(goal(f"p99 {n} workers on 1 key <= 2x 1 worker", p, p <= 2))
+    quiet = [x for x in results if x.contender == "onconflict native" and "0%dup" in x.scenario]
+    dead = [x.extra.get("dead_tuples") for x in quiet if x.extra.get("dead_tuples") is not None]
+    if dead:
+        goals.append(
+            goal(
+                "0 dead tuples without true races (native, 0% duplicates)",
+                float(max(dead)),
+                max(dead) == 0,
+            )
+        )
+    for prefix in ("insert", "goc"):
+        scen = f"{prefix} {n}w {k}k 50%dup"
+        r = ratio(results, (scen, "raw driver"), (scen, "onconflict native"))
+        goals.append(
+            goal(f"raw driver / onconflict <= 1.25x ({scen})", r, None if r is None else r <= 1.25)
+        )
+    return goals
+
+
+def _report(
+    kind: str, out: Path, facts: dict[str, Any], results: list[Any], goals: list[dict[str, Any]]
+) -> None:
+    paths = write(out, kind, facts, results, goals)
+    click.echo((out / f"{kind}.md").read_text())
+    click.echo("written: " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()

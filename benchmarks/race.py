@@ -1,0 +1,530 @@
+"""The race path: many callers inserting (or get-or-creating) the same keys.
+
+Scenarios:
+- storm-N: N workers on one key of a cold table, again and again (each round a
+  new key): many replicas starting at once;
+- contended-N-K-D: N workers over K hot keys, D% of the calls duplicates (the
+  rest new keys);
+- goc-...: the same loads through get_or_create.
+
+Each contender runs each scenario on a fresh table. Contenders that promise
+exactly-once are checked after every run (rows == distinct keys, one creator per
+new key) and the run stops loudly if they broke it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+import onconflict
+from benchmarks.common import ExactlyOnceViolated, Result
+from onconflict.errors import error_code
+
+metadata = sa.MetaData()
+keyed = sa.Table(
+    "bench_race",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("k", sa.String(60), nullable=False, unique=True),
+    sa.Column("v", sa.String(40), nullable=True),
+)
+loose_metadata = sa.MetaData()
+loose = sa.Table(  # the same without the unique key: what SELECT-then-INSERT does without it
+    "bench_race_loose",
+    loose_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("k", sa.String(60), nullable=False, index=True),
+    sa.Column("v", sa.String(40), nullable=True),
+)
+
+
+@dataclass
+class Load:
+    name: str
+    workers: int
+    plan: list[str]  # the key of each call, in order
+    preload: list[str] = field(default_factory=list)
+    get: bool = False  # get_or_create instead of insert
+
+    @property
+    def new_keys(self) -> set[str]:
+        return set(self.plan) - set(self.preload)
+
+
+def loads(
+    workers: list[int], keys: list[int], dups: list[int], calls: int, get: bool
+) -> list[Load]:
+    prefix = "goc" if get else "insert"
+    out = []
+    for n in workers:  # storm: n workers on one key, fresh each round
+        rounds = max(3, calls // max(n, 1) // 4)
+        out.append(
+            Load(
+                f"{prefix} storm {n}w",
+                n,
+                [f"s{r}" for r in range(rounds) for _ in range(n)],
+                get=get,
+            )
+        )
+    for n in [w for w in workers if w > 1]:
+        for k in keys:
+            for d in dups:
+                rng = random.Random(k * 1000 + d)
+                hot = [f"h{i}" for i in range(k)]
+                plan = [
+                    rng.choice(hot) if rng.random() < d / 100 else f"n{i}" for i in range(calls)
+                ]
+                out.append(Load(f"{prefix} {n}w {k}k {d}%dup", n, plan, preload=hot, get=get))
+    return out
+
+
+# -- contenders --------------------------------------------------------------------
+
+
+class Contender:
+    name = ""
+    guarantees = True  # checked for exactly-once
+    table = keyed
+    sqlalchemy = True  # statements counted on the engine
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def call(self, key: str) -> bool:  # True: this call created the row
+        raise NotImplementedError
+
+    async def run(self, load: Load) -> tuple[list[float], int, Counter[str]]:
+        it = iter(load.plan)
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        made = 0
+        storm = load.name.startswith(("insert storm", "goc storm"))
+
+        async def worker(barrier: asyncio.Barrier | None) -> None:
+            nonlocal made
+            for key in it:
+                start = time.perf_counter()
+                try:
+                    created = await self.call(key)
+                except Exception as exc:  # counted by code; the contender carries on
+                    errors[str(error_code(exc) or type(exc).__name__)] += 1
+                    created = False
+                latencies.append((time.perf_counter() - start) * 1000)
+                made += created
+
+        if storm:  # all workers hit the same key at once, round after round
+            rounds = len(load.plan) // load.workers
+            for r in range(rounds):
+                key = load.plan[r * load.workers]
+                it = iter([key] * load.workers)
+                await asyncio.gather(*(worker(None) for _ in range(load.workers)))
+        else:
+            await asyncio.gather(*(worker(None) for _ in range(load.workers)))
+        return latencies, made, errors
+
+
+class Native(Contender):
+    name = "onconflict native"
+
+    async def call(self, key: str) -> bool:
+        if self.ctx.get:
+            return (await onconflict.get_or_create(self.ctx.engine, keyed, {"k": key}))[1]
+        result = await onconflict.insert_ignore(self.ctx.engine, keyed, [{"k": key}])
+        return result.inserted_count == 1
+
+
+class Classify(Contender):
+    name = "onconflict classify"
+
+    async def call(self, key: str) -> bool:
+        result = await onconflict.insert_ignore(
+            self.ctx.engine, keyed, [{"k": key}], strategy="classify"
+        )
+        return result.inserted_count == 1
+
+
+class SelectThenInsert(Contender):
+    """The hand-written pattern: look, then insert; a race surfaces as an error."""
+
+    name = "select-then-insert"
+    guarantees = False
+
+    async def call(self, key: str) -> bool:
+        t = self.table
+        async with self.ctx.engine.begin() as conn:
+            found = (await conn.execute(sa.select(t.c.id).where(t.c.k == key))).first()
+            if found is not None:
+                return False
+            await conn.execute(t.insert().values(k=key))
+            return True
+
+
+class SelectThenInsertLoose(SelectThenInsert):
+    name = "select-then-insert, no unique key"
+    table = loose
+
+
+class Raw(Contender):
+    """The same SQL hand-run on the raw driver: the floor."""
+
+    name = "raw driver"
+    sqlalchemy = False
+
+    async def setup(self) -> None:
+        url = make_url(self.ctx.url)
+        backend = url.get_backend_name()
+        if backend == "postgresql":
+            import asyncpg
+
+            plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self.pool = await asyncpg.create_pool(plain, min_size=1, max_size=self.ctx.pool)
+            if self.ctx.get:
+                from onconflict._fetch import prepare_get_or_create
+
+                stmt = prepare_get_or_create(self.ctx.engine.dialect, keyed, {"k": "x"}, None)
+                self.sql = str(stmt.plan.statements["one"].compile(dialect=self.ctx.engine.dialect))
+            else:
+                self.sql = (
+                    "INSERT INTO bench_race (k) VALUES ($1) ON CONFLICT (k) DO NOTHING RETURNING id"
+                )
+        elif backend in ("mysql", "mariadb"):
+            import aiomysql
+
+            self.pool = await aiomysql.create_pool(
+                host=url.host,
+                port=url.port or 3306,
+                user=url.username,
+                password=url.password or "",
+                db=url.database,
+                maxsize=self.ctx.pool,
+                autocommit=True,
+            )
+            self.sql = "INSERT IGNORE INTO bench_race (k) VALUES (%s)"
+        else:
+            self.pool = None
+            self.sql = (
+                "INSERT INTO bench_race (k) VALUES (?) ON CONFLICT (k) DO NOTHING RETURNING id"
+            )
+        self.backend = backend
+
+    async def teardown(self) -> None:
+        if self.backend == "postgresql":
+            await self.pool.close()
+        elif self.pool is not None:
+            self.pool.close()
+            await self.pool.wait_closed()
+
+    async def call(self, key: str) -> bool:
+        if self.backend == "postgresql":
+            async with self.pool.acquire() as conn:
+                for _ in range(5):
+                    record = await conn.fetchrow(self.sql, key)
+                    if record is not None or not self.ctx.get:
+                        return bool(record[-1]) if self.ctx.get else record is not None
+                return False
+        if self.backend in ("mysql", "mariadb"):
+            async with self.pool.acquire() as conn, conn.cursor() as cur:
+                return bool(await cur.execute(self.sql, (key,)))
+        import aiosqlite
+
+        async with aiosqlite.connect(make_url(self.ctx.url).database, timeout=60) as conn:
+            rows = await (await conn.execute(self.sql, (key,))).fetchall()
+            await conn.commit()
+            return bool(rows)
+
+
+class Django(Contender):
+    """Django's get_or_create / bulk_create(ignore_conflicts=True), in threads."""
+
+    sqlalchemy = False
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return "Django get_or_create" if self.ctx.get else "Django bulk_create(ignore_conflicts)"
+
+    async def setup(self) -> None:
+        self.model, self.alias = django_model(self.ctx.url)
+
+    async def run(self, load: Load) -> tuple[list[float], int, Counter[str]]:
+        return await asyncio.to_thread(self._threads, load)
+
+    def _threads(self, load: Load) -> tuple[list[float], int, Counter[str]]:
+        from django.db import connections
+
+        lock = threading.Lock()
+        it = iter(load.plan)
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        made = [0]
+        model, alias = self.model, self.alias
+
+        def one(key: str) -> bool:
+            if self.ctx.get:
+                return bool(model.objects.using(alias).get_or_create(k=key)[1])
+            model.objects.using(alias).bulk_create([model(k=key)], ignore_conflicts=True)
+            return False  # bulk_create(ignore_conflicts) cannot say whether it inserted
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    key = next(it, None)
+                if key is None:
+                    break
+                start = time.perf_counter()
+                try:
+                    created = one(key)
+                except Exception as exc:
+                    with lock:
+                        errors[type(exc).__name__] += 1
+                    created = False
+                with lock:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                    made[0] += created
+            connections[alias].close()
+
+        threads = [threading.Thread(target=worker) for _ in range(load.workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return latencies, made[0], errors
+
+    @property
+    def guarantees(self) -> bool:  # type: ignore[override]
+        return self.ctx.get  # bulk_create(ignore_conflicts) cannot say which row it created
+
+
+_django_models: dict[str, Any] = {}
+
+
+def django_model(url: str) -> tuple[Any, str]:
+    """Django's model of the race table and the database alias for this URL
+    (Django is configured once per process; each URL gets an alias of its own)."""
+    import django
+    from django.conf import settings
+    from django.db import connections, models
+
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if not settings.configured:
+        settings.configure(DATABASES={}, INSTALLED_APPS=[], USE_TZ=True)
+        django.setup()
+    alias = f"bench_{abs(hash(url))}"
+    if alias not in connections.settings:
+        engine = {
+            "postgresql": "django.db.backends.postgresql",
+            "mysql": "django.db.backends.mysql",
+            "mariadb": "django.db.backends.mysql",
+            "sqlite": "django.db.backends.sqlite3",
+        }[backend]
+        db: dict[str, Any] = {"ENGINE": engine, "NAME": u.database}
+        if backend != "sqlite":
+            db.update(USER=u.username, PASSWORD=u.password or "", HOST=u.host, PORT=u.port or "")
+        else:
+            db["OPTIONS"] = {"timeout": 60}
+        configured = connections.configure_settings({"default": {}, alias: db})
+        connections.settings[alias] = configured[alias]
+    if "race" not in _django_models:
+
+        class RaceRow(models.Model):
+            k = models.CharField(max_length=60, unique=True)
+            v = models.CharField(max_length=40, null=True)
+
+            class Meta:
+                app_label = "bench"
+                db_table = "bench_race"
+
+        _django_models["race"] = RaceRow
+    return _django_models["race"], alias
+
+
+def django_available(url: str) -> str | None:
+    """None if Django can run against this URL, else why not."""
+    try:
+        import django  # noqa: F401
+    except ImportError:
+        return "Django is not installed"
+    if make_url(url).get_backend_name() in ("mysql", "mariadb"):
+        try:
+            import MySQLdb  # noqa: F401
+        except ImportError:
+            return "Django's MySQL backend needs mysqlclient"
+    return None
+
+
+# -- running ---------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    url: str
+    engine: AsyncEngine
+    pool: int
+    get: bool = False
+
+
+async def reset(engine: AsyncEngine, preload: list[str]) -> None:
+    async with engine.begin() as conn:
+        for md in (metadata, loose_metadata):
+            await conn.run_sync(md.drop_all)
+            await conn.run_sync(md.create_all)
+        if preload:
+            await conn.execute(keyed.insert(), [{"k": k} for k in preload])
+            await conn.execute(loose.insert(), [{"k": k} for k in preload])
+
+
+async def measure_before(engine: AsyncEngine) -> dict[str, Any]:
+    if engine.dialect.name != "postgresql":
+        return {}
+    async with engine.connect() as conn:
+        lsn = (await conn.execute(sa.text("SELECT pg_current_wal_lsn()"))).scalar()
+    return {"lsn": lsn}
+
+
+async def measure_after(
+    engine: AsyncEngine, table: sa.Table, before: dict[str, Any]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one()
+        distinct = (
+            await conn.execute(sa.select(sa.func.count(sa.distinct(table.c.k))))
+        ).scalar_one()
+        top = (await conn.execute(sa.select(sa.func.max(table.c.id)))).scalar() or 0
+        out["rows"], out["duplicate_rows"] = rows, rows - distinct
+        if engine.dialect.name == "postgresql":
+            await asyncio.sleep(1.1)  # statistics reach pg_stat after about a second
+            out["wal_bytes"] = (
+                await conn.execute(
+                    sa.text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), :lsn)"),
+                    {"lsn": before["lsn"]},
+                )
+            ).scalar()
+            out["dead_tuples"] = (
+                await conn.execute(
+                    sa.text("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = :t"),
+                    {"t": table.name},
+                )
+            ).scalar()
+            seq = (
+                await conn.execute(sa.text(f"SELECT last_value FROM {table.name}_id_seq"))
+            ).scalar()
+            out["id_gap"] = int(seq or 0) - rows
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            auto = (
+                await conn.execute(
+                    sa.text(
+                        "SELECT AUTO_INCREMENT FROM information_schema.TABLES"
+                        " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+                    ),
+                    {"t": table.name},
+                )
+            ).scalar()
+            out["id_gap"] = int(auto or 1) - 1 - rows
+        else:
+            out["id_gap"] = int(top) - rows
+    return out
+
+
+class RetryCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.count += 1
+
+
+async def run(
+    url: str,
+    workers: list[int],
+    keys: list[int],
+    dups: list[int],
+    calls: int,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[Result]:
+    pool = max(workers)
+    backend = make_url(url).get_backend_name()
+    kw: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}}
+        if backend == "sqlite"
+        else {"pool_size": min(pool, 40), "max_overflow": 0, "pool_timeout": 300}
+    )
+    engine = create_async_engine(url, **kw)
+    results: list[Result] = []
+    retries = RetryCounter()
+    logging.getLogger("onconflict").addHandler(retries)
+    logging.getLogger("onconflict").setLevel(logging.INFO)
+    statements = [0]
+
+    @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def count(*_: Any) -> None:
+        statements[0] += 1
+
+    try:
+        for get in (False, True):
+            ctx = Context(url, engine, min(pool, 40), get)
+            kinds: list[type[Contender]] = [Native, Raw]
+            if not get:
+                kinds += [Classify, SelectThenInsert, SelectThenInsertLoose]
+            else:
+                kinds += [SelectThenInsert]
+            if django_available(url) is None:
+                kinds.append(Django)
+            for load in loads(workers, keys, dups, calls, get):
+                for kind in kinds:
+                    contender = kind(ctx)
+                    if get and kind is Raw and backend != "postgresql":
+                        continue  # the one-statement floor exists on PostgreSQL only
+                    progress(f"{load.name}: {contender.name}")
+                    await reset(engine, load.preload)
+                    if hasattr(contender, "setup"):
+                        await contender.setup()
+                    before = await measure_before(engine)
+                    retries.count = 0
+                    statements[0] = 0
+                    start = time.perf_counter()
+                    latencies, made, errors = await contender.run(load)
+                    seconds = time.perf_counter() - start
+                    if hasattr(contender, "teardown"):
+                        await contender.teardown()
+                    extra = await measure_after(engine, contender.table, before)
+                    extra["retries"] = retries.count
+                    if contender.sqlalchemy:
+                        extra["statements_per_op"] = round(statements[0] / len(load.plan), 2)
+                    extra["creators"] = made
+                    if contender.guarantees:
+                        expected = len(set(load.plan) | set(load.preload))
+                        if extra["rows"] != expected or made != len(load.new_keys) or errors:
+                            raise ExactlyOnceViolated(
+                                f"{contender.name} on {load.name}: {extra['rows']} rows for {expected}"
+                                f" keys, {made} creators for {len(load.new_keys)} new keys, errors {dict(errors)}"
+                            )
+                    results.append(
+                        Result(
+                            load.name,
+                            contender.name,
+                            len(load.plan),
+                            seconds,
+                            latencies,
+                            errors,
+                            extra,
+                        )
+                    )
+    finally:
+        logging.getLogger("onconflict").removeHandler(retries)
+        await engine.dispose()
+    return results
