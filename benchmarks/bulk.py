@@ -107,7 +107,8 @@ def raw_for(url: str) -> Callable[[AsyncEngine, list[dict[str, Any]]], Any]:
                 return inserted
             cur = await driver.cursor()
             await cur.executemany(
-                "INSERT INTO bench_bulk (k, qty, label) VALUES (?, ?, ?) ON CONFLICT (k) DO NOTHING",
+                "INSERT INTO bench_bulk (k, qty, label) VALUES (?, ?, ?)"
+                " ON CONFLICT (k) DO NOTHING",
                 records,
             )
             await driver.commit()

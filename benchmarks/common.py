@@ -41,7 +41,7 @@ class Result:
         if not self.latencies_ms:
             return None
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -139,10 +139,9 @@ def markdown(
         s = r.summary()
         other = ", ".join(f"{k}={v}" for k, v in r.extra.items())
         errs = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "0"
-        lines.append(
-            f"| {r.scenario} | {r.contender} | {s['ops_per_s']:,.0f} | {s['p50_ms']} | {s['p95_ms']}"
-            f" | {s['p99_ms']} | {s['max_ms']} | {errs} | {other} |"
-        )
+        cells = [r.scenario, r.contender, f"{s['ops_per_s']:,.0f}", s["p50_ms"], s["p95_ms"]]
+        cells += [s["p99_ms"], s["max_ms"], errs, other]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     if goals:
         lines += ["", "| goal | measured | verdict |", "|---|---|---|"]
         for g in goals:

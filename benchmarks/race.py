@@ -509,9 +509,11 @@ async def run(
                     if contender.guarantees:
                         expected = len(set(load.plan) | set(load.preload))
                         if extra["rows"] != expected or made != len(load.new_keys) or errors:
+                            found = f"{extra['rows']} rows for {expected} keys"
+                            makers = f"{made} creators for {len(load.new_keys)} new keys"
                             raise ExactlyOnceViolated(
-                                f"{contender.name} on {load.name}: {extra['rows']} rows for {expected}"
-                                f" keys, {made} creators for {len(load.new_keys)} new keys, errors {dict(errors)}"
+                                f"{contender.name} on {load.name}: {found}, {makers},"
+                                f" errors {dict(errors)}"
                             )
                     results.append(
                         Result(
