@@ -189,7 +189,8 @@ class Raw(Contender):
             import asyncpg
 
             plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self.pool = await asyncpg.create_pool(plain, min_size=1, max_size=self.ctx.pool)
+            size = self.ctx.pool
+            self.pool = await asyncpg.create_pool(plain, min_size=size, max_size=size)
             if self.ctx.get:
                 from onconflict._fetch import prepare_get_or_create
 
@@ -294,16 +295,15 @@ class Django(Contender):
                     made[0] += created
             connections[alias].close()
 
-        threads = [threading.Thread(target=worker) for _ in range(load.workers)]
+        # one connection per thread: no more threads than the others have connections
+        threads = [threading.Thread(target=worker) for _ in range(min(load.workers, self.ctx.pool))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         return latencies, made[0], errors
 
-    @property
-    def guarantees(self) -> bool:  # type: ignore[override]
-        return self.ctx.get  # bulk_create(ignore_conflicts) cannot say which row it created
+    guarantees = False  # a peer: what it does is reported, not enforced
 
 
 _django_models: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -490,3 +491,29 @@ async def test_postgresql_copy_path_for_large_calls(aengine: AsyncEngine, backen
     assert all(isinstance(r["id"], int) for r in result.inserted)
     async with aengine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(pairs))).scalar() == n
+
+
+async def test_one_row_with_an_engine_is_one_round_trip(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    """PostgreSQL + asyncpg: a one-row call that owns its work is one statement in
+    autocommit (counted at the driver); errors still come as SQLAlchemy's."""
+    if backend.name != "postgresql":
+        pytest.skip("the autocommit path is PostgreSQL's (asyncpg)")
+    queries: list[str] = []
+
+    @sa.event.listens_for(aengine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.driver_connection.add_query_logger(lambda r: queries.append(r.query))
+
+    await aengine.dispose()
+    first = await onconflict.insert_ignore(aengine, users, [{"email": "a@x", "name": "a"}])
+    again = await onconflict.insert_ignore(aengine, users, [{"email": "a@x", "name": "b"}])
+    await asyncio.sleep(0.05)
+    assert (first.inserted_count, again.existing_count) == (1, 1)
+    assert isinstance(first.inserted[0]["id"], int)
+    assert first.inserted[0]["note"] == "none"  # server default, returned
+    assert len(queries) == 2, queries
+    with pytest.raises(sa.exc.IntegrityError):
+        await onconflict.insert_ignore(aengine, users, [{"email": "n@x", "name": None}])
+    assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x"]

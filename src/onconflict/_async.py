@@ -16,7 +16,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from onconflict._core import Strategy, execute_insert_ignore, prepare_insert_ignore
+from onconflict._core import (
+    Strategy,
+    execute_insert_ignore,
+    insert_result,
+    prepare_insert_ignore,
+)
 from onconflict._fetch import (
     ATTEMPTS,
     _as_instances,
@@ -78,6 +83,10 @@ async def insert_ignore(
     prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy)
     if prepared.empty:
         return InsertResult()
+    if isinstance(conn, AsyncEngine) and prepared.support is not None:
+        stored = await prepared.support.insert_ignore_fast(conn, prepared)
+        if stored is not None:
+            return insert_result(prepared, stored)
     return await _run(conn, execute_insert_ignore, prepared, retry)
 
 

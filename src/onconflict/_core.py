@@ -228,11 +228,18 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
             stored = _write_native(conn, prepared, support)
         else:
             stored = _write_classify(conn, prepared, support)
+    return insert_result(prepared, stored)
+
+
+def insert_result(prepared: PreparedInsert, stored: dict[int, Row]) -> InsertResult:
+    """The result, from the stored rows by input position."""
     result = InsertResult()
     out = prepared.outmap
+    renamed = any(k != v for k, v in out.items())  # an ORM class with other attribute names
     for i, given in enumerate(prepared.given):
         if i in stored:
-            result.inserted.append({out.get(k, k): v for k, v in stored[i].items()})
+            row = stored[i]
+            result.inserted.append({out.get(k, k): v for k, v in row.items()} if renamed else row)
         else:
             result.existing.append(given)
     return result

@@ -92,9 +92,18 @@ def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str], dict[str, str]]
 def normalize_rows(
     table: sa.Table, keymap: Mapping[str, str], rows: Iterable[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Copy the rows with column keys, rejecting anything that is not a column."""
+    """The rows with column keys, rejecting anything that is not a column.
+
+    A plain dict whose keys already are column keys is used as it is (onconflict
+    never changes input rows); anything else is copied.
+    """
     out: list[dict[str, Any]] = []
+    valid = keymap.keys()
+    identity = all(k == v for k, v in keymap.items())
     for i, row in enumerate(rows):
+        if type(row) is dict and identity and row and row.keys() <= valid:
+            out.append(row)
+            continue
         if not isinstance(row, Mapping):
             raise TypeError(f"row {i} is {type(row).__name__}, expected a mapping")
         if not row:

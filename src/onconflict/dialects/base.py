@@ -162,6 +162,10 @@ class DialectSupport:
         that replicas seeding at once take turns. Generic: no lock."""
         return nullcontext()
 
+    async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
+        """An optional faster path for an engine-owned insert_ignore; None: the usual one."""
+        return None
+
     async def get_or_create_fast(
         self, engine: Any, plan: FetchPlan, attempts: int
     ) -> tuple[Row, bool] | None:
