@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable
@@ -159,28 +160,32 @@ def plots(out: Path, kind: str, results: list[Result]) -> list[Path]:
     except ImportError:  # the bench extra is not installed: tables only
         return []
     paths = []
-    scenarios = list(dict.fromkeys(r.scenario for r in results))
-    contenders = list(dict.fromkeys(r.contender for r in results))
-    for metric, label in (("ops_per_s", "operations / s"), ("p99_ms", "p99 latency (ms)")):
-        fig, ax = plt.subplots(figsize=(max(6, len(scenarios) * 1.2), 4.5))
-        width = 0.8 / max(1, len(contenders))
-        for i, name in enumerate(contenders):
-            values = []
-            for scenario in scenarios:
-                match = [r for r in results if r.scenario == scenario and r.contender == name]
-                value = match[0].summary()[metric] if match else None
-                values.append(value or 0)
-            ax.bar([x + i * width for x in range(len(scenarios))], values, width, label=name)
-        ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(scenarios))])
-        ax.set_xticklabels(scenarios, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel(label)
-        ax.set_title(f"{kind}: {label}")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"{kind}-{metric}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+    families: dict[str, list[str]] = {}  # "insert ...", "goc ...", "100,000 rows ...": a plot each
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        families.setdefault(scenario.split()[0], []).append(scenario)
+    for family, scenarios in families.items():
+        contenders = list(dict.fromkeys(r.contender for r in results if r.scenario in scenarios))
+        for metric, label in (("ops_per_s", "operations / s"), ("p99_ms", "p99 latency (ms)")):
+            fig, ax = plt.subplots(figsize=(min(16, 3 + len(scenarios) * 0.9), 5))
+            width = 0.8 / max(1, len(contenders))
+            for i, name in enumerate(contenders):
+                values = []
+                for scenario in scenarios:
+                    match = [r for r in results if r.scenario == scenario and r.contender == name]
+                    values.append((match[0].summary()[metric] if match else None) or 0)
+                xs = [x + i * width for x in range(len(scenarios))]
+                ax.bar(xs, values, width, label=name)
+            ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(scenarios))])
+            ax.set_xticklabels(scenarios, rotation=35, ha="right", fontsize=7)
+            ax.set_ylabel(label)
+            ax.set_title(f"{kind} ({family}): {label}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            slug = re.sub(r"[^a-z0-9]+", "-", family.lower()).strip("-") or "all"
+            path = out / f"{kind}-{slug}-{metric}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
     return paths
 
 

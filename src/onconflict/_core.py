@@ -61,6 +61,7 @@ class PreparedInsert:
     given: list[Mapping[str, Any]] = field(default_factory=list)  # as the caller passed them
     outmap: dict[str, str] = field(default_factory=dict)  # column key -> result key
     keys: Keys = field(init=False)
+    row_keys: list[tuple[Any, ...] | None] = field(default_factory=list)  # by input position
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.table)
@@ -75,6 +76,12 @@ class PreparedInsert:
     @property
     def empty(self) -> bool:
         return not self.rows
+
+    def known_keys(self, group: _Group, indexes: list[int]) -> list[tuple[Any, ...] | None] | None:
+        """The keys _group computed for these rows, when they are the match keys."""
+        if not self.row_keys or group.match != self.target.columns:
+            return None
+        return [self.row_keys[i] for i in indexes]
 
     def statements(self) -> int:
         if not self.returning or not self.native:
@@ -169,6 +176,7 @@ def _group(prepared: PreparedInsert, keep: str = "first") -> None:
     # A partial index only covers rows matching its WHERE: leave those to the database.
     keyed = target.columns if target.key is not None and target.key.where is None else ()
     row_keys = [keys.unique(row, keyed) if keyed else None for row in prepared.rows]
+    prepared.row_keys = row_keys
     winner: dict[tuple[Any, ...], int] = {}
     for i, key in enumerate(row_keys):
         if key is None:
@@ -197,7 +205,7 @@ def _group(prepared: PreparedInsert, keep: str = "first") -> None:
         # one lock order for every caller: fewer deadlocks between concurrent batches
         if keyed and group.match == keyed:
             with suppress(TypeError):
-                group.indexes.sort(key=lambda i: keys.of(prepared.rows[i], group.match))
+                group.indexes.sort(key=lambda i: row_keys[i] or keys.of(prepared.rows[i], keyed))
     prepared.groups = list(groups.values())
 
 
@@ -273,7 +281,8 @@ def _write_native(
         for chunk in pieces:
             batch = [rows[i] for i in chunk]
             returned = support.write_many(conn, stmt, batch)
-            aligned = align(prepared.keys, prepared.table, batch, returned, group.match)
+            known = prepared.known_keys(group, chunk)
+            aligned = align(prepared.keys, prepared.table, batch, returned, group.match, known)
             for i, one in zip(chunk, aligned, strict=True):
                 if one is not None:
                     stored[i] = one

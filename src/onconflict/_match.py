@@ -49,20 +49,49 @@ class Keys:
 
 
 def align(
-    keys: Keys, table: sa.Table, rows: list[Row], returned: list[Row], match: tuple[str, ...]
+    keys: Keys,
+    table: sa.Table,
+    rows: list[Row],
+    returned: list[Row],
+    match: tuple[str, ...],
+    known: list[tuple[Any, ...] | None] | None = None,
 ) -> list[Row | None]:
-    """Pair each input row with the row the database returned for it, or None."""
-    pending: dict[tuple[Any, ...], deque[Row]] = {}
-    for r in returned:
-        pending.setdefault(keys.of(r, match), deque()).append(r)
-    out: list[Row | None] = []
-    for row in rows:
-        queue = pending.get(keys.of(row, match))
-        out.append(queue.popleft() if queue else None)
-    left = sum(len(q) for q in pending.values())
-    if left:
+    """Pair each input row with the row the database returned for it, or None.
+
+    ``known``: the input rows' keys where already computed (None: compute).
+    Returned values come back in their column's type, so they are keyed as
+    they are; only if that leaves rows unpaired is every value normalised.
+    """
+    out = _pair(keys, rows, returned, match, known, normalise=False)
+    if out is None:
+        out = _pair(keys, rows, returned, match, None, normalise=True)
+    if out is None:
         raise OutcomeMismatchError(
-            f"{left} row(s) returned by the INSERT into {table.name!r} match no input row"
+            f"row(s) returned by the INSERT into {table.name!r} match no input row"
             f" on ({', '.join(match)}); pass values of the columns' Python types"
         )
+    return out
+
+
+def _pair(
+    keys: Keys,
+    rows: list[Row],
+    returned: list[Row],
+    match: tuple[str, ...],
+    known: list[tuple[Any, ...] | None] | None,
+    normalise: bool,
+) -> list[Row | None] | None:
+    pending: dict[tuple[Any, ...], deque[Row]] = {}
+    for r in returned:
+        found: tuple[Any, ...] = (
+            keys.of(r, match) if normalise else tuple([r.get(c) for c in match])
+        )
+        pending.setdefault(found, deque()).append(r)
+    out: list[Row | None] = []
+    for n, row in enumerate(rows):
+        key = known[n] if known is not None else None
+        queue = pending.get(key if key is not None else keys.of(row, match))
+        out.append(queue.popleft() if queue else None)
+    if any(pending.values()):
+        return None
     return out
