@@ -110,11 +110,13 @@ def write(
     data = {
         "machine": facts,
         "results": [r.summary() for r in results],
-        "latencies_ms": {f"{r.scenario} | {r.contender}": r.latencies_ms for r in results},
+        "latencies_ms": {
+            f"{r.scenario} | {r.contender}": [round(x, 3) for x in r.latencies_ms] for r in results
+        },
         "goals": goals,
     }
     paths = [out / f"{kind}.json", out / f"{kind}.md"]
-    paths[0].write_text(json.dumps(data, indent=1, default=str))
+    paths[0].write_text(json.dumps(data, separators=(",", ":"), default=str))
     paths[1].write_text(markdown(kind, facts, results, goals))
     paths += plots(out, kind, results)
     return paths
@@ -165,7 +167,10 @@ def plots(out: Path, kind: str, results: list[Result]) -> list[Path]:
         families.setdefault(scenario.split()[0], []).append(scenario)
     for family, scenarios in families.items():
         contenders = list(dict.fromkeys(r.contender for r in results if r.scenario in scenarios))
-        for metric, label in (("ops_per_s", "operations / s"), ("p99_ms", "p99 latency (ms)")):
+        metrics = [("ops_per_s", "operations / s"), ("p99_ms", "p99 latency (ms)")]
+        if not any(r.latencies_ms for r in results if r.scenario in scenarios):
+            metrics = metrics[:1]  # no per-call latencies (bulk): throughput only
+        for metric, label in metrics:
             fig, ax = plt.subplots(figsize=(min(16, 3 + len(scenarios) * 0.9), 5))
             width = 0.8 / max(1, len(contenders))
             for i, name in enumerate(contenders):
