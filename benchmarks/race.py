@@ -470,9 +470,21 @@ async def run(
     logging.getLogger("onconflict").setLevel(logging.INFO)
     statements = [0]
 
-    @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def count(*_: Any) -> None:
-        statements[0] += 1
+    if backend == "postgresql":  # counted at the driver: a cursor listener would turn the
+        # library's driver-level path off (it defers to SQLAlchemy's events)
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def log_queries(dbapi_conn: Any, _: Any) -> None:
+            def one(_record: Any) -> None:
+                statements[0] += 1
+
+            dbapi_conn.driver_connection.add_query_logger(one)
+
+    else:
+
+        @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+        def count(*_: Any) -> None:
+            statements[0] += 1
 
     try:
         for get in (False, True):

@@ -189,7 +189,7 @@ class PostgreSQL(DialectSupport):
         BEGIN/COMMIT round trips). None whenever it does not apply or anything
         goes wrong: the usual path then runs and reports errors as SQLAlchemy does.
         """
-        if engine.dialect.driver != "asyncpg" or not prepared.native or len(prepared.groups) != 1:
+        if not plain_engine(engine) or not prepared.native or len(prepared.groups) != 1:
             return None
         (group,) = prepared.groups
         if len(group.indexes) != 1:
@@ -223,7 +223,7 @@ class PostgreSQL(DialectSupport):
         which reports any error exactly as SQLAlchemy does. The statement is a
         single autocommitted one, so a failed attempt has written nothing.
         """
-        if engine.dialect.driver != "asyncpg":
+        if not plain_engine(engine):
             return None
         fast: _Compiled | None = plan.statements.get("asyncpg")
         if fast is None:
@@ -231,6 +231,20 @@ class PostgreSQL(DialectSupport):
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
+
+
+def plain_engine(engine: AsyncEngine) -> bool:
+    """The driver-level paths only for an asyncpg engine as created: no execution
+    options (an isolation level, say), no statement listeners, no echo, since
+    those statements bypass SQLAlchemy's execution (and its events)."""
+    sync = engine.sync_engine
+    return (
+        engine.dialect.driver == "asyncpg"
+        and not engine.get_execution_options()
+        and not sync.echo
+        and not sync.dispatch.before_cursor_execute
+        and not sync.dispatch.after_cursor_execute
+    )
 
 
 def _fetch_fast(
