@@ -181,30 +181,22 @@ async def asyncpg_errors(statements: list[str]) -> list[BaseException | None]:
     return out
 
 
-async def aiomysql_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("aiomysql")
+async def async_mysql_errors(driver: str, statements: list[str]) -> list[BaseException | None]:
+    """aiomysql and asyncmy differ only in the name of the database keyword and
+    in whether cursor() is a coroutine."""
+    mod = need(driver)
     d = dsn("mariadb")
     conn = await mod.connect(
         host=d["host"],
         port=d["port"] or 3306,
         user=d["user"],
         password=d["password"],
-        db=d["database"],
+        **{"db" if driver == "aiomysql" else "database": d["database"]},
     )
-    return await _run_async_cursor(conn, await conn.cursor(), statements)
-
-
-async def asyncmy_errors(statements: list[str]) -> list[BaseException | None]:
-    mod = need("asyncmy")
-    d = dsn("mariadb")
-    conn = await mod.connect(
-        host=d["host"],
-        port=d["port"] or 3306,
-        user=d["user"],
-        password=d["password"],
-        database=d["database"],
-    )
-    return await _run_async_cursor(conn, conn.cursor(), statements)
+    cursor = conn.cursor()
+    if driver == "aiomysql":
+        cursor = await cursor
+    return await _run_async_cursor(conn, cursor, statements)
 
 
 async def _run_async_cursor(
@@ -276,10 +268,8 @@ async def produce(driver: str, tmp_path: Path) -> tuple[str, list[BaseException 
         return "postgresql", await sqlalchemy_errors(url("postgresql"), PG_DDL, statements)
     if driver == "sqlalchemy+psycopg":
         return "postgresql", sync_sqlalchemy_errors(sync_url(url("postgresql")), PG_DDL, statements)
-    if driver == "aiomysql":
-        return "mysql", await aiomysql_errors(statements)
-    if driver == "asyncmy":
-        return "mysql", await asyncmy_errors(statements)
+    if driver in ("aiomysql", "asyncmy"):
+        return "mysql", await async_mysql_errors(driver, statements)
     if driver == "sqlalchemy+aiomysql":
         return "mysql", await sqlalchemy_errors(url("mariadb"), MYSQL_DDL, statements)
     if driver == "aiosqlite":

@@ -114,13 +114,10 @@ def prepare_insert_ignore(
     """Validate and plan an insert_ignore call. Pure: no I/O."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
-    tbl, keymap, outmap = resolve_table(table)
-    given = list(rows)
-    data = normalize_rows(tbl, keymap, given)
-    if not data:
-        return PreparedInsert(tbl, ConflictTarget(None, any_key=True), [])
-    carried = set(data[0]).intersection(*data[1:])
-    target = resolve_target(tbl, on, carried)
+    head = read_rows(table, rows, on)
+    if head is None:
+        return PreparedInsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
+    tbl, given, data, outmap, target = head
     support, native = _choose(dialect, strategy)
     prepared = PreparedInsert(tbl, target, data, support, given=given, outmap=outmap)
     prepared.native = native
@@ -128,6 +125,20 @@ def prepare_insert_ignore(
     if native and not support.targets_conflicts and not target.any_key:
         _check_reachable(prepared)
     return prepared
+
+
+def read_rows(
+    table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget
+) -> tuple[sa.Table, list[Mapping[str, Any]], list[Row], dict[str, str], ConflictTarget] | None:
+    """The table, the rows as given and with column keys, the result key map and
+    the conflict target; None for no rows. Pure: what every write call starts with."""
+    tbl, keymap, outmap = resolve_table(table)
+    given = list(rows)
+    data = normalize_rows(tbl, keymap, given)
+    if not data:
+        return None
+    target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
+    return tbl, given, data, outmap, target
 
 
 def _choose(dialect: Dialect, strategy: str) -> tuple[DialectSupport, bool]:

@@ -16,16 +16,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
-from onconflict._core import PreparedInsert, _check_reachable, _group, budgets
+from onconflict._core import PreparedInsert, _check_reachable, _group, budgets, read_rows
 from onconflict._expr import excluded, excluded_names
 from onconflict._match import align
 from onconflict._target import (
     ANY_KEY,
     ConflictTarget,
     OnTarget,
-    normalize_rows,
     resolve_table,
-    resolve_target,
 )
 from onconflict.dialects import native_support
 from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan
@@ -60,12 +58,11 @@ def prepare_upsert(
         )
     if where is not None and not isinstance(where, ColumnElement):
         raise TypeError(f"where must be a SQLAlchemy expression, not {where!r}")
-    tbl, keymap, outmap = resolve_table(table)
-    given = list(rows)
-    data = normalize_rows(tbl, keymap, given)
-    if not data:
-        return PreparedUpsert(tbl, ConflictTarget(None, any_key=True), [])
-    target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
+    head = read_rows(table, rows, on)
+    if head is None:
+        return PreparedUpsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
+    tbl, given, data, outmap, target = head
+    keymap = resolve_table(table)[1]
     support = native_support(dialect)
     prepared = PreparedUpsert(tbl, target, data, support, given=given, outmap=outmap)
     _check_names(tbl, where, "where")
