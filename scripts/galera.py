@@ -1,0 +1,326 @@
+"""A 3-node MariaDB Galera cluster on loopback, for the tests marked ``galera``
+and the cluster benchmark. No system service or system file is touched: every
+node has its own data directory, socket, log and ports under one folder.
+
+    python scripts/galera.py start            # bootstrap if needed, wait until synced
+    python scripts/galera.py status           # one line per node
+    python scripts/galera.py stop             # clean shutdown, last node first
+    python scripts/galera.py stop --node 3    # stop one node (the others keep running)
+    python scripts/galera.py start --node 3   # rejoin it, wait until synced
+    python scripts/galera.py urls             # SQLAlchemy URLs, one per node
+
+Needs ``mariadbd``, ``mariadb-install-db``, the ``mariadb`` client, rsync and
+the Galera provider (Debian: mariadb-server, galera-4, rsync). The folder is
+``$ONCONFLICT_GALERA_DIR`` or ``/tmp/onconflict-galera``. Client ports are
+3311, 3312, 3313 (``$ONCONFLICT_GALERA_PORT`` moves the first; the others follow).
+
+Facts this relies on (measured on Debian 12, MariaDB 10.11, galera-4 26.4):
+when the server runs as root, the rsync state transfer runs its daemon as
+``nobody``, so the data directories are made world-writable; the first node is
+bootstrapped alone, shut down, and its data directory copied to the others, so
+they join by an empty incremental transfer instead of a full one; each node has
+its own client, group, IST and SST ports; ``root@127.0.0.1`` is created for TCP
+logins with an empty password (a local test cluster, like the README's servers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+NODES = 3
+BASE = Path(os.environ.get("ONCONFLICT_GALERA_DIR", "/tmp/onconflict-galera"))
+FIRST_PORT = int(os.environ.get("ONCONFLICT_GALERA_PORT", "3311"))
+PROVIDER_PATHS = ("/usr/lib/galera/libgalera_smm.so", "/usr/lib/libgalera_smm.so")
+CLUSTER = "onconflict"
+
+
+@dataclass(frozen=True)
+class Node:
+    number: int
+
+    @property
+    def name(self) -> str:
+        return f"node{self.number}"
+
+    @property
+    def port(self) -> int:
+        return FIRST_PORT + self.number - 1
+
+    @property
+    def group_port(self) -> int:  # gcomm; IST and SST follow it
+        return 4560 + 10 * self.number
+
+    @property
+    def home(self) -> Path:
+        return BASE / self.name
+
+    @property
+    def datadir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "mariadb.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / "mariadb.pid"
+
+    @property
+    def config(self) -> Path:
+        return self.home / "my.cnf"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "error.log"
+
+    def url(self, driver: str = "aiomysql", database: str = "test") -> str:
+        return f"mysql+{driver}://root@127.0.0.1:{self.port}/{database}"
+
+
+ALL = [Node(n) for n in range(1, NODES + 1)]
+
+
+def provider() -> str | None:
+    return next((p for p in PROVIDER_PATHS if Path(p).exists()), None)
+
+
+def missing_tools() -> list[str]:
+    """What this machine lacks to run the cluster (empty if nothing)."""
+    wanted = ["mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin", "rsync"]
+    missing = [t for t in wanted if shutil.which(t) is None and not Path("/usr/sbin", t).exists()]
+    if provider() is None:
+        missing.append("galera provider (libgalera_smm.so, Debian package galera-4)")
+    return missing
+
+
+def mariadbd() -> str:
+    return shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+
+
+def write_config(node: Node) -> None:
+    addresses = ",".join(f"127.0.0.1:{n.group_port}" for n in ALL)
+    options = ";".join(
+        [
+            f"gmcast.listen_addr=tcp://127.0.0.1:{node.group_port}",
+            f"ist.recv_addr=127.0.0.1:{node.group_port + 1}",
+            "gcache.size=64M",
+            # loopback cluster on a small machine: notice a stopped node quickly
+            "evs.suspect_timeout=PT3S",
+            "evs.inactive_timeout=PT6S",
+        ]
+    )
+    node.config.write_text(
+        f"""[mariadbd]
+user = root
+datadir = {node.datadir}
+socket = {node.socket}
+pid-file = {node.pidfile}
+log-error = {node.log}
+port = {node.port}
+bind-address = 127.0.0.1
+skip-name-resolve
+performance_schema = OFF
+innodb_buffer_pool_size = 64M
+innodb_log_file_size = 32M
+innodb_flush_log_at_trx_commit = 2
+binlog_format = ROW
+default_storage_engine = InnoDB
+innodb_autoinc_lock_mode = 2
+max_connections = 400
+wsrep_on = ON
+wsrep_provider = {provider()}
+wsrep_cluster_name = {CLUSTER}
+wsrep_cluster_address = gcomm://{addresses}
+wsrep_node_name = {node.name}
+wsrep_node_address = 127.0.0.1
+wsrep_sst_receive_address = 127.0.0.1:{node.group_port + 2}
+wsrep_sst_method = rsync
+wsrep_provider_options = "{options}"
+"""
+    )
+
+
+def sql(node: Node, statement: str) -> str:
+    done = subprocess.run(
+        ["mariadb", f"--socket={node.socket}", "-uroot", "-N", "-B", "-e", statement],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode:
+        raise RuntimeError(done.stderr.strip())
+    return done.stdout.strip()
+
+
+def pid(node: Node) -> int | None:
+    try:
+        value = int(node.pidfile.read_text().strip())
+        os.kill(value, 0)
+    except (OSError, ValueError):
+        return None
+    return value
+
+
+def wsrep(node: Node) -> dict[str, str]:
+    try:
+        out = sql(node, "SHOW GLOBAL STATUS LIKE 'wsrep_%'")
+    except (RuntimeError, subprocess.TimeoutExpired):
+        return {}
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def wait(what: str, check: object, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"galera: timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def launch(node: Node, *, new_cluster: bool) -> None:
+    node.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(node.home, 0o777)
+    write_config(node)
+    args = [mariadbd(), f"--defaults-file={node.config}"]
+    if new_cluster:
+        args.append("--wsrep-new-cluster")
+    with open(node.home / "stdout.log", "ab") as out:
+        subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def synced(node: Node) -> bool:
+    status = wsrep(node)
+    return status.get("wsrep_local_state_comment") == "Synced" and status.get("wsrep_ready") == "ON"
+
+
+def initialise() -> None:
+    """Bootstrap node 1 alone, create the login and database, copy it to the others."""
+    first = ALL[0]
+    BASE.mkdir(parents=True, exist_ok=True)
+    os.chmod(BASE, 0o777)
+    first.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(first.home, 0o777)
+    write_config(first)
+    subprocess.run(
+        ["mariadb-install-db", f"--defaults-file={first.config}", "--skip-test-db"],
+        check=True,
+        capture_output=True,
+    )
+    launch(first, new_cluster=True)
+    wait("node1 to bootstrap", lambda: synced(first))
+    sql(
+        first,
+        "CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY '';"
+        "GRANT ALL ON *.* TO root@'127.0.0.1' WITH GRANT OPTION;"
+        "CREATE DATABASE IF NOT EXISTS test;",
+    )
+    stop_node(first)
+    for node in ALL[1:]:
+        shutil.rmtree(node.home, ignore_errors=True)
+        node.home.mkdir(parents=True)
+        os.chmod(node.home, 0o777)
+        shutil.copytree(first.datadir, node.datadir)
+    for node in ALL:
+        for path in [node.datadir, *node.datadir.rglob("*")]:
+            os.chmod(path, 0o777 if path.is_dir() else 0o666)
+
+
+def set_safe_to_bootstrap(node: Node) -> None:
+    state = node.datadir / "grastate.dat"
+    if state.exists():
+        text = state.read_text().replace("safe_to_bootstrap: 0", "safe_to_bootstrap: 1")
+        state.write_text(text)
+
+
+def start(numbers: list[int]) -> None:
+    if missing := missing_tools():
+        raise SystemExit("galera: missing " + ", ".join(missing))
+    if not ALL[0].datadir.exists():
+        initialise()
+    running = [n for n in ALL if pid(n) is not None]
+    wanted = [n for n in ALL if n.number in numbers]
+    if not running:
+        # the whole cluster is down (the script stops it last node first): node 1
+        # starts a new cluster from its own state
+        set_safe_to_bootstrap(ALL[0])
+        first = ALL[0]
+        launch(first, new_cluster=True)
+        wait("node1 to bootstrap", lambda: synced(first), timeout=180)
+        running = [first]
+    for node in wanted:
+        if pid(node) is None:
+            launch(node, new_cluster=False)
+    for node in wanted:
+        wait(f"{node.name} to sync", lambda node=node: synced(node), timeout=300)  # type: ignore[misc]
+    size = wsrep(wanted[0]).get("wsrep_cluster_size")
+    print(f"galera: {', '.join(n.name for n in wanted)} synced; cluster size {size}")
+
+
+def stop_node(node: Node) -> None:
+    value = pid(node)
+    if value is None:
+        return
+    os.kill(value, signal.SIGTERM)
+    wait(f"{node.name} to stop", lambda: pid(node) is None, timeout=120)
+
+
+def stop(numbers: list[int]) -> None:
+    for node in reversed([n for n in ALL if n.number in numbers]):
+        stop_node(node)
+        print(f"galera: {node.name} stopped")
+
+
+def status() -> int:
+    up = 0
+    for node in ALL:
+        state = wsrep(node) if pid(node) else {}
+        if state:
+            up += 1
+        print(
+            f"{node.name} port {node.port}: "
+            + (
+                f"{state.get('wsrep_local_state_comment')}, cluster size "
+                f"{state.get('wsrep_cluster_size')}, {state.get('wsrep_cluster_status')}"
+                if state
+                else "down"
+            )
+        )
+    return 0 if up == NODES else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["start", "stop", "status", "urls", "destroy"])
+    parser.add_argument(
+        "--node", type=int, action="append", choices=range(1, NODES + 1), help="only this node"
+    )
+    args = parser.parse_args(argv)
+    numbers = args.node or [n.number for n in ALL]
+    if args.command == "start":
+        start(numbers)
+    elif args.command == "stop":
+        stop(numbers)
+    elif args.command == "destroy":
+        stop([n.number for n in ALL])
+        shutil.rmtree(BASE, ignore_errors=True)
+    elif args.command == "urls":
+        print(" ".join(ALL[n - 1].url() for n in numbers))
+    else:
+        return status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
