@@ -662,3 +662,42 @@ def test_sqlite_busy_is_transient(tmp_path: Path) -> None:
     holder.rollback()
     holder.close()
     other.close()
+
+
+# -- distributed engines we cannot run here: their errors, from the real driver classes --
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "transient"),
+    [
+        (9007, "Write conflict, txnStartTS=1, conflictStartTS=2 [try again later]", True),
+        (8005, "Write Conflict, txnStartTS is stale", True),
+        (8002, "[tikv:8002] can not retry select for update statement", True),
+        (1062, "Duplicate entry 'a' for key 'users.email'", False),
+    ],
+)
+def test_tidb_write_conflicts_are_transient(code: int, message: str, transient: bool) -> None:
+    """TiDB speaks the MySQL protocol; its own conflict codes mean "retry the
+    transaction" (docs.pingcap.com, Error Codes and Troubleshooting)."""
+    import pymysql
+
+    cls = pymysql.err.IntegrityError if code == 1062 else pymysql.err.OperationalError
+    exc = cls(code, message)
+    wrapped = sa.exc.DBAPIError.instance("INSERT INTO users ...", {}, exc, pymysql.err.Error)
+    for candidate in (exc, wrapped):
+        assert onconflict.is_transient(candidate) is transient
+        assert onconflict.is_unique_violation(candidate) is (code == 1062)
+
+
+def test_cockroachdb_retry_error_is_transient_but_ambiguous_result_is_not() -> None:
+    """CockroachDB: 40001 ("restart transaction") is re-run; 40003 (statement
+    completion unknown) is not, since the work may have committed."""
+    import asyncpg
+
+    retry = asyncpg.exceptions.SerializationError(
+        "restart transaction: TransactionRetryWithProtoRefreshError: WriteTooOldError"
+    )
+    unknown = asyncpg.exceptions.StatementCompletionUnknownError("result is ambiguous")
+    assert onconflict.is_transient(retry)
+    assert not onconflict.is_transient(unknown)
+    assert not onconflict.is_unique_violation(unknown)

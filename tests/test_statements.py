@@ -155,3 +155,49 @@ def test_rows_with_null_keys_are_never_deduplicated() -> None:
     d = postgresql.asyncpg.dialect()
     prepared = prepare_insert_ignore(d, table, [{"code": None}, {"code": None}], "code")
     assert prepared.duplicate_of == {}
+
+
+def _distributed_dialects() -> list[Any]:
+    # sqlalchemy-cockroachdb and sqlalchemy-yugabytedb subclass PostgreSQL's
+    # dialects under their own names; they are not installed here (the first
+    # pins SQLAlchemy < 2.1, the second's driver package replaces psycopg2), so
+    # the same subclasses are made here: onconflict goes by the dialect's name
+    def named(base: Any, name: str) -> Any:
+        return type(f"{name}_{base.driver}", (base,), {"name": name})()
+
+    return [
+        pytest.param(named(postgresql.asyncpg.dialect, "cockroachdb"), id="cockroachdb+asyncpg"),
+        pytest.param(named(postgresql.psycopg2.dialect, "cockroachdb"), id="cockroachdb+psycopg2"),
+        pytest.param(named(postgresql.psycopg2.dialect, "yugabytedb"), id="yugabytedb"),
+    ]
+
+
+@pytest.mark.parametrize("dialect", _distributed_dialects())
+def test_distributed_postgresql_dialects(dialect: Dialect) -> None:
+    """CockroachDB and YugabyteDB (their SQLAlchemy dialects): PostgreSQL-family
+    native statements, an upsert without xmax, no advisory lock, no COPY path."""
+    from onconflict._upsert import prepare_upsert
+    from onconflict.dialects import native_support
+    from onconflict.dialects.postgresql import DistributedPostgreSQL
+
+    support = native_support(dialect)
+    assert isinstance(support, DistributedPostgreSQL)
+    assert "ON CONFLICT (email) DO NOTHING RETURNING" in sql(dialect, users, [{"email": "a"}])
+    prepared = prepare_upsert(
+        dialect,
+        users,
+        [{"email": "a", "name": "b"}],
+        on=None,
+        update=None,
+        where=None,
+        skip_unchanged=False,
+        duplicates="last",
+    )
+    (plan,) = prepared.plans.values()
+    support.prepare_upsert(plan, dialect)
+    upsert = " ".join(str(plan.statement.compile(dialect=dialect)).split())
+    assert "ON CONFLICT (email) DO UPDATE SET name = excluded.name" in upsert
+    assert "xmax" not in upsert
+    with support.seed_lock(None, "seed", 1.0):  # type: ignore[arg-type]  # no I/O: no lock
+        pass
+    assert support.write_bulk(None, users, prepared.target, ("email",), []) is None  # type: ignore[arg-type]

@@ -45,8 +45,10 @@ UNIQUE_CODES: dict[str, frozenset[Code]] = {
 TRANSIENT_CODES: dict[str, frozenset[Code]] = {
     "postgresql": frozenset({"40001", "40P01"}),  # serialization failure, deadlock
     # deadlock (and Galera certification failure), lock wait timeout,
-    # "record has changed since last read" (MariaDB snapshot isolation)
-    "mysql": frozenset({1213, 1205, 1020}),
+    # "record has changed since last read" (MariaDB snapshot isolation);
+    # TiDB: SELECT FOR UPDATE commit conflict, write conflict (stale start
+    # timestamp), TiKV write conflict - each documented as "retry the transaction"
+    "mysql": frozenset({1213, 1205, 1020, 8002, 8005, 9007}),
     # SQLITE_BUSY, _BUSY_RECOVERY, _BUSY_SNAPSHOT, SQLITE_LOCKED, _LOCKED_SHAREDCACHE
     "sqlite": frozenset({5, 261, 517, 6, 262}),
     "oracle": frozenset({60, 8177}),  # deadlock, can't serialize access
@@ -355,9 +357,12 @@ def is_unique_violation(exc: BaseException) -> bool:
 
 def is_transient(exc: BaseException) -> bool:
     """True for errors that a retry of the whole transaction may resolve:
-    serialization failures and deadlocks (PostgreSQL 40001 / 40P01, MySQL 1213
-    and lock-wait timeout 1205, SQLite busy/locked, Oracle ORA-00060 / 08177,
-    SQL Server 1205)."""
+    serialization failures and deadlocks (PostgreSQL 40001 / 40P01, also
+    CockroachDB's and YugabyteDB's retry errors; MySQL 1213, also Galera's
+    certification failures, and lock-wait timeout 1205; TiDB write conflicts
+    8002 / 8005 / 9007; SQLite busy/locked, Oracle ORA-00060 / 08177, SQL Server
+    1205). Not CockroachDB's 40003 (result ambiguous): the work may have
+    committed, and running it again would report a row it created as existing."""
     err = driver_error(exc)
     return err is not None and err.code in TRANSIENT_CODES.get(err.family, ())
 

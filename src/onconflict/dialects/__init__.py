@@ -15,7 +15,11 @@ from onconflict.exceptions import NotSupportedError
 
 REGISTRY: dict[str, str] = {
     "postgresql": "onconflict.dialects.postgresql:PostgreSQL",
-    "cockroachdb": "onconflict.dialects.postgresql:PostgreSQL",
+    # PostgreSQL wire without xmax / advisory locks (sqlalchemy-cockroachdb,
+    # sqlalchemy-yugabytedb); YugabyteDB through the plain postgresql dialect
+    # would get PostgreSQL's upsert, which needs xmax
+    "cockroachdb": "onconflict.dialects.postgresql:DistributedPostgreSQL",
+    "yugabytedb": "onconflict.dialects.postgresql:DistributedPostgreSQL",
     "sqlite": "onconflict.dialects.sqlite:SQLite",
     "mysql": "onconflict.dialects.mysql:MySQL",
     "mariadb": "onconflict.dialects.mysql:MySQL",

@@ -172,8 +172,10 @@ class DialectSupport:
         """An optional faster path for an engine-owned call; None: take the usual one."""
         return None
 
-    def scope(self, conn: Connection) -> AbstractContextManager[Any]:
-        """Wraps a whole call: puts back any session setting the call changed."""
+    def scope(self, conn: Connection, owned: bool = False) -> AbstractContextManager[Any]:
+        """Wraps a whole call: puts back any session setting the call changed.
+        ``owned``: the call owns its transaction (any error it raises rolls back
+        everything it did), so per-statement savepoints may be skipped."""
         return nullcontext()
 
     # -- I/O: the only places that talk to the database -----------------------
@@ -256,6 +258,33 @@ def select_by_keys(plan: UpsertPlan, rows: list[Row], key_only: bool = False) ->
     keys = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
     where = keys.in_([k[0] for k in wanted] if len(cols) == 1 else wanted)
     return (sa.select(*cols) if key_only else sa.select(plan.table)).where(where)
+
+
+def upsert_reading_keys_first(
+    conn: Connection, plan: UpsertPlan, rows: list[Row], *, for_update: bool = False
+) -> list[Outcome]:
+    """Upsert where RETURNING cannot say whether its row was inserted or updated
+    (SQLite; CockroachDB and YugabyteDB, which have no ``xmax``): the keys that
+    exist are read first, then the upsert runs. Exact only if no other writer can
+    insert one of the keys in between: the caller holds the write lock (SQLite)
+    or the transaction is serializable, reading with ``for_update``."""
+    keyed = bool(plan.target.columns) and plan.match == plan.target.columns
+    before: set[tuple[Any, ...]] = set()
+    if keyed:
+        read = select_by_keys(plan, rows, key_only=True)
+        found = conn.execute(read.with_for_update() if for_update else read).mappings()
+        before = {plan.keys.of(dict(r), plan.match) for r in found}
+    returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+    aligned = align(plan.keys, plan.table, rows, returned, plan.match)
+    out: list[Outcome] = []
+    for row, stored in zip(rows, aligned, strict=True):
+        if stored is None:
+            out.append(("unchanged", None))
+        elif keyed and plan.keys.of(row, plan.match) in before:
+            out.append(("updated", stored))
+        else:
+            out.append(("inserted", stored))
+    return out
 
 
 def do_nothing(stmt: Any, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:

@@ -24,11 +24,13 @@ from onconflict.dialects.base import (
     INSERTED,
     DialectSupport,
     FetchPlan,
+    Outcome,
     Row,
     UpsertPlan,
     do_nothing,
     do_update,
     lookup_condition,
+    upsert_reading_keys_first,
 )
 from onconflict.errors import error_code
 from onconflict.exceptions import SeedLockTimeout
@@ -231,6 +233,37 @@ class PostgreSQL(DialectSupport):
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
+
+
+class DistributedPostgreSQL(PostgreSQL):
+    """CockroachDB and YugabyteDB: the PostgreSQL wire protocol and ``ON CONFLICT``,
+    but no ``xmax`` system column, no dependable advisory locks and no ordinary
+    temporary tables. Not run here (no server on this machine): the statements
+    are compile-tested on PostgreSQL dialects named ``cockroachdb`` and
+    ``yugabytedb``, as sqlalchemy-cockroachdb's and sqlalchemy-yugabytedb's are.
+
+    - upsert reads the existing keys ``FOR UPDATE`` first, then runs
+      ``ON CONFLICT DO UPDATE``: exact under SERIALIZABLE (CockroachDB's default)
+      and under snapshot isolation, where a concurrent insert of the same key
+      aborts one side with 40001 instead of slipping between read and write;
+    - seed takes no lock: concurrent seeds conflict, one gets 40001 and is re-run
+      (the call owns its transaction), and then finds the rows there;
+    - no COPY path and no driver-level fast paths: SQLAlchemy's ordinary path.
+    """
+
+    name = "cockroachdb"
+
+    def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
+        plan.statement = do_update(pg.insert(plan.table), plan).returning(*plan.table.c)
+
+    def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
+        return upsert_reading_keys_first(conn, plan, rows, for_update=True)
+
+    # the generic (base) behaviour: no COPY path, no lock, no driver-level paths
+    write_bulk = DialectSupport.write_bulk
+    seed_lock = DialectSupport.seed_lock  # type: ignore[assignment]
+    insert_ignore_fast = DialectSupport.insert_ignore_fast
+    get_or_create_fast = DialectSupport.get_or_create_fast
 
 
 def plain_engine(engine: AsyncEngine) -> bool:

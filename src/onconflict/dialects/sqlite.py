@@ -17,7 +17,6 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
-from onconflict._match import align
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
@@ -26,7 +25,7 @@ from onconflict.dialects.base import (
     UpsertPlan,
     do_nothing,
     do_update,
-    select_by_keys,
+    upsert_reading_keys_first,
 )
 from onconflict.errors import error_code
 from onconflict.exceptions import NotSupportedError, SeedLockTimeout
@@ -94,22 +93,7 @@ class SQLite(DialectSupport):
         the keys that exist are read first, under the write lock: no other
         writer can come between the read and the upsert."""
         begun(conn, immediate=True)
-        keyed = bool(plan.target.columns) and plan.match == plan.target.columns
-        before: set[tuple[Any, ...]] = set()
-        if keyed:
-            found = conn.execute(select_by_keys(plan, rows, key_only=True)).mappings()
-            before = {plan.keys.of(dict(r), plan.match) for r in found}
-        returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
-        aligned = align(plan.keys, plan.table, rows, returned, plan.match)
-        out: list[Outcome] = []
-        for row, stored in zip(rows, aligned, strict=True):
-            if stored is None:
-                out.append(("unchanged", None))
-            elif keyed and plan.keys.of(row, plan.match) in before:
-                out.append(("updated", stored))
-            else:
-                out.append(("inserted", stored))
-        return out
+        return upsert_reading_keys_first(conn, plan, rows)
 
 
 def begun(conn: Connection, immediate: bool = False) -> None:
