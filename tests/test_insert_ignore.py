@@ -163,17 +163,27 @@ def driver_code(exc: BaseException) -> Any:
     return None
 
 
+@pytest.mark.parametrize("alone", [False, True], ids=["batch", "alone"])
 @pytest.mark.parametrize("strategy", ["native", "classify"])
 @pytest.mark.parametrize("violation", list(EXPECTED_ERROR))
 async def test_other_violations_raise_and_store_nothing(
-    front: Front, aengine: AsyncEngine, backend: Backend, violation: str, strategy: str
+    front: Front,
+    aengine: AsyncEngine,
+    backend: Backend,
+    violation: str,
+    strategy: str,
+    alone: bool,
 ) -> None:
+    """Also for a bad row alone: a one-row call that owns its transaction takes
+    MariaDB's path without a SAVEPOINT, and must still store nothing."""
     await front.insert_ignore(users, [{"email": "a@x", "name": "alice"}])
     batch = [
         {"email": "a@x", "name": "alice"},  # a true duplicate in the same call
         {"email": "ok@x", "name": "fine"},
         BAD_ROW[violation],
     ]
+    if alone:
+        batch = [BAD_ROW[violation]]
     expected = EXPECTED_ERROR[violation][backend.name]
     if expected is None:
         result = await front.insert_ignore(users, batch, strategy=strategy)

@@ -158,3 +158,84 @@ async def test_without_returning_only_duplicates_are_skipped(
         assert (
             await conn.execute(sa.select(parent.c.id).order_by(parent.c.id))
         ).scalars().all() == [1, 2]
+
+
+# -- round trips of the guard ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "driver",
+    [
+        "pymysql",
+        "aiomysql",
+        "asyncmy",
+        pytest.param("mysqldb", marks=pytest.mark.compiled_driver),
+        pytest.param("mariadbconnector", marks=pytest.mark.compiled_driver),
+    ],
+)
+async def test_warning_count_read_from_the_packet_matches_the_server(
+    backend: Backend, driver: str
+) -> None:
+    """Each driver's reader gives what SELECT @@warning_count gives, for 0, 1
+    and 2 warnings, with and without a result set (RETURNING)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from onconflict.dialects.mysql import WARNING_COUNT_READERS, packet_warning_count
+    from tests.test_errors import need
+
+    assert driver in WARNING_COUNT_READERS
+    need({"mysqldb": "MySQLdb", "mariadbconnector": "mariadb"}.get(driver, driver))
+    family = "mariadb+" if driver == "mariadbconnector" else "mysql+"
+    url = sa.engine.make_url(backend.url).set(drivername=family + driver)
+
+    def check(conn: sa.Connection) -> list[tuple[int | None, int]]:
+        conn.execute(tags.insert(), [{"slug": "a"}, {"slug": "b"}])
+        seen = []
+        for rows in ([{"slug": "c"}], [{"slug": "a"}], [{"slug": "a"}, {"slug": "b"}]):
+            for returning in (True, False):
+                stmt = sa.dialects.mysql.insert(tags).prefix_with("IGNORE")
+                result = conn.execute(stmt.returning(tags.c.slug) if returning else stmt, rows)
+                if returning:
+                    result.all()
+                read = packet_warning_count(conn, result)
+                server = conn.execute(sa.text("SELECT @@warning_count")).scalar_one()
+                seen.append((read, int(server)))
+        conn.rollback()
+        return seen
+
+    if driver in ("aiomysql", "asyncmy"):
+        async_engine = create_async_engine(url)
+        try:
+            async with async_engine.connect() as aconn:
+                seen = await aconn.run_sync(check)
+        finally:
+            await async_engine.dispose()
+    else:
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                seen = check(conn)
+        finally:
+            engine.dispose()
+    assert all(read == server for read, server in seen), seen
+    assert [server for _, server in seen] == [0, 1, 1, 1, 2, 2]  # "c" is there after the first
+
+
+async def test_one_row_owned_call_sends_no_savepoint(backend: Backend) -> None:
+    """An engine-owned one-row insert_ignore: the INSERT, SHOW WARNINGS only when
+    the server counted a warning, then COMMIT; no SAVEPOINT, no warning query."""
+    engine = backend.async_engine()
+    sent: list[str] = []
+
+    @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        sent.append(statement.split()[0].upper() + (" WARNINGS" if "WARNINGS" in statement else ""))
+
+    try:
+        first = await onconflict.insert_ignore(engine, tags, [{"slug": "x"}])
+        again = await onconflict.insert_ignore(engine, tags, [{"slug": "x"}])
+    finally:
+        await engine.dispose()
+    assert first.inserted_count == 1
+    assert again.existing_count == 1
+    assert sent == ["INSERT", "INSERT", "SHOW WARNINGS"]

@@ -242,7 +242,7 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
     """Run a prepared call on a synchronous connection. The only I/O of insert_ignore."""
     support = _bind(prepared, conn.dialect)
     atomic = not owned and prepared.statements() > 1
-    with support.scope(conn), support.atomic(conn) if atomic else nullcontext():
+    with support.scope(conn, owned), support.atomic(conn) if atomic else nullcontext():
         if prepared.native:
             stored = _write_native(conn, prepared, support)
         else:

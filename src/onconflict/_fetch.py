@@ -192,7 +192,8 @@ def prepare_update_or_create(
 
 
 def _get_or_create_work(conn: Connection, prepared: PreparedFetch, owned: bool) -> tuple[Row, bool]:
-    return execute_get_or_create(conn, prepared)
+    with prepared.support.scope(conn, owned):
+        return execute_get_or_create(conn, prepared)
 
 
 def _update_or_create_work(

@@ -148,7 +148,7 @@ def execute_upsert(conn: Connection, prepared: PreparedUpsert, owned: bool) -> U
         else:  # nothing to update: existing rows stay as they are
             plan.statement = support.insert_ignore(plan.table, plan.target, returning)
     outcomes: dict[int, Outcome] = {}
-    with support.scope(conn), support.atomic(conn) if not owned else nullcontext():
+    with support.scope(conn, owned), support.atomic(conn) if not owned else nullcontext():
         for group in prepared.groups:
             plan = prepared.plans[group.columns]
             for chunk in prepared.chunks(group):

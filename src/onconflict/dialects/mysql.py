@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,17 +43,26 @@ from sqlalchemy.sql.dml import Insert
 from onconflict._expr import substitute
 from onconflict._match import align
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan, select_by_keys
+from onconflict.dialects.base import (
+    DialectSupport,
+    Outcome,
+    Row,
+    UpsertPlan,
+    select_by_keys,
+    with_primary_key,
+)
 from onconflict.exceptions import SeedLockTimeout, UnsafeInsertError
 
 DUPLICATE_KEY = 1062
 SHOW_WARNINGS = sa.text("SHOW WARNINGS")
 WARNING_COUNTS = sa.text("SELECT @@warning_count, @@max_error_count")
+ERROR_LIMIT = sa.text("SELECT @@max_error_count")
 SET_LIMIT = sa.text("SET SESSION max_error_count = :n")
 GET_LOCK = sa.select(sa.func.get_lock(sa.bindparam("name"), sa.bindparam("timeout")))
 RELEASE_LOCK = sa.select(sa.func.release_lock(sa.bindparam("name")))
 WARNINGS_WANTED = 65535  # the largest max_error_count; a statement has at most 1000 rows
 SAVED_LIMIT = "onconflict.saved_max_error_count"
+OWNED = "onconflict.owned"  # conn.info: the running call owns its transaction
 
 # aiomysql turns every server warning into a Python warning; a skipped duplicate
 # is the expected outcome of insert_ignore, not something to warn about.
@@ -193,10 +202,12 @@ class MySQL(DialectSupport):
         return bool(args) and args[0] in TRANSACTION_LOST
 
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
+        def run() -> tuple[list[Row], sa.CursorResult[Any]]:
+            result = conn.execute(stmt, rows)
+            return [dict(m) for m in result.mappings()], result
+
         try:
-            returned: list[Row] = self._guarded(
-                conn, stmt, rows, lambda: super(MySQL, self).write_many(conn, stmt, rows)
-            )
+            returned: list[Row] = self._guarded(conn, stmt, rows, run)
             return returned
         except _Overflow as over:
             if over.kept < WARNINGS_WANTED and SAVED_LIMIT not in conn.info:
@@ -210,45 +221,66 @@ class MySQL(DialectSupport):
             return out
 
     @contextmanager
-    def scope(self, conn: Connection) -> Iterator[None]:
+    def scope(self, conn: Connection, owned: bool = False) -> Iterator[None]:
+        outer = conn.info.get(OWNED)
+        conn.info[OWNED] = owned
         try:
             yield
         finally:
             # a dead connection has no session to restore (and its info is gone)
             if not conn.invalidated:
+                conn.info[OWNED] = outer
                 saved = conn.info.pop(SAVED_LIMIT, None)
                 if saved is not None:
                     conn.execute(SET_LIMIT, {"n": saved})
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
-        stored: Row | None = self._guarded(
-            conn, stmt, [row], lambda: super(MySQL, self).write_one(conn, stmt, row)
-        )
+        def run() -> tuple[Row | None, sa.CursorResult[Any]]:
+            result = conn.execute(stmt, row)
+            if result.rowcount != 1:
+                return None, result
+            return with_primary_key(stmt.table, row, result), result  # type: ignore[arg-type]
+
+        stored: Row | None = self._guarded(conn, stmt, [row], run)
         return stored
 
     def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
         table: sa.Table = stmt.table  # type: ignore[assignment]
-        with self.savepoint(conn) as sp:
+        # A one-row statement of a call that owns its transaction needs no
+        # SAVEPOINT: every problem it can find raises, and the raise rolls the
+        # whole transaction back (only a multi-row statement may be redone, after
+        # a warnings overflow, and must be undone first).
+        bare = len(rows) == 1 and conn.info.get(OWNED, False)
+        with nullcontext() if bare else self.savepoint(conn) as sp:
             try:
-                out = run()
+                out, result = run()
                 inserted = len(out) if isinstance(out, list) else int(out is not None)
-                problems = self._problems(conn, len(rows) - inserted)
+                problems = self._problems(conn, result, len(rows) - inserted)
             except sa.exc.DBAPIError as exc:
                 if not (self.transaction_lost(exc) or exc.connection_invalidated):
                     # IGNORE may fail on a value it coerced itself (NULL -> '' failing
                     # a CHECK): the same rows without IGNORE show the real cause.
-                    sp.rollback()
+                    if sp is not None:
+                        sp.rollback()
                     self._probe(conn, table, rows)
                 raise
             if not problems:
                 return out
-            sp.rollback()
             if isinstance(problems, _Overflow):
+                assert sp is not None  # one row cannot overflow max_error_count >= 1
+                sp.rollback()
                 raise problems
+            if sp is not None:
+                sp.rollback()
             self._raise_database_error(conn, table, rows, problems)
 
-    def _problems(self, conn: Connection, skipped: int) -> list[tuple[str, int, str]] | _Overflow:
-        count, kept = conn.execute(WARNING_COUNTS).one()
+    def _problems(
+        self, conn: Connection, result: sa.CursorResult[Any], skipped: int
+    ) -> list[tuple[str, int, str]] | _Overflow:
+        count = packet_warning_count(conn, result)
+        kept: int | None = None
+        if count is None:  # a driver we cannot read it from: ask the server
+            count, kept = conn.execute(WARNING_COUNTS).one()
         if count == 0:
             return []
         shown = [(str(w[0]), int(w[1]), str(w[2])) for w in conn.execute(SHOW_WARNINGS)]
@@ -259,6 +291,8 @@ class MySQL(DialectSupport):
             # more warnings than skipped rows: something besides a duplicate
             return shown or [("Warning", 0, f"{count} warnings, none visible (max_error_count=0)")]
         if count > len(shown):
+            if kept is None:
+                kept = int(conn.execute(ERROR_LIMIT).scalar_one())
             if kept < 1:
                 raise UnsafeInsertError(
                     "cannot check INSERT IGNORE warnings with max_error_count=0;"
@@ -290,3 +324,28 @@ class MySQL(DialectSupport):
             conn.execute(self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+# The warning count of the last statement, as the server sent it in the OK (or
+# EOF) packet, read the way each driver keeps it; a driver not listed here is
+# asked with SELECT @@warning_count (one more round trip).
+WARNING_COUNT_READERS: dict[str, Callable[[Any, Any], Any]] = {
+    "pymysql": lambda cursor, _conn: cursor.warning_count,
+    # SQLAlchemy's adapter around the asyncio driver's cursor, which keeps the
+    # last result (with the packet's count) on ``_result``
+    "aiomysql": lambda cursor, _conn: cursor._cursor._result.warning_count,
+    "asyncmy": lambda cursor, _conn: cursor._cursor._result.warning_count,
+    "mysqldb": lambda _cursor, conn: conn.warning_count(),
+    "mariadbconnector": lambda _cursor, conn: conn.warnings,  # (the cursor may be closed)
+}
+
+
+def packet_warning_count(conn: Connection, result: sa.CursorResult[Any]) -> int | None:
+    reader = WARNING_COUNT_READERS.get(conn.dialect.driver)
+    if reader is None:
+        return None
+    try:
+        count = reader(result.context.cursor, conn.connection.driver_connection)
+        return count if isinstance(count, int) else None
+    except Exception:  # another version of the driver, a closed cursor: ask the server
+        return None
