@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import click
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy.engine import make_url
 
 from benchmarks import bulk as bulk_mod
 from benchmarks import race as race_mod
@@ -31,19 +32,32 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="ONCONFLICT_BENCH_URL")
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    default=[DEFAULT_URL],
+    show_default=True,
+    envvar="ONCONFLICT_BENCH_URL",
+    help="the database; repeat it for the nodes of a multi-master cluster (Galera):"
+    " worker n then calls node n mod N",
+)
 @click.option("--workers", default="1,8,32,128", show_default=True)
 @click.option("--keys", default="10,1000", show_default=True)
 @click.option("--dups", default="0,50,99", show_default=True, help="duplicate percentages")
 @click.option("--calls", default=2000, show_default=True, type=click.IntRange(1))
 @click.option("--out", default="bench-results", show_default=True, type=click.Path(path_type=Path))
-def race(url: str, workers: str, keys: str, dups: str, calls: int, out: Path) -> None:
+def race(urls: tuple[str, ...], workers: str, keys: str, dups: str, calls: int, out: Path) -> None:
     """Many callers on the same keys: insert and get_or_create."""
     results, facts = _with_progress(
         "race",
-        url,
-        lambda p: race_mod.run(url, numbers(workers), numbers(keys), numbers(dups), calls, p),
+        urls[0],
+        lambda p: race_mod.run(
+            list(urls), numbers(workers), numbers(keys), numbers(dups), calls, p
+        ),
     )
+    if len(urls) > 1:
+        facts["nodes"] = [make_url(u).render_as_string(hide_password=True) for u in urls]
     w, k = numbers(workers), numbers(keys)
     goals = race_goals(results, w, k)
     _report("race", out, facts, results, goals)

@@ -6,7 +6,9 @@ Contenders, each on a fresh table preloaded with the duplicates:
 - onconflict insert_ignore, as it runs (on PostgreSQL + asyncpg: the COPY path
   above its threshold), and with the statements only;
 - the raw driver floor: the same work hand-written on the driver;
-- Django bulk_create(ignore_conflicts=True), where installed;
+- peers, where installed: Django and Tortoise ``bulk_create(ignore_conflicts=True)``,
+  Peewee ``insert_many(...).on_conflict_ignore()`` (batches of 1,000, one
+  transaction; none of them can say which rows it inserted);
 - PostgreSQL: plain COPY into the empty table, the ceiling.
 Exactly-once is checked after every onconflict run.
 """
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import onconflict
 import onconflict.dialects.postgresql as pg_support
+from benchmarks import peers
 from benchmarks.common import ExactlyOnceViolated, Result, goal, ratio
 
 metadata = sa.MetaData()
@@ -133,6 +136,41 @@ async def copy_ceiling(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
         raw_conn.close()
 
 
+def peer_contenders(url: str) -> list[tuple[str, Any, bool]]:
+    import asyncio
+
+    out: list[tuple[str, Any, bool]] = []
+    if peers.django_available(url) is None:
+
+        async def django(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
+            return await asyncio.to_thread(peers.django_bulk, url, rows)
+
+        out.append(("Django bulk_create(ignore_conflicts)", django, False))
+    if peers.peewee_available(url) is None:
+
+        async def peewee(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
+            return await asyncio.to_thread(peers.peewee_bulk, url, rows)
+
+        out.append(("Peewee on_conflict_ignore", peewee, False))
+    if peers.tortoise_available(url) is None:
+
+        async def tortoise(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
+            from tortoise.transactions import in_transaction
+
+            _, model = await peers.tortoise_open(url, 1)
+            try:
+                async with in_transaction():
+                    await model.bulk_create(
+                        [model(**r) for r in rows], ignore_conflicts=True, batch_size=1000
+                    )
+            finally:
+                await peers.tortoise_close()
+            return -1
+
+        out.append(("Tortoise bulk_create(ignore_conflicts)", tortoise, False))
+    return out
+
+
 async def run(
     url: str, sizes: list[int], dups: list[int], progress: Callable[[str], None] = lambda _: None
 ) -> list[Result]:
@@ -153,6 +191,7 @@ async def run(
                 ]
                 if backend == "postgresql":
                     contenders.insert(1, ("onconflict, statements only", ours_statements, True))
+                contenders += peer_contenders(url)
                 if d == 0:
                     contenders.insert(0, ("plain INSERT", plain, False))
                     if backend == "postgresql":
@@ -168,7 +207,7 @@ async def run(
                         raise ExactlyOnceViolated(
                             f"{name} on {scen}: {stored} rows, {inserted} inserted"
                         )
-                    extra = {"rows_per_s": round(n / seconds)}
+                    extra = {"rows_per_s": round(n / seconds), "rows_stored": stored}
                     results.append(Result(scen, name, n, seconds, [], Counter(), extra))
     finally:
         await engine.dispose()

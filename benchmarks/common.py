@@ -130,9 +130,10 @@ def markdown(
         "",
         f"{facts['when']}, {facts['platform']}, {facts['cpus']} CPUs,",
     ]
-    lines.append(
-        f"Python {facts['python']}, database {facts['database_url']} ({facts.get('server', '?')})."
-    )
+    where = facts["database_url"]
+    if facts.get("nodes"):
+        where = f"a {len(facts['nodes'])}-node cluster: " + ", ".join(facts["nodes"])
+    lines.append(f"Python {facts['python']}, database {where} ({facts.get('server', '?')}).")
     lines += [
         "",
         "| scenario | contender | ops/s | p50 ms | p95 ms | p99 ms | max ms | errors | other |",

@@ -1,6 +1,6 @@
 """get_or_create on the race path, peers side by side in one run (PostgreSQL).
 
-    python benchmarks/get_or_create.py [--url postgresql+asyncpg://postgres@127.0.0.1/test]
+    python -m benchmarks.get_or_create [--url postgresql+asyncpg://postgres@127.0.0.1/test]
                                        [--workers 32] [--keys 100] [--calls 3200] [--rounds 3]
 
 Contenders, each on a fresh table, warmed up first, in rotation:
@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import onconflict
+from benchmarks import peers
 from onconflict._fetch import prepare_get_or_create
 
 metadata = sa.MetaData()
@@ -75,37 +76,12 @@ async def timed(
 
 
 def django_contender(url: str, workers: int) -> Callable[[list[str]], tuple[float, int]] | None:
-    try:
-        import django
-        from django.conf import settings
-        from django.db import connection, models
-    except ImportError:
+    if peers.django_available(url) is not None:
         return None
-    u = make_url(url)
-    if not settings.configured:
-        settings.configure(
-            DATABASES={
-                "default": {
-                    "ENGINE": "django.db.backends.postgresql",
-                    "NAME": u.database,
-                    "USER": u.username,
-                    "PASSWORD": u.password or "",
-                    "HOST": u.host,
-                    "PORT": u.port or 5432,
-                }
-            },
-            INSTALLED_APPS=[],
-            USE_TZ=True,
-        )
-        django.setup()
+    from django.db import connections
 
-    class Row(models.Model):
-        k = models.CharField(max_length=40, unique=True)
-        v = models.CharField(max_length=40, null=True)
-
-        class Meta:
-            app_label = "bench"
-            db_table = "bench_goc"
+    model, alias = peers.django_model(url, "goc")
+    objects = model.objects.using(alias)
 
     def run(plan: list[str]) -> tuple[float, int]:
         it = iter(plan)
@@ -118,11 +94,11 @@ def django_contender(url: str, workers: int) -> Callable[[list[str]], tuple[floa
                     key = next(it, None)
                 if key is None:
                     break
-                _, was_created = Row.objects.get_or_create(k=key)
+                _, was_created = objects.get_or_create(k=key)
                 if was_created:
                     with lock:
                         made[0] += 1
-            connection.close()
+            connections[alias].close()
 
         threads = [threading.Thread(target=worker) for _ in range(workers)]
         start = time.perf_counter()

@@ -10,11 +10,16 @@ Scenarios:
 Each contender runs each scenario on a fresh table. Contenders that promise
 exactly-once are checked after every run (rows == distinct keys, one creator per
 new key) and the run stops loudly if they broke it.
+
+Given several URLs (the nodes of a multi-master cluster such as Galera), worker
+n uses node n mod N, so every hot key is raced from every node; counts are read
+with Galera's causality wait, and certification conflicts are reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import threading
@@ -29,8 +34,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import onconflict
+from benchmarks import peers
 from benchmarks.common import ExactlyOnceViolated, Result
 from onconflict.errors import error_code
+
+WORKER: contextvars.ContextVar[int] = contextvars.ContextVar("worker", default=0)
 
 metadata = sa.MetaData()
 keyed = sa.Table(
@@ -99,6 +107,11 @@ class Contender:
     table = keyed
     sqlalchemy = True  # statements counted on the engine
 
+    @staticmethod
+    def available(url: str) -> str | None:
+        """None if this contender can run against the URL, else why not."""
+        return None
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
@@ -112,8 +125,9 @@ class Contender:
         made = 0
         storm = load.name.startswith(("insert storm", "goc storm"))
 
-        async def worker(barrier: asyncio.Barrier | None) -> None:
+        async def worker(number: int) -> None:
             nonlocal made
+            WORKER.set(number)  # picks this worker's node (its own task's context)
             for key in it:
                 start = time.perf_counter()
                 try:
@@ -129,9 +143,9 @@ class Contender:
             for r in range(rounds):
                 key = load.plan[r * load.workers]
                 it = iter([key] * load.workers)
-                await asyncio.gather(*(worker(None) for _ in range(load.workers)))
+                await asyncio.gather(*(worker(n) for n in range(load.workers)))
         else:
-            await asyncio.gather(*(worker(None) for _ in range(load.workers)))
+            await asyncio.gather(*(worker(n) for n in range(load.workers)))
         return latencies, made, errors
 
 
@@ -183,14 +197,21 @@ class Raw(Contender):
     sqlalchemy = False
 
     async def setup(self) -> None:
-        url = make_url(self.ctx.url)
-        backend = url.get_backend_name()
+        self.pools = [await self._pool(url) for url in self.ctx.urls]
+
+    @property
+    def pool(self) -> Any:
+        return self.pools[WORKER.get() % len(self.pools)]
+
+    async def _pool(self, text: str) -> Any:
+        url = make_url(text)
+        backend = self.backend = url.get_backend_name()
         if backend == "postgresql":
             import asyncpg
 
             plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
             size = self.ctx.pool
-            self.pool = await asyncpg.create_pool(plain, min_size=size, max_size=size)
+            pool = await asyncpg.create_pool(plain, min_size=size, max_size=size)
             if self.ctx.get:
                 from onconflict._fetch import prepare_get_or_create
 
@@ -200,10 +221,12 @@ class Raw(Contender):
                 self.sql = (
                     "INSERT INTO bench_race (k) VALUES ($1) ON CONFLICT (k) DO NOTHING RETURNING id"
                 )
-        elif backend in ("mysql", "mariadb"):
+            return pool
+        if backend in ("mysql", "mariadb"):
             import aiomysql
 
-            self.pool = await aiomysql.create_pool(
+            self.sql = "INSERT IGNORE INTO bench_race (k) VALUES (%s)"
+            return await aiomysql.create_pool(
                 host=url.host,
                 port=url.port or 3306,
                 user=url.username,
@@ -212,20 +235,16 @@ class Raw(Contender):
                 maxsize=self.ctx.pool,
                 autocommit=True,
             )
-            self.sql = "INSERT IGNORE INTO bench_race (k) VALUES (%s)"
-        else:
-            self.pool = None
-            self.sql = (
-                "INSERT INTO bench_race (k) VALUES (?) ON CONFLICT (k) DO NOTHING RETURNING id"
-            )
-        self.backend = backend
+        self.sql = "INSERT INTO bench_race (k) VALUES (?) ON CONFLICT (k) DO NOTHING RETURNING id"
+        return None
 
     async def teardown(self) -> None:
-        if self.backend == "postgresql":
-            await self.pool.close()
-        elif self.pool is not None:
-            self.pool.close()
-            await self.pool.wait_closed()
+        for pool in self.pools:
+            if self.backend == "postgresql":
+                await pool.close()
+            elif pool is not None:
+                pool.close()
+                await pool.wait_closed()
 
     async def call(self, key: str) -> bool:
         if self.backend == "postgresql":
@@ -246,38 +265,30 @@ class Raw(Contender):
             return bool(rows)
 
 
-class Django(Contender):
-    """Django's get_or_create / bulk_create(ignore_conflicts=True), in threads."""
+class Threaded(Contender):
+    """A synchronous peer (Django, Peewee), one thread and connection per worker."""
 
     sqlalchemy = False
+    guarantees = False  # a peer: what it does is reported, not enforced
+    label = ("", "")  # (insert, get_or_create) names
+    factory: Callable[[str, bool], tuple[Callable[[str], bool], Callable[[], None]]]
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return "Django get_or_create" if self.ctx.get else "Django bulk_create(ignore_conflicts)"
-
-    async def setup(self) -> None:
-        self.model, self.alias = django_model(self.ctx.url)
+        return self.label[1] if self.ctx.get else self.label[0]
 
     async def run(self, load: Load) -> tuple[list[float], int, Counter[str]]:
         return await asyncio.to_thread(self._threads, load)
 
     def _threads(self, load: Load) -> tuple[list[float], int, Counter[str]]:
-        from django.db import connections
-
         lock = threading.Lock()
         it = iter(load.plan)
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         made = [0]
-        model, alias = self.model, self.alias
-
-        def one(key: str) -> bool:
-            if self.ctx.get:
-                return bool(model.objects.using(alias).get_or_create(k=key)[1])
-            model.objects.using(alias).bulk_create([model(k=key)], ignore_conflicts=True)
-            return False  # bulk_create(ignore_conflicts) cannot say whether it inserted
 
         def worker() -> None:
+            one, close = type(self).factory(self.ctx.url, self.ctx.get)
             while True:
                 with lock:
                     key = next(it, None)
@@ -288,12 +299,12 @@ class Django(Contender):
                     created = one(key)
                 except Exception as exc:
                     with lock:
-                        errors[type(exc).__name__] += 1
+                        errors[str(error_code(exc) or type(exc).__name__)] += 1
                     created = False
                 with lock:
                     latencies.append((time.perf_counter() - start) * 1000)
                     made[0] += created
-            connections[alias].close()
+            close()
 
         # one connection per thread: no more threads than the others have connections
         threads = [threading.Thread(target=worker) for _ in range(min(load.workers, self.ctx.pool))]
@@ -303,65 +314,46 @@ class Django(Contender):
             t.join()
         return latencies, made[0], errors
 
-    guarantees = False  # a peer: what it does is reported, not enforced
+
+class Django(Threaded):
+    label = ("Django bulk_create(ignore_conflicts)", "Django get_or_create")
+    factory = staticmethod(peers.django_race)
+    available = staticmethod(peers.django_available)
 
 
-_django_models: dict[str, Any] = {}
+class Peewee(Threaded):
+    label = ("Peewee on_conflict_ignore", "Peewee get_or_create")
+    factory = staticmethod(peers.peewee_race)
+    available = staticmethod(peers.peewee_available)
 
 
-def django_model(url: str) -> tuple[Any, str]:
-    """Django's model of the race table and the database alias for this URL
-    (Django is configured once per process; each URL gets an alias of its own)."""
-    import django
-    from django.conf import settings
-    from django.db import connections, models
+class Tortoise(Contender):
+    """Tortoise ORM (asyncio): get_or_create, bulk_create(ignore_conflicts=True)."""
 
-    u = make_url(url)
-    backend = u.get_backend_name()
-    if not settings.configured:
-        settings.configure(DATABASES={}, INSTALLED_APPS=[], USE_TZ=True)
-        django.setup()
-    alias = f"bench_{abs(hash(url))}"
-    if alias not in connections.settings:
-        engine = {
-            "postgresql": "django.db.backends.postgresql",
-            "mysql": "django.db.backends.mysql",
-            "mariadb": "django.db.backends.mysql",
-            "sqlite": "django.db.backends.sqlite3",
-        }[backend]
-        db: dict[str, Any] = {"ENGINE": engine, "NAME": u.database}
-        if backend != "sqlite":
-            db.update(USER=u.username, PASSWORD=u.password or "", HOST=u.host, PORT=u.port or "")
-        else:
-            db["OPTIONS"] = {"timeout": 60}
-        configured = connections.configure_settings({"default": {}, alias: db})
-        connections.settings[alias] = configured[alias]
-    if "race" not in _django_models:
+    sqlalchemy = False
+    guarantees = False
+    available = staticmethod(peers.tortoise_available)
 
-        class RaceRow(models.Model):
-            k = models.CharField(max_length=60, unique=True)
-            v = models.CharField(max_length=40, null=True)
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return (
+            "Tortoise get_or_create" if self.ctx.get else "Tortoise bulk_create(ignore_conflicts)"
+        )
 
-            class Meta:
-                app_label = "bench"
-                db_table = "bench_race"
+    async def setup(self) -> None:
+        self.model, _ = await peers.tortoise_open(self.ctx.url, self.ctx.pool)
 
-        _django_models["race"] = RaceRow
-    return _django_models["race"], alias
+    async def teardown(self) -> None:
+        await peers.tortoise_close()
+
+    async def call(self, key: str) -> bool:
+        if self.ctx.get:
+            return bool((await self.model.get_or_create(k=key))[1])
+        await self.model.bulk_create([self.model(k=key)], ignore_conflicts=True)
+        return False  # cannot say whether it inserted
 
 
-def django_available(url: str) -> str | None:
-    """None if Django can run against this URL, else why not."""
-    try:
-        import django  # noqa: F401
-    except ImportError:
-        return "Django is not installed"
-    if make_url(url).get_backend_name() in ("mysql", "mariadb"):
-        try:
-            import MySQLdb  # noqa: F401
-        except ImportError:
-            return "Django's MySQL backend needs mysqlclient"
-    return None
+PEERS: list[type[Contender]] = [Django, Peewee, Tortoise]
 
 
 # -- running ---------------------------------------------------------------------
@@ -369,10 +361,42 @@ def django_available(url: str) -> str | None:
 
 @dataclass
 class Context:
-    url: str
-    engine: AsyncEngine
+    urls: list[str]
+    engines: list[AsyncEngine]
     pool: int
     get: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The calling worker's node (the only one, on a single server)."""
+        return self.engines[WORKER.get() % len(self.engines)]
+
+
+async def galera(engine: AsyncEngine) -> bool:
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        return False
+    async with engine.connect() as conn:
+        on = (await conn.execute(sa.text("SHOW VARIABLES LIKE 'wsrep_on'"))).first()
+    return on is not None and on[1] == "ON"
+
+
+async def conflicts(engines: list[AsyncEngine]) -> int:
+    """Galera: certification failures + brute-force aborts over all nodes."""
+    total = 0
+    for engine in engines:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.text(
+                    "SHOW GLOBAL STATUS WHERE variable_name IN "
+                    "('wsrep_local_cert_failures', 'wsrep_local_bf_aborts')"
+                )
+            )
+            total += sum(int(v) for _, v in rows)
+    return total
 
 
 async def reset(engine: AsyncEngine, preload: list[str]) -> None:
@@ -398,6 +422,8 @@ async def measure_after(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     async with engine.connect() as conn:
+        if before.get("galera"):  # read after every commit of the cluster has applied here
+            await conn.execute(sa.text("SET SESSION wsrep_sync_wait = 1"))
         rows = (await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one()
         distinct = (
             await conn.execute(sa.select(sa.func.count(sa.distinct(table.c.k))))
@@ -422,7 +448,8 @@ async def measure_after(
                 await conn.execute(sa.text(f"SELECT last_value FROM {table.name}_id_seq"))
             ).scalar()
             out["id_gap"] = int(seq or 0) - rows
-        elif engine.dialect.name in ("mysql", "mariadb"):
+        elif engine.dialect.name in ("mysql", "mariadb") and not before.get("galera"):
+            # (not on Galera: each node steps AUTO_INCREMENT by the cluster size)
             auto = (
                 await conn.execute(
                     sa.text(
@@ -449,53 +476,56 @@ class RetryCounter(logging.Handler):
 
 
 async def run(
-    url: str,
+    url: str | list[str],
     workers: list[int],
     keys: list[int],
     dups: list[int],
     calls: int,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Result]:
+    urls = [url] if isinstance(url, str) else list(url)
     pool = max(workers)
-    backend = make_url(url).get_backend_name()
+    backend = make_url(urls[0]).get_backend_name()
     kw: dict[str, Any] = (
         {"connect_args": {"timeout": 60}}
         if backend == "sqlite"
         else {"pool_size": min(pool, 40), "max_overflow": 0, "pool_timeout": 300}
     )
-    engine = create_async_engine(url, **kw)
+    engines = [create_async_engine(u, **kw) for u in urls]
+    engine = engines[0]
+    cluster = await galera(engine)
     results: list[Result] = []
     retries = RetryCounter()
     logging.getLogger("onconflict").addHandler(retries)
     logging.getLogger("onconflict").setLevel(logging.INFO)
     statements = [0]
 
-    if backend == "postgresql":  # counted at the driver: a cursor listener would turn the
-        # library's driver-level path off (it defers to SQLAlchemy's events)
-
-        @sa.event.listens_for(engine.sync_engine, "connect")
-        def log_queries(dbapi_conn: Any, _: Any) -> None:
-            def one(_record: Any) -> None:
-                statements[0] += 1
-
-            dbapi_conn.driver_connection.add_query_logger(one)
-
-    else:
-
-        @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
-        def count(*_: Any) -> None:
+    def log_queries(dbapi_conn: Any, _: Any) -> None:
+        def one(_record: Any) -> None:
             statements[0] += 1
+
+        dbapi_conn.driver_connection.add_query_logger(one)
+
+    def count(*_: Any) -> None:
+        statements[0] += 1
+
+    for each in engines:
+        if backend == "postgresql":  # counted at the driver: a cursor listener would turn
+            # the library's driver-level path off (it defers to SQLAlchemy's events)
+            sa.event.listen(each.sync_engine, "connect", log_queries)
+        else:
+            sa.event.listen(each.sync_engine, "before_cursor_execute", count)
 
     try:
         for get in (False, True):
-            ctx = Context(url, engine, min(pool, 40), get)
+            ctx = Context(urls, engines, min(pool, 40), get)
             kinds: list[type[Contender]] = [Native, Raw]
             if not get:
                 kinds += [Classify, SelectThenInsert, SelectThenInsertLoose]
             else:
                 kinds += [SelectThenInsert]
-            if django_available(url) is None:
-                kinds.append(Django)
+            if len(urls) == 1:  # peers talk to one database
+                kinds += [k for k in PEERS if k.available(urls[0]) is None]
             for load in loads(workers, keys, dups, calls, get):
                 for kind in kinds:
                     contender = kind(ctx)
@@ -506,6 +536,9 @@ async def run(
                     if hasattr(contender, "setup"):
                         await contender.setup()
                     before = await measure_before(engine)
+                    if cluster:
+                        before["galera"] = True
+                        before["conflicts"] = await conflicts(engines)
                     retries.count = 0
                     statements[0] = 0
                     start = time.perf_counter()
@@ -514,6 +547,8 @@ async def run(
                     if hasattr(contender, "teardown"):
                         await contender.teardown()
                     extra = await measure_after(engine, contender.table, before)
+                    if cluster:
+                        extra["conflicts"] = await conflicts(engines) - before["conflicts"]
                     extra["retries"] = retries.count
                     if contender.sqlalchemy:
                         extra["statements_per_op"] = round(statements[0] / len(load.plan), 2)
@@ -540,5 +575,6 @@ async def run(
                     )
     finally:
         logging.getLogger("onconflict").removeHandler(retries)
-        await engine.dispose()
+        for each in engines:
+            await each.dispose()
     return results
