@@ -9,7 +9,9 @@ through ``AsyncConnection.run_sync``, so both fronts share every line.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._gc import paused
 from onconflict._match import Keys, align
 from onconflict._target import (
     ConflictTarget,
@@ -49,6 +52,7 @@ class _Group:
     columns: tuple[str, ...]
     indexes: list[int] = field(default_factory=list)  # positions in the input
     match: tuple[str, ...] = ()  # columns that identify a returned row
+    in_key_order: bool = False  # indexes sorted by key (the lock order)
 
 
 @dataclass
@@ -77,6 +81,13 @@ class PreparedInsert:
     def empty(self) -> bool:
         return not self.rows
 
+    @property
+    def keyed(self) -> tuple[str, ...]:
+        """The columns rows are keyed by in the call: the target's, except for a
+        partial index (it covers only rows matching its WHERE: the database decides)."""
+        key = self.target.key
+        return self.target.columns if key is not None and key.where is None else ()
+
     def known_keys(self, group: _Group, indexes: list[int]) -> list[tuple[Any, ...] | None] | None:
         """The keys _group computed for these rows, when they are the match keys."""
         if not self.row_keys or group.match != self.target.columns:
@@ -91,6 +102,10 @@ class PreparedInsert:
     def chunks(self, group: _Group) -> Iterator[list[int]]:
         """Split a group so that each piece is one statement within the budgets."""
         limit = self.max_rows[group.columns]
+        if not self.max_bytes:  # a row budget only: plain slices
+            for start in range(0, len(group.indexes), limit):
+                yield group.indexes[start : start + limit]
+            return
         chunk: list[int] = []
         size = 0
         for i in group.indexes:
@@ -114,6 +129,14 @@ def prepare_insert_ignore(
     """Validate and plan an insert_ignore call. Pure: no I/O."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    given = rows if isinstance(rows, list) else list(rows)
+    with paused(len(given)):
+        return _prepare_insert_ignore(dialect, table, given, on, strategy)
+
+
+def _prepare_insert_ignore(
+    dialect: Dialect, table: Any, rows: list[Mapping[str, Any]], on: OnTarget, strategy: str
+) -> PreparedInsert:
     head = read_rows(table, rows, on)
     if head is None:
         return PreparedInsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
@@ -121,7 +144,8 @@ def prepare_insert_ignore(
     support, native = _choose(dialect, strategy)
     prepared = PreparedInsert(tbl, target, data, support, given=given, outmap=outmap)
     prepared.native = native
-    _group(prepared)
+    # groups the dialect writes with its bulk path are put in key order there
+    _group(prepared, bulk_from=support.bulk_rows(dialect) if native else None)
     if native and not support.targets_conflicts and not target.any_key:
         _check_reachable(prepared)
     return prepared
@@ -177,47 +201,91 @@ def budgets(prepared: PreparedInsert, support: DialectSupport, dialect: Dialect)
         prepared.max_rows[g.columns] = max(1, min(support.page_size, params // len(g.columns)))
 
 
-def _group(prepared: PreparedInsert, keep: str = "first") -> None:
+def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None = None) -> None:
     """Group rows by the columns they carry; resolve keys repeated in the call.
 
     keep: which of the rows sharing a key is written ("first", "last"), or
     "error" to refuse them. The others are recorded in ``duplicate_of``.
+    Groups are put in key order (one lock order for every caller), except
+    those of ``bulk_from`` rows or more: the dialect's bulk path orders those
+    on the server (or ``in_key_order`` sorts them if it declines).
     """
-    target, keys = prepared.target, prepared.keys
-    # A partial index only covers rows matching its WHERE: leave those to the database.
-    keyed = target.columns if target.key is not None and target.key.where is None else ()
-    row_keys = [keys.unique(row, keyed) if keyed else None for row in prepared.rows]
+    keyed = prepared.keyed
+    row_keys: list[tuple[Any, ...] | None] = (
+        prepared.keys.unique_many(prepared.rows, keyed) if keyed else [None] * len(prepared.rows)
+    )
     prepared.row_keys = row_keys
-    winner: dict[tuple[Any, ...], int] = {}
-    for i, key in enumerate(row_keys):
-        if key is None:
-            continue
-        if key in winner and keep == "error":
-            shown = ", ".join(f"{c}={v!r}" for c, v in zip(keyed, key, strict=True))
-            raise ValueError(
-                f"rows {winner[key]} and {i} have the same key ({shown});"
-                " pass duplicates='first' or 'last' to choose one"
-            )
-        if key not in winner or keep == "last":
-            winner[key] = i
+    n = len(row_keys)
+    # key -> the row written for it, built in C: the last row of a key wins a
+    # dict built forwards, the first wins one built backwards
+    if keep == "last":
+        winner: dict[Any, int] = dict(zip(row_keys, range(n), strict=True))
+    else:
+        winner = dict(zip(reversed(row_keys), range(n - 1, -1, -1), strict=True))
+    winner.pop(None, None)  # rows without a key never collide
+    if keep == "error" and len(winner) != n - row_keys.count(None):
+        seen: dict[tuple[Any, ...], int] = {}
+        for i, key in enumerate(row_keys):
+            if key is not None and seen.setdefault(key, i) != i:
+                shown = ", ".join(f"{c}={v!r}" for c, v in zip(keyed, key, strict=True))
+                raise ValueError(
+                    f"rows {seen[key]} and {i} have the same key ({shown});"
+                    " pass duplicates='first' or 'last' to choose one"
+                )
     groups: dict[tuple[str, ...], _Group] = {}
-    for i, row in enumerate(prepared.rows):
-        key = row_keys[i]
-        if key is not None and winner[key] != i:
-            prepared.duplicate_of[i] = winner[key]
-            continue
-        cols = tuple(sorted(row))
-        group = groups.get(cols)
-        if group is None:
-            full = bool(keyed) and set(keyed) <= set(cols)
-            group = groups[cols] = _Group(cols, match=keyed if full else cols)
-        group.indexes.append(i)
+    rows = prepared.rows
+    unique = len(winner) == len(rows)  # every row keyed, no repeats: nothing to skip
+    first = rows[0].keys()
+    if unique and all(map(first.__eq__, map(dict.keys, rows))):
+        # the usual large call: one shape, no repeats: one group, in input order
+        cols = tuple(sorted(first))
+        groups[cols] = _Group(cols, list(range(len(rows))), _match_of(keyed, cols))
+    else:
+        for i, row in enumerate(rows):
+            key = row_keys[i]
+            if key is not None and winner[key] != i:
+                prepared.duplicate_of[i] = winner[key]
+                continue
+            cols = tuple(sorted(row))
+            group = groups.get(cols)
+            if group is None:
+                group = groups[cols] = _Group(cols, match=_match_of(keyed, cols))
+            group.indexes.append(i)
     for group in groups.values():
-        # one lock order for every caller: fewer deadlocks between concurrent batches
-        if keyed and group.match == keyed:
-            with suppress(TypeError):
-                group.indexes.sort(key=lambda i: row_keys[i] or keys.of(prepared.rows[i], keyed))
+        if bulk_from is None or len(group.indexes) < bulk_from:
+            in_key_order(prepared, group)
+        else:  # already in key order (a sorted export, say)? then nobody sorts it
+            group.in_key_order = _sorted(row_keys, group.indexes)
     prepared.groups = list(groups.values())
+
+
+def _sorted(row_keys: list[tuple[Any, ...] | None], indexes: list[int]) -> bool:
+    keys: list[Any] = [row_keys[i] for i in indexes]
+    try:
+        return all(map(operator.le, keys, itertools.islice(keys, 1, None)))
+    except TypeError:  # a row without a key, or keys that do not compare
+        return False
+
+
+def _match_of(keyed: tuple[str, ...], cols: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns that identify a returned row of this shape: the key if the
+    rows carry it, else all their columns."""
+    return keyed if keyed and set(keyed) <= set(cols) else cols
+
+
+def in_key_order(prepared: PreparedInsert, group: _Group) -> None:
+    """Sort a group's rows by key: one lock order for every caller, so fewer
+    deadlocks between concurrent batches."""
+    keyed = prepared.keyed
+    if group.in_key_order or not keyed or group.match != keyed:
+        return
+    row_keys, keys, rows = prepared.row_keys, prepared.keys, prepared.rows
+    with suppress(TypeError):  # keys that do not compare: left in input order
+        if all(row_keys[i] is not None for i in group.indexes):
+            group.indexes.sort(key=row_keys.__getitem__)  # type: ignore[arg-type]
+        else:
+            group.indexes.sort(key=lambda i: row_keys[i] or keys.of(rows[i], keyed))
+    group.in_key_order = True
 
 
 def _check_reachable(prepared: PreparedInsert) -> None:
@@ -247,7 +315,8 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
             stored = _write_native(conn, prepared, support)
         else:
             stored = _write_classify(conn, prepared, support)
-    return insert_result(prepared, stored)
+    with paused(len(prepared.given)):
+        return insert_result(prepared, stored)
 
 
 def insert_result(prepared: PreparedInsert, stored: dict[int, Row]) -> InsertResult:
@@ -277,19 +346,24 @@ def _write_native(
                 if one is not None:
                     stored[i] = one
             continue
-        pieces = list(prepared.chunks(group))
-        if len(pieces) > 1:  # a large group: the dialect may have a faster way in
+        if len(group.indexes) > prepared.max_rows[group.columns]:
+            # a large group: the dialect may have a faster way in
             batch = [rows[i] for i in group.indexes]
             returned_all = support.write_bulk(
-                conn, prepared.table, prepared.target, group.columns, batch
+                conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
             )
             if returned_all is not None:
-                aligned = align(prepared.keys, prepared.table, batch, returned_all, group.match)
+                known = prepared.known_keys(group, group.indexes)
+                with paused(len(batch)):
+                    aligned = align(
+                        prepared.keys, prepared.table, batch, returned_all, group.match, known
+                    )
                 for i, one in zip(group.indexes, aligned, strict=True):
                     if one is not None:
                         stored[i] = one
                 continue
-        for chunk in pieces:
+            in_key_order(prepared, group)  # the statements take the rows in key order
+        for chunk in prepared.chunks(group):
             batch = [rows[i] for i in chunk]
             returned = support.write_many(conn, stmt, batch)
             known = prepared.known_keys(group, chunk)

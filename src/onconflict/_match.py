@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import decimal
+import itertools
 import uuid
 from collections import deque
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,11 +43,20 @@ class Keys:
     def of(self, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
         return tuple([self.norm(c, row.get(c)) for c in cols])
 
-    def unique(self, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...] | None:
-        """The row's key, or None when it can't collide (a column missing or NULL:
-        NULLs never collide in a unique index)."""
-        key = self.of(row, cols)
-        return None if None in key else key
+    def unique_many(self, rows: list[Row], cols: tuple[str, ...]) -> list[tuple[Any, ...] | None]:
+        """Each row's key, or None when it can't collide (a column missing or NULL:
+        NULLs never collide in a unique index). A column at a time: values
+        already of their column's type (the usual case) are taken as they are."""
+        columns = []
+        for c in cols:
+            values = [row.get(c) for row in rows]
+            pytype = self.types[c]
+            if pytype is not None and not all(type(v) is pytype or v is None for v in values):
+                values = [self.norm(c, v) for v in values]
+            columns.append(values)
+        if len(columns) == 1:
+            return [None if v is None else (v,) for v in columns[0]]
+        return [None if None in key else key for key in zip(*columns, strict=True)]
 
 
 def align(
@@ -81,17 +92,32 @@ def _pair(
     known: list[tuple[Any, ...] | None] | None,
     normalise: bool,
 ) -> list[Row | None] | None:
-    pending: dict[tuple[Any, ...], deque[Row]] = {}
-    for r in returned:
-        found: tuple[Any, ...] = (
-            keys.of(r, match) if normalise else tuple([r.get(c) for c in match])
-        )
-        pending.setdefault(found, deque()).append(r)
-    out: list[Row | None] = []
-    for n, row in enumerate(rows):
-        key = known[n] if known is not None else None
-        queue = pending.get(key if key is not None else keys.of(row, match))
+    if known is None:
+        wanted = [keys.of(row, match) for row in rows]
+    else:
+        pairs = zip(known, rows, strict=True)
+        wanted = [k if k is not None else keys.of(row, match) for k, row in pairs]
+    if normalise:
+        found = [keys.of(r, match) for r in returned]
+    else:  # values as returned, a C-level getter for all
+        try:
+            found = list(map(itemgetter(*match), returned))
+        except KeyError:  # a row without a match column: matches nothing as it is
+            found = [tuple([r.get(c) for c in match]) for r in returned]
+        else:
+            if len(match) == 1:
+                found = [(v,) for v in found]
+    pending: dict[tuple[Any, ...], Row] = dict(zip(found, returned, strict=True))
+    if len(pending) == len(returned):  # distinct keys, the usual case: one dict
+        out: list[Row | None] = list(map(pending.pop, wanted, itertools.repeat(None)))
+        return None if pending else out
+    queues: dict[tuple[Any, ...], deque[Row]] = {}
+    for key, r in zip(found, returned, strict=True):
+        queues.setdefault(key, deque()).append(r)
+    out = []
+    for key in wanted:
+        queue = queues.get(key)
         out.append(queue.popleft() if queue else None)
-    if any(pending.values()):
+    if any(queues.values()):
         return None
     return out

@@ -100,6 +100,14 @@ def normalize_rows(
     out: list[dict[str, Any]] = []
     valid = keymap.keys()
     identity = all(k == v for k, v in keymap.items())
+    rows = rows if isinstance(rows, list) else list(rows)
+    if (
+        identity
+        and set(map(type, rows)) == {dict}
+        and all(map(valid.__ge__, map(dict.keys, rows)))
+        and all(rows)
+    ):
+        return list(rows)  # plain dicts of column keys (the usual case), checked in C
     for i, row in enumerate(rows):
         if type(row) is dict and identity and row and row.keys() <= valid:
             out.append(row)

@@ -18,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from onconflict._core import PreparedInsert, _check_reachable, _group, budgets, read_rows
 from onconflict._expr import excluded, excluded_names
+from onconflict._gc import paused
 from onconflict._match import align
 from onconflict._target import (
     ANY_KEY,
@@ -58,7 +59,9 @@ def prepare_upsert(
         )
     if where is not None and not isinstance(where, ColumnElement):
         raise TypeError(f"where must be a SQLAlchemy expression, not {where!r}")
-    head = read_rows(table, rows, on)
+    listed = rows if isinstance(rows, list) else list(rows)
+    with paused(len(listed)):
+        head = read_rows(table, listed, on)
     if head is None:
         return PreparedUpsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
     tbl, given, data, outmap, target = head
@@ -67,7 +70,8 @@ def prepare_upsert(
     prepared = PreparedUpsert(tbl, target, data, support, given=given, outmap=outmap)
     _check_names(tbl, where, "where")
     spec = _update_spec(tbl, keymap, update)
-    _group(prepared, keep=duplicates)
+    with paused(len(data)):
+        _group(prepared, keep=duplicates)
     if not support.targets_conflicts:
         _check_reachable(prepared)
     for group in prepared.groups:

@@ -185,6 +185,11 @@ class DialectSupport:
         statement; return the rows the database reports as inserted."""
         return [dict(m) for m in conn.execute(stmt, rows).mappings()]
 
+    def bulk_rows(self, dialect: Dialect) -> int | None:
+        """The group size from which ``write_bulk`` takes a group (and puts its
+        rows in key order itself), or None: no bulk path."""
+        return None
+
     def write_bulk(
         self,
         conn: Connection,
@@ -192,9 +197,12 @@ class DialectSupport:
         target: ConflictTarget,
         columns: tuple[str, ...],
         rows: list[Row],
+        in_key_order: bool = False,
     ) -> list[Row] | None:
         """A faster path for a large insert_ignore group, or None (the usual
-        statements then run). Returns the inserted rows, like write_many."""
+        statements then run). Returns the inserted rows, like write_many.
+        ``in_key_order``: the rows already are in key order (the lock order);
+        otherwise this path puts them in it."""
         return None
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:

@@ -7,6 +7,8 @@ NOT NULL (23502), CHECK (23514), foreign key (23503) and too-long values
 
 from __future__ import annotations
 
+import itertools
+import operator
 import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -19,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from onconflict._gc import paused
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     INSERTED,
@@ -39,25 +42,28 @@ CREATED = "onconflict_created_"
 COPY_THRESHOLD = 20_000  # rows in one call's group; measured: benchmarks/bulk.py
 
 
-def _copyable(cols: list[sa.Column[Any]], rows: list[Row], dialect: Dialect) -> bool:
-    """Every value None or of its column's plain Python type, no bind processing."""
+def _copyable(cols: list[sa.Column[Any]], rows: list[Row], dialect: Dialect) -> list[Any] | None:
+    """The rows as COPY records, if every value is None or of its column's plain
+    Python type and no column needs bind processing; else None."""
     kinds = []
     for col in cols:
         if col.type.bind_processor(dialect) is not None:
-            return False
+            return None
         try:
             pytype = col.type.python_type
         except NotImplementedError:
-            return False
+            return None
         if pytype not in (int, str, float, bool, bytes):
-            return False
-        kinds.append((col.key, pytype))
-    for row in rows:
-        for key, pytype in kinds:
-            value = row.get(key)
-            if value is not None and type(value) is not pytype:
-                return False
-    return True
+            return None
+        kinds.append(pytype)
+    # every row of a group has the same columns: one C-level getter for all
+    get = operator.itemgetter(*(c.key for c in cols))
+    records = list(map(get, rows))
+    columns = [records] if len(cols) == 1 else list(zip(*records, strict=True))
+    for values, pytype in zip(columns, kinds, strict=True):
+        if not set(map(type, values)) <= {pytype, type(None)}:
+            return None
+    return [(r,) for r in records] if len(cols) == 1 else records
 
 
 class PostgreSQL(DialectSupport):
@@ -82,6 +88,9 @@ class PostgreSQL(DialectSupport):
             *plan.table.c, was_inserted
         )
 
+    def bulk_rows(self, dialect: Dialect) -> int | None:
+        return COPY_THRESHOLD if dialect.driver == "asyncpg" else None
+
     def write_bulk(
         self,
         conn: Connection,
@@ -89,9 +98,11 @@ class PostgreSQL(DialectSupport):
         target: ConflictTarget,
         columns: tuple[str, ...],
         rows: list[Row],
+        in_key_order: bool = False,
     ) -> list[Row] | None:
-        """COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
-        DO NOTHING RETURNING: for large calls on asyncpg.
+        """COPY into a temporary table, then one INSERT ... SELECT ... [ORDER BY key]
+        ON CONFLICT DO NOTHING RETURNING: for large calls on asyncpg. Rows not
+        already in key order (the lock order) are sorted by the server, not Python.
 
         Used only when every value already has its column's Python type and no
         column needs SQLAlchemy's own value processing, so that COPY cannot fail
@@ -100,32 +111,36 @@ class PostgreSQL(DialectSupport):
         if conn.dialect.driver != "asyncpg" or len(rows) < COPY_THRESHOLD:
             return None
         cols = [table.c[c] for c in columns]
-        if not _copyable(cols, rows, conn.dialect):
+        with paused(len(rows)):
+            records = _copyable(cols, rows, conn.dialect)
+        if records is None:
             return None
         scratch = sa.Table(
             f"oc_copy_{uuid.uuid4().hex[:16]}",
             sa.MetaData(),
             *(sa.Column(c.name, c.type) for c in cols),
-            sa.Column("oc_ord", sa.BigInteger),
             prefixes=["TEMPORARY"],
             postgresql_on_commit="DROP",
         )
         scratch.create(conn)  # through SQLAlchemy: the transaction is begun
         driver: Any = conn.connection.driver_connection
-        records = [(*(row.get(c) for c in columns), n) for n, row in enumerate(rows)]
         await_only(
             driver.copy_records_to_table(
-                scratch.name, records=records, columns=[*(c.name for c in cols), "oc_ord"]
+                scratch.name, records=records, columns=[c.name for c in cols]
             )
         )
-        source = sa.select(*(scratch.c[c.name] for c in cols)).order_by(scratch.c.oc_ord)
+        source = sa.select(*(scratch.c[c.name] for c in cols))
+        if not in_key_order and target.columns and set(target.columns) <= set(columns):
+            source = source.order_by(*(scratch.c[table.c[k].name] for k in target.columns))
         stmt = do_nothing(
             pg.insert(table).from_select([c.name for c in cols], source), table, target, True
         )
         # the returned rows come straight from asyncpg, with SQLAlchemy's result
         # processing where a type has one: for a million rows that is seconds saved
         fast = _Compiled(stmt, conn.dialect, table.c)
-        returned = [fast.row(r) for r in await_only(driver.fetch(fast.sql))]
+        fetched = await_only(driver.fetch(fast.sql))
+        with paused(len(fetched)):
+            returned = fast.rows(fetched)
         scratch.drop(conn)
         return returned
 
@@ -260,6 +275,7 @@ class DistributedPostgreSQL(PostgreSQL):
         return upsert_reading_keys_first(conn, plan, rows, for_update=True)
 
     # the generic (base) behaviour: no COPY path, no lock, no driver-level paths
+    bulk_rows = DialectSupport.bulk_rows
     write_bulk = DialectSupport.write_bulk
     seed_lock = DialectSupport.seed_lock  # type: ignore[assignment]
     insert_ignore_fast = DialectSupport.insert_ignore_fast
@@ -323,6 +339,11 @@ class _Compiled:
 
     def arguments(self, values: dict[str, Any]) -> list[Any]:
         return [proc(values[k]) if proc else values[k] for k, proc in self.params]
+
+    def rows(self, records: list[Any]) -> list[Row]:
+        if self.plain:  # C-level: dict(zip(names, record)) for each record
+            return list(map(dict, map(zip, itertools.repeat(self.names), records)))
+        return list(map(self.row, records))
 
     def row(self, record: Any) -> Row:
         if self.plain:
