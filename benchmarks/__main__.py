@@ -46,14 +46,23 @@ def main() -> None:
 @click.option("--keys", default="10,1000", show_default=True)
 @click.option("--dups", default="0,50,99", show_default=True, help="duplicate percentages")
 @click.option("--calls", default=2000, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--settle",
+    default=1.1,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="seconds to wait for PostgreSQL's statistics (dead tuples) after each run; 0 skips",
+)
 @click.option("--out", default="bench-results", show_default=True, type=click.Path(path_type=Path))
-def race(urls: tuple[str, ...], workers: str, keys: str, dups: str, calls: int, out: Path) -> None:
+def race(
+    urls: tuple[str, ...], workers: str, keys: str, dups: str, calls: int, settle: float, out: Path
+) -> None:
     """Many callers on the same keys: insert and get_or_create."""
     results, facts = _with_progress(
         "race",
         urls[0],
         lambda p: race_mod.run(
-            list(urls), numbers(workers), numbers(keys), numbers(dups), calls, p
+            list(urls), numbers(workers), numbers(keys), numbers(dups), calls, p, settle=settle
         ),
     )
     if len(urls) > 1:

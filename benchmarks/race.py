@@ -418,7 +418,7 @@ async def measure_before(engine: AsyncEngine) -> dict[str, Any]:
 
 
 async def measure_after(
-    engine: AsyncEngine, table: sa.Table, before: dict[str, Any]
+    engine: AsyncEngine, table: sa.Table, before: dict[str, Any], settle: float = 1.1
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     async with engine.connect() as conn:
@@ -431,7 +431,7 @@ async def measure_after(
         top = (await conn.execute(sa.select(sa.func.max(table.c.id)))).scalar() or 0
         out["rows"], out["duplicate_rows"] = rows, rows - distinct
         if engine.dialect.name == "postgresql":
-            await asyncio.sleep(1.1)  # statistics reach pg_stat after about a second
+            await asyncio.sleep(settle)  # statistics reach pg_stat after about a second
             out["wal_bytes"] = (
                 await conn.execute(
                     sa.text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), :lsn)"),
@@ -482,6 +482,7 @@ async def run(
     dups: list[int],
     calls: int,
     progress: Callable[[str], None] = lambda _: None,
+    settle: float = 1.1,
 ) -> list[Result]:
     urls = [url] if isinstance(url, str) else list(url)
     pool = max(workers)
@@ -546,7 +547,7 @@ async def run(
                     seconds = time.perf_counter() - start
                     if hasattr(contender, "teardown"):
                         await contender.teardown()
-                    extra = await measure_after(engine, contender.table, before)
+                    extra = await measure_after(engine, contender.table, before, settle)
                     if cluster:
                         extra["conflicts"] = await conflicts(engines) - before["conflicts"]
                     extra["retries"] = retries.count

@@ -22,7 +22,7 @@ def test_smoke(
     if backend.name == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}"
     sizes = (
-        ["--workers", "1,3", "--keys", "4", "--dups", "0,50,99", "--calls", "24"]
+        ["--workers", "1,3", "--keys", "4", "--dups", "0,50,99", "--calls", "24", "--settle", "0"]
         if kind == "race"
         else ["--rows", "300", "--dups", "0,50,100"]
     )
