@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -328,3 +329,91 @@ async def test_passwords_never_in_the_libraries_errors(backend: Backend) -> None
         assert "s3cr3t-pw" not in text
     finally:
         await engine.dispose()
+
+
+# -- the reply of an autocommitted statement lost on the wire --------------------
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the server that, once armed, forwards the client's
+    next message, waits for the server to act on it, and closes both sides
+    without passing the reply on: a network failure after the commit."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.armed = False
+        self.cut = asyncio.Event()
+
+    async def __aenter__(self) -> CuttingProxy:
+        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        self.server.close()
+
+    async def _pipe(self, client_r: Any, client_w: Any) -> None:
+        server_r, server_w = await asyncio.open_connection(*self.target)
+        dropping = False
+
+        async def upstream() -> None:
+            nonlocal dropping
+            while data := await client_r.read(65536):
+                if self.armed:  # this message goes through, its reply does not
+                    self.armed, dropping = False, True
+                    server_w.write(data)
+                    await server_w.drain()
+                    await asyncio.sleep(0.5)  # the server executes and commits
+                    client_w.close()
+                    server_w.close()
+                    self.cut.set()
+                    return
+                server_w.write(data)
+                await server_w.drain()
+            server_w.close()  # the client hung up: so does the server's side
+
+        async def downstream() -> None:
+            while data := await server_r.read(65536):
+                if dropping:
+                    return
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()  # the server hung up: so does the client's side
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(upstream(), downstream())
+        for writer in (client_w, server_w):  # either side done: both are
+            writer.close()
+
+
+async def test_reply_lost_after_commit_is_raised_not_rerun(backend: Backend) -> None:
+    """The one-row fast path runs autocommitted on asyncpg. When the connection
+    dies after the server committed but before the reply came back, the call
+    must fail (its outcome is unknown) rather than run again and report the
+    row it created as existing."""
+    if backend.name != "postgresql":
+        pytest.skip("the autocommitted driver-level path is PostgreSQL's (asyncpg)")
+    url = sa.engine.make_url(backend.url)
+    async with CuttingProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        engine = create_async_engine(
+            url.set(host="127.0.0.1", port=proxy.port), pool_size=1, max_overflow=0
+        )
+        try:
+            for key in (1, 2):  # the statement is prepared on the pooled connection
+                await onconflict.insert_ignore(engine, pairs, [{"a": key, "b": 0, "v": "x"}])
+            proxy.armed = True  # the next message: Bind/Execute/Sync of the INSERT
+            with pytest.raises(sa.exc.DBAPIError) as info:
+                await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
+            assert proxy.cut.is_set()
+            assert info.value.connection_invalidated
+            assert not onconflict.is_transient(info.value)  # not retried either
+            # the row was committed; run again (idempotent), the call says so
+            again = await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
+            assert again.existing_count == 1
+        finally:
+            await engine.dispose()
+    direct = backend.async_engine()
+    try:
+        assert await count(direct, pairs) == 3
+    finally:
+        await direct.dispose()

@@ -301,24 +301,46 @@ def _fetch_fast(
 ) -> tuple[Row, bool] | None:
     """Run a compiled statement on the pooled driver connection (inside SQLAlchemy's
     greenlet bridge). flagged: the last column is get_or_create's "created" flag
-    and no row means "try again"; otherwise no row is an answer: ({}, False)."""
+    and no row means "try again"; otherwise no row is an answer: ({}, False).
+
+    None (the ordinary path then runs) only when nothing can have been stored:
+    the server refused the statement, or the connection was closed before it
+    was sent. A connection lost after sending is raised: the autocommitted
+    statement may have committed, and running it again would report the row as
+    existing instead of inserted.
+    """
+    from asyncpg import exceptions as pg_errors  # type: ignore[import-untyped]
+
     raw = engine.raw_connection()
     try:
         driver: Any = raw.driver_connection
+        if driver.is_closed():  # dropped while idle in the pool: nothing sent
+            raw.invalidate()
+            return None
         for _ in range(attempts):
-            record = await_only(driver.fetchrow(fast.sql, *args))
+            try:
+                record = await_only(driver.fetchrow(fast.sql, *args))
+            except pg_errors.PostgresConnectionError as exc:
+                raise _lost(raw, fast, args, exc) from exc
+            except (pg_errors.PostgresError, pg_errors.InterfaceError):
+                # refused by the server, or by the driver before sending (an
+                # argument it cannot encode): nothing stored
+                return None
+            except Exception as exc:  # the connection failed mid-statement
+                raise _lost(raw, fast, args, exc) from exc
             if record is None and not flagged:
                 return {}, False
             if record is not None:
                 row = fast.row(record)
                 return (row, bool(row.pop(CREATED))) if flagged else (row, True)
-    except Exception:  # the ordinary path will meet and report it
-        if raw.driver_connection is None or raw.driver_connection.is_closed():
-            raw.invalidate()
-        return None
     finally:
         raw.close()
     return None
+
+
+def _lost(raw: Any, fast: _Compiled, args: list[Any], exc: BaseException) -> sa.exc.DBAPIError:
+    raw.invalidate()
+    return sa.exc.OperationalError(fast.sql, args, exc, connection_invalidated=True)
 
 
 class _Compiled:
