@@ -63,9 +63,14 @@ def _unavailable(name: str, url: str) -> str | None:
 def require_server(name: str, url: str) -> None:
     reason = _unavailable(name, url)
     if reason is not None:
-        if IN_CI:
-            pytest.fail(f"{reason} (CI=true: servers are required)", pytrace=False)
-        pytest.skip(reason)
+        missing(reason)
+
+
+def missing(reason: str) -> None:
+    """A server or tool a test needs is not here: fail in CI, skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: servers are required)", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 import onconflict
 from onconflict.errors import error_code
-from tests.conftest import IN_CI
+from tests.conftest import missing, require_server
 
 pytestmark = pytest.mark.galera
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,30 +65,12 @@ hot = sa.Table(
 )
 
 
-def _unavailable() -> str | None:
-    if missing := galera.missing_tools():
-        return "Galera is not installed here (missing " + ", ".join(missing) + ")"
-    for url in URLS:
-        u = make_url(url)
-        try:
-            pymysql.connect(
-                host=u.host, port=u.port, user=u.username, database=u.database, connect_timeout=3
-            ).close()
-        except pymysql.MySQLError as exc:
-            return (
-                f"Galera node {u.host}:{u.port} does not answer ({exc.args[0]}); "
-                "start the cluster with: python scripts/galera.py start"
-            )
-    return None
-
-
 @pytest.fixture(scope="module")
 def urls() -> list[str]:
-    reason = _unavailable()
-    if reason:
-        if IN_CI:
-            pytest.fail(f"{reason} (CI=true: the Galera cluster is required)", pytrace=False)
-        pytest.skip(reason)
+    if absent := galera.missing_tools():
+        missing("Galera is not installed here (missing " + ", ".join(absent) + ")")
+    for n, url in enumerate(URLS, 1):  # (checked once per name: one name per node)
+        require_server(f"Galera node {n} (python scripts/galera.py start)", url)
     return URLS
 
 
