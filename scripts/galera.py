@@ -162,12 +162,34 @@ def sql(node: Node, statement: str) -> str:
 
 
 def pid(node: Node) -> int | None:
+    """The node's server process, or None. A pid file left by a killed server
+    may name a process that has since reused the number: the command line must
+    be this node's mariadbd."""
     try:
         value = int(node.pidfile.read_text().strip())
-        os.kill(value, 0)
+        cmdline = Path(f"/proc/{value}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return value
+    return value if str(node.config).encode() in cmdline else None
+
+
+def log_tail(node: Node, lines: int = 25) -> str:
+    try:
+        text = node.log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def clean_shutdown(node: Node) -> bool:
+    """Whether the node's Galera state records a position (a clean stop).
+    A killed server leaves ``seqno: -1``: its position is unknown, and a node
+    started from it gets a new history the others cannot join by IST."""
+    try:
+        state = (node.datadir / "grastate.dat").read_text()
+    except OSError:
+        return False
+    return "seqno:   -1" not in state and "seqno: -1" not in state
 
 
 def wsrep(node: Node) -> dict[str, str]:
@@ -178,11 +200,19 @@ def wsrep(node: Node) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
 
-def wait(what: str, check: object, timeout: float = 120.0) -> None:
+class Failed(Exception):
+    pass
+
+
+def wait(what: str, check: object, timeout: float = 120.0, node: Node | None = None) -> None:
+    """Wait for check(); give up at the timeout or, when node is given, as soon
+    as that node's server has exited (with the end of its log)."""
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
+        if node is not None and pid(node) is None:
+            raise Failed(f"{node.name} exited while waiting for {what}:\n{log_tail(node)}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"galera: timed out waiting for {what}")
+            raise Failed(f"timed out waiting for {what}" + (f":\n{log_tail(node)}" if node else ""))
         time.sleep(0.5)
 
 
@@ -193,11 +223,19 @@ def launch(node: Node, *, new_cluster: bool) -> None:
     args = [mariadbd(), f"--defaults-file={node.config}"]
     if new_cluster:
         args.append("--wsrep-new-cluster")
+    # files the server creates must stay writable by the rsync state transfer,
+    # which runs as nobody when the server runs as root
+    env = {**os.environ, "UMASK": "0666", "UMASK_DIR": "0777"}
     with open(node.home / "stdout.log", "ab") as out:
         subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, env=env,
         )  # fmt: skip
+    # the pid file is written a moment after the process starts
+    try:
+        wait(f"{node.name} to write its pid file", lambda: pid(node) is not None, timeout=60)
+    except Failed as error:
+        raise Failed(f"{error}:\n{log_tail(node)}") from None
 
 
 def synced(node: Node) -> bool:
@@ -219,7 +257,7 @@ def initialise() -> None:
         capture_output=True,
     )
     launch(first, new_cluster=True)
-    wait("node1 to bootstrap", lambda: synced(first))
+    wait("node1 to bootstrap", lambda: synced(first), node=first)
     sql(
         first,
         "CREATE USER IF NOT EXISTS root@'127.0.0.1' IDENTIFIED BY '';"
@@ -247,25 +285,52 @@ def set_safe_to_bootstrap(node: Node) -> None:
 def start(numbers: list[int]) -> None:
     if missing := missing_tools():
         raise SystemExit("galera: missing " + ", ".join(missing))
+    wanted = [n for n in ALL if n.number in numbers]
+    down = not any(pid(n) for n in ALL)
+    if down and ALL[0].datadir.exists() and not any(clean_shutdown(n) for n in ALL):
+        # every server was killed (say, the session that ran them ended): no node
+        # knows its position, so node 1 would start a new history and the others
+        # would need full transfers. It is a test cluster: rebuild it.
+        print("galera: no node was shut down cleanly; rebuilding the cluster", flush=True)
+        destroy()
+    try:
+        bring_up(wanted)
+    except Failed as error:
+        print(f"galera: {error}\ngalera: rebuilding the cluster", file=sys.stderr, flush=True)
+        destroy()
+        wanted = ALL
+        try:
+            bring_up(wanted)
+        except Failed as again:
+            raise SystemExit(f"galera: {again}") from None
+    size = wsrep(wanted[0]).get("wsrep_cluster_size")
+    print(f"galera: {', '.join(n.name for n in wanted)} synced; cluster size {size}")
+
+
+def bring_up(wanted: list[Node]) -> None:
     if not ALL[0].datadir.exists():
         initialise()
-    running = [n for n in ALL if pid(n) is not None]
-    wanted = [n for n in ALL if n.number in numbers]
-    if not running:
+    if not any(pid(n) for n in ALL):
         # the whole cluster is down (the script stops it last node first): node 1
         # starts a new cluster from its own state
-        set_safe_to_bootstrap(ALL[0])
         first = ALL[0]
+        set_safe_to_bootstrap(first)
         launch(first, new_cluster=True)
-        wait("node1 to bootstrap", lambda: synced(first), timeout=180)
-        running = [first]
+        wait("node1 to bootstrap", lambda: synced(first), timeout=180, node=first)
     for node in wanted:
         if pid(node) is None:
             launch(node, new_cluster=False)
     for node in wanted:
-        wait(f"{node.name} to sync", lambda node=node: synced(node), timeout=300)  # type: ignore[misc]
-    size = wsrep(wanted[0]).get("wsrep_cluster_size")
-    print(f"galera: {', '.join(n.name for n in wanted)} synced; cluster size {size}")
+        wait(f"{node.name} to sync", lambda node=node: synced(node), timeout=300, node=node)  # type: ignore[misc]
+
+
+def destroy() -> None:
+    for node in ALL:  # any order: nothing is kept
+        value = pid(node)
+        if value is not None:
+            os.kill(value, signal.SIGKILL)
+            wait(f"{node.name} to exit", lambda node=node: pid(node) is None, timeout=60)  # type: ignore[misc]
+    shutil.rmtree(BASE, ignore_errors=True)
 
 
 def stop_node(node: Node) -> None:
@@ -308,14 +373,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     numbers = args.node or [n.number for n in ALL]
-    if args.command == "start":
+    try:
+        return run(args.command, numbers)
+    except Failed as error:
+        raise SystemExit(f"galera: {error}") from None
+
+
+def run(command: str, numbers: list[int]) -> int:
+    if command == "start":
         start(numbers)
-    elif args.command == "stop":
+    elif command == "stop":
         stop(numbers)
-    elif args.command == "destroy":
-        stop([n.number for n in ALL])
-        shutil.rmtree(BASE, ignore_errors=True)
-    elif args.command == "urls":
+    elif command == "destroy":
+        destroy()
+    elif command == "urls":
         print(" ".join(ALL[n - 1].url() for n in numbers))
     else:
         return status()
