@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -527,3 +528,106 @@ async def test_one_row_with_an_engine_is_one_round_trip(
     with pytest.raises(sa.exc.IntegrityError):
         await onconflict.insert_ignore(aengine, users, [{"email": "n@x", "name": None}])
     assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x"]
+
+
+BAD_USERS = [
+    {"email": "n@x", "name": None},  # NOT NULL (IGNORE would store '')
+    {"email": "l@x", "name": "toolong"},  # too long (IGNORE would cut it)
+    {"email": "f@x", "name": "f", "pid": 999},  # foreign key (IGNORE would drop it)
+    {"email": "c@x", "name": ""},  # CHECK
+]
+
+
+async def test_one_row_with_an_engine_on_mariadb_is_insert_and_commit(backend: Backend) -> None:
+    """MariaDB + aiomysql: a one-row call that owns its work runs on the driver
+    connection: INSERT IGNORE ... RETURNING then COMMIT for a new row; INSERT,
+    SHOW WARNINGS, ROLLBACK for a duplicate (counted by the server, on the one
+    pooled session). Every other outcome is undone and raised as before."""
+    if backend.name != "mariadb":
+        pytest.skip("the driver-level guarded path is MariaDB's (aiomysql)")
+    engine = backend.async_engine(pool_size=1, max_overflow=0)
+
+    async def counters() -> Counter[str]:
+        async with engine.connect() as conn:
+            shown = await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com\\_%'"))
+            return Counter({name.lower(): int(value) for name, value in shown})
+
+    async def statements(call: Any) -> dict[str, int]:
+        before = await counters()
+        await call
+        done = await counters() - before - idle
+        return {k.removeprefix("com_"): v for k, v in done.items() if v}
+
+    try:
+        await onconflict.insert_ignore(engine, users, [{"email": "w@x", "name": "w"}])
+        base = await counters()
+        idle = await counters() - base  # the reading itself: SHOW, and ROLLBACK on return
+        first = await statements(
+            onconflict.insert_ignore(engine, users, [{"email": "a@x", "name": "a"}])
+        )
+        assert first == {"insert": 1, "commit": 1}
+        again = await statements(
+            onconflict.insert_ignore(engine, users, [{"email": "a@x", "name": "b"}])
+        )
+        assert again == {"insert": 1, "show_warnings": 1, "rollback": 1}
+        made = await onconflict.insert_ignore(engine, users, [{"email": "b@x", "name": "b"}])
+        assert isinstance(made.inserted[0]["id"], int)
+        assert made.inserted[0]["note"] == "none"  # server default, returned
+        stored = [made.inserted[0]]  # with its id: a duplicate of either key
+        again = await onconflict.insert_ignore(engine, users, stored, on=onconflict.ANY_KEY)
+        assert again.existing
+        for bad in BAD_USERS:
+            with pytest.raises(sa.exc.DBAPIError):
+                await onconflict.insert_ignore(engine, users, [bad])
+        assert sorted(r["email"] for r in await rows_of(engine, users)) == ["a@x", "b@x", "w@x"]
+    finally:
+        await engine.dispose()
+
+
+async def test_an_autocommit_engine_still_gets_all_or_nothing(backend: Backend) -> None:
+    """An engine created with isolation_level="AUTOCOMMIT": a call that owns its
+    work still runs in one transaction of its own. Without it, the first chunks
+    of a large call would be committed before a bad row in the last one raised,
+    and on MariaDB a row INSERT IGNORE cut short would be stored before its
+    warning was read (found by this test)."""
+    engine = backend.async_engine(isolation_level="AUTOCOMMIT")
+    try:
+        for _ in range(2):  # the second call runs on a connected engine
+            got = await onconflict.insert_ignore(engine, users, [{"email": "a@x", "name": "a"}])
+        assert got.existing_count == 1
+        bad = BAD_USERS if backend.name == "mariadb" else BAD_USERS[:1]
+        for row in bad:
+            with pytest.raises(sa.exc.DBAPIError):
+                await onconflict.insert_ignore(engine, users, [row])
+        many = [{"email": f"{i}@x", "name": "m"} for i in range(2500)]
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.insert_ignore(engine, users, [*many, {"email": "z@x", "name": None}])
+        assert [r["email"] for r in await rows_of(engine, users)] == ["a@x"]
+        # and the engine's connections are handed back in AUTOCOMMIT, as configured
+        async with engine.connect() as conn:
+            await conn.execute(sa.insert(users), [{"email": "b@x", "name": "b"}])
+        assert len(await rows_of(engine, users)) == 2
+    finally:
+        await engine.dispose()
+    sync = backend.sync_engine(isolation_level="AUTOCOMMIT")  # the sync twin: the same
+    try:
+        with pytest.raises(sa.exc.IntegrityError):
+            onconflict.sync.insert_ignore(sync, users, [*many, {"email": "z@x", "name": None}])
+        with sync.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 2
+    finally:
+        sync.dispose()
+
+
+async def test_mariadb_refuses_a_connection_in_autocommit(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    """The caller's own connection in AUTOCOMMIT: the guard cannot undo a coerced
+    row there, so MySQL/MariaDB calls are refused before any SQL."""
+    if backend.name != "mariadb":
+        pytest.skip("the INSERT IGNORE guard is MySQL's and MariaDB's")
+    async with aengine.connect() as conn:
+        auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(onconflict.UnsafeInsertError, match="AUTOCOMMIT"):
+            await onconflict.insert_ignore(auto, users, [{"email": "l@x", "name": "toolong"}])
+    assert await rows_of(aengine, users) == []

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -335,14 +336,19 @@ async def test_passwords_never_in_the_libraries_errors(backend: Backend) -> None
 
 
 class CuttingProxy:
-    """A TCP proxy in front of the server that, once armed, forwards the client's
-    next message, waits for the server to act on it, and closes both sides
-    without passing the reply on: a network failure after the commit."""
+    """A TCP proxy in front of the server that, once armed, lets ``after`` more
+    client messages through, then forwards the next one, waits for the server
+    to act on it, and closes both sides without passing the reply on: a network
+    failure after the server did the work."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.armed = False
+        self.after = 0
         self.cut = asyncio.Event()
+
+    def arm(self, after: int = 0) -> None:
+        self.armed, self.after = True, after
 
     async def __aenter__(self) -> CuttingProxy:
         self.server = await asyncio.start_server(self._pipe, "127.0.0.1", 0)
@@ -359,7 +365,9 @@ class CuttingProxy:
         async def upstream() -> None:
             nonlocal dropping
             while data := await client_r.read(65536):
-                if self.armed:  # this message goes through, its reply does not
+                if self.armed and self.after:
+                    self.after -= 1
+                elif self.armed:  # this message goes through, its reply does not
                     self.armed, dropping = False, True
                     server_w.write(data)
                     await server_w.drain()
@@ -386,6 +394,31 @@ class CuttingProxy:
             writer.close()
 
 
+@contextlib.asynccontextmanager
+async def proxied(backend: Backend) -> AsyncIterator[tuple[CuttingProxy, AsyncEngine]]:
+    """An engine of one pooled connection through a CuttingProxy, after two
+    calls: connected (the dialect knows RETURNING), statements prepared."""
+    url = sa.engine.make_url(backend.url)
+    async with CuttingProxy(url.host or "127.0.0.1", url.port or 0) as proxy:
+        engine = create_async_engine(
+            url.set(host="127.0.0.1", port=proxy.port), pool_size=1, max_overflow=0
+        )
+        try:
+            for key in (1, 2):
+                await onconflict.insert_ignore(engine, pairs, [{"a": key, "b": 0, "v": "x"}])
+            yield proxy, engine
+        finally:
+            await engine.dispose()
+
+
+async def count_directly(backend: Backend) -> int:
+    direct = backend.async_engine()
+    try:
+        return await count(direct, pairs)
+    finally:
+        await direct.dispose()
+
+
 async def test_reply_lost_after_commit_is_raised_not_rerun(backend: Backend) -> None:
     """The one-row fast path runs autocommitted on asyncpg. When the connection
     dies after the server committed but before the reply came back, the call
@@ -393,27 +426,62 @@ async def test_reply_lost_after_commit_is_raised_not_rerun(backend: Backend) -> 
     row it created as existing."""
     if backend.name != "postgresql":
         pytest.skip("the autocommitted driver-level path is PostgreSQL's (asyncpg)")
-    url = sa.engine.make_url(backend.url)
-    async with CuttingProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
-        engine = create_async_engine(
-            url.set(host="127.0.0.1", port=proxy.port), pool_size=1, max_overflow=0
-        )
-        try:
-            for key in (1, 2):  # the statement is prepared on the pooled connection
-                await onconflict.insert_ignore(engine, pairs, [{"a": key, "b": 0, "v": "x"}])
-            proxy.armed = True  # the next message: Bind/Execute/Sync of the INSERT
-            with pytest.raises(sa.exc.DBAPIError) as info:
-                await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
-            assert proxy.cut.is_set()
-            assert info.value.connection_invalidated
-            assert not onconflict.is_transient(info.value)  # not retried either
-            # the row was committed; run again (idempotent), the call says so
-            again = await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
-            assert again.existing_count == 1
-        finally:
-            await engine.dispose()
-    direct = backend.async_engine()
-    try:
-        assert await count(direct, pairs) == 3
-    finally:
-        await direct.dispose()
+    async with proxied(backend) as (proxy, engine):
+        proxy.arm()  # the next message: Bind/Execute/Sync of the INSERT
+        with pytest.raises(sa.exc.DBAPIError) as info:
+            await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
+        assert proxy.cut.is_set()
+        assert info.value.connection_invalidated
+        assert not onconflict.is_transient(info.value)  # not retried either
+        # the row was committed; run again (idempotent), the call says so
+        again = await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
+        assert again.existing_count == 1
+    assert await count_directly(backend) == 3
+
+
+async def test_mariadb_reply_lost_after_commit_is_raised_insert_lost_is_rerun(
+    backend: Backend,
+) -> None:
+    """The one-row driver-level path on MariaDB sends INSERT, then COMMIT. A
+    connection lost after the INSERT (not committed: the server rolls it back)
+    lets the call run again on a new connection; lost after the COMMIT was sent,
+    the outcome is unknown and the call fails."""
+    if backend.name != "mariadb":
+        pytest.skip("the guarded driver-level path is MariaDB's (aiomysql)")
+    async with proxied(backend) as (proxy, engine):
+        proxy.arm()  # the INSERT reaches the server, its reply does not
+        lost = await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
+        assert proxy.cut.is_set()
+        assert lost.inserted_count == 1  # run again, on a new connection
+        proxy.cut.clear()
+        proxy.arm(after=1)  # the INSERT goes through; the COMMIT's reply does not
+        with pytest.raises(sa.exc.DBAPIError) as info:
+            await onconflict.insert_ignore(engine, pairs, [{"a": 4, "b": 0, "v": "x"}])
+        assert proxy.cut.is_set()
+        assert info.value.connection_invalidated
+        assert not onconflict.is_transient(info.value)
+        again = await onconflict.insert_ignore(engine, pairs, [{"a": 4, "b": 0, "v": "x"}])
+        assert again.existing_count == 1  # it was committed
+    assert await count_directly(backend) == 4
+
+
+async def test_server_unreachable_raises_sqlalchemys_error(backend: Backend) -> None:
+    """The driver-level paths check a connection out of the pool themselves; when
+    a new one cannot be made (the server is gone), the call raises what the
+    ordinary path raises (SQLAlchemy's wrapped error for aiomysql; asyncpg's
+    refused connection is an OSError SQLAlchemy does not wrap)."""
+    if backend.name == "sqlite":
+        pytest.skip("SQLite has no server")
+    async with proxied(backend) as (proxy, engine):
+        await engine.dispose()  # no pooled connection left
+        proxy.server.close()  # and no new one can be made
+        await proxy.server.wait_closed()
+        row = [{"a": 3, "b": 0, "v": "x"}]
+        with pytest.raises((sa.exc.DBAPIError, OSError)) as fast:
+            await onconflict.insert_ignore(engine, pairs, row)
+        # an execution option turns the driver-level paths off
+        ordinary = engine.execution_options(logging_token="ordinary")
+        with pytest.raises((sa.exc.DBAPIError, OSError)) as slow:
+            await onconflict.insert_ignore(ordinary, pairs, row)
+        assert type(fast.value) is type(slow.value)
+        assert not onconflict.is_unique_violation(fast.value)

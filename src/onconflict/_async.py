@@ -30,7 +30,12 @@ from onconflict._fetch import (
     prepare_get_or_create,
     prepare_update_or_create,
 )
-from onconflict._front import ASYNC_HANDLES, dialect_of, session_connection
+from onconflict._front import (
+    ASYNC_HANDLES,
+    dialect_of,
+    session_connection,
+    transaction_options,
+)
 from onconflict._seed import (
     DEFAULT_LOCK,
     Mode,
@@ -305,8 +310,13 @@ async def _with_engine(
                 async with engine.connect() as conn:
                     auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                     return await fn(auto)
-            async with engine.begin() as conn:
-                return await fn(conn)
+            async with engine.connect() as conn:
+                sync = conn.sync_connection
+                assert sync is not None  # connected
+                if options := transaction_options(sync):
+                    conn = await conn.execution_options(**options)
+                async with conn.begin():
+                    return await fn(conn)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -8,6 +8,8 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from onconflict.dialects.base import in_autocommit
+
 ASYNC_HANDLES = "AsyncConnection, AsyncSession or AsyncEngine"
 SYNC_HANDLES = "Connection, Session or Engine"
 
@@ -24,6 +26,18 @@ def dialect_of(handle: Any) -> Dialect:
         f"expected a SQLAlchemy {ASYNC_HANDLES} (or, from onconflict.sync, a {SYNC_HANDLES});"
         f" got {type(handle).__name__}"
     )
+
+
+def transaction_options(conn: Connection) -> dict[str, Any]:
+    """Execution options that give a call owning its work a real transaction on
+    an engine set to AUTOCOMMIT (there, each statement would commit on its own:
+    a call of several statements could not be all or nothing, and MySQL's guard
+    could not undo a row the server coerced). Empty when nothing needs changing;
+    the pool puts the connection's level back when it is returned."""
+    default = conn.default_isolation_level
+    if default is None or default == "AUTOCOMMIT" or not in_autocommit(conn):
+        return {}
+    return {"isolation_level": default}
 
 
 def session_connection(session: Session) -> Connection:

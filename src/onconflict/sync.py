@@ -28,7 +28,7 @@ from onconflict._fetch import (
     prepare_get_or_create,
     prepare_update_or_create,
 )
-from onconflict._front import SYNC_HANDLES, dialect_of, session_connection
+from onconflict._front import SYNC_HANDLES, dialect_of, session_connection, transaction_options
 from onconflict._seed import (
     DEFAULT_LOCK,
     Mode,
@@ -254,8 +254,11 @@ def _with_engine(
             if autocommit:  # one statement: no BEGIN/COMMIT round trips
                 with engine.connect() as conn:
                     return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
-            with engine.begin() as conn:
-                return fn(conn)
+            with engine.connect() as conn:
+                if options := transaction_options(conn):
+                    conn = conn.execution_options(**options)
+                with conn.begin():
+                    return fn(conn)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -9,6 +9,7 @@ this base class: no native form, so ``strategy="auto"`` uses ``classify``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -166,6 +167,31 @@ class DialectSupport:
         """An optional faster path for an engine-owned insert_ignore; None: the usual one."""
         return None
 
+    def one_row_insert(
+        self, engine: Any, prepared: Any
+    ) -> tuple[DriverStatement, int, list[Any]] | None:
+        """For a driver-level path: the native one-row ``insert_ignore`` statement
+        with RETURNING, compiled for the engine's dialect (once per shape), the
+        row's input position and its driver arguments; None when the call is not
+        one native row."""
+        if not prepared.native or len(prepared.groups) != 1:
+            return None
+        (group,) = prepared.groups
+        if len(group.indexes) != 1:
+            return None
+        table, target, dialect = prepared.table, prepared.target, engine.dialect
+        cache: dict[Any, DriverStatement] = self.__dict__.setdefault("_one_row_inserts", {})
+        shape = (dialect, table, target, group.columns)
+        fast = cache.get(shape)
+        if fast is None:
+            values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in group.columns}
+            stmt = self.insert_ignore(table, target, True).values(values)
+            fast = cache[shape] = DriverStatement(stmt, dialect, table.c)
+            if len(cache) > 512:
+                cache.pop(next(iter(cache)))
+        (index,) = group.indexes
+        return fast, index, fast.arguments(prepared.rows[index])
+
     async def get_or_create_fast(
         self, engine: Any, plan: FetchPlan, attempts: int
     ) -> tuple[Row, bool] | None:
@@ -211,6 +237,88 @@ class DialectSupport:
         if result.rowcount != 1:
             return None
         return with_primary_key(stmt.table, row, result)  # type: ignore[arg-type]
+
+
+def in_autocommit(conn: Connection) -> bool:
+    """Whether SQLAlchemy runs this connection in AUTOCOMMIT: asked by the
+    connection's or engine's execution options, or by create_engine's
+    ``isolation_level`` (kept on the dialect; no SQL is run)."""
+    level = conn.get_execution_options().get("isolation_level")
+    if level is None:
+        level = getattr(conn.dialect, "_on_connect_isolation_level", None)
+    return level == "AUTOCOMMIT"
+
+
+def plain_engine(engine: Any, driver: str) -> bool:
+    """Driver-level paths only for an engine on ``driver`` as created: no
+    execution options (an isolation level, say), no statement listeners, no
+    echo, since their statements bypass SQLAlchemy's execution and its events."""
+    sync = engine.sync_engine
+    return bool(
+        engine.dialect.driver == driver
+        and not engine.get_execution_options()
+        and not sync.echo
+        and not sync.dispatch.before_cursor_execute
+        and not sync.dispatch.after_cursor_execute
+    )
+
+
+def checkout(engine: Any) -> Any | None:
+    """A pooled driver connection for a driver-level path, or None when none can
+    be had but by a new connection that failed (a server going down, say): the
+    ordinary path then connects and raises SQLAlchemy's own error. Nothing was
+    sent. A pool timeout is raised as it is (waiting again would double it)."""
+    try:
+        return engine.raw_connection()
+    except sa.exc.TimeoutError:
+        raise
+    except Exception:
+        return None
+
+
+def connection_lost(
+    raw: Any, fast: DriverStatement, args: list[Any], exc: BaseException
+) -> sa.exc.DBAPIError:
+    """The error of a driver-level path whose connection failed after the
+    statement (or its COMMIT) was sent: the outcome is unknown, so it is raised,
+    never run again; the connection is invalidated and the error is not transient."""
+    raw.invalidate()
+    return sa.exc.OperationalError(fast.sql, args, exc, connection_invalidated=True)
+
+
+class DriverStatement:
+    """A statement compiled for a driver-level path: its SQL text, parameter
+    order with SQLAlchemy's bind processing, and its result columns with their
+    result processing, so that driver rows read as SQLAlchemy's would."""
+
+    def __init__(self, stmt: Any, dialect: Dialect, columns: Any = None) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        names = compiled.positiontup or []
+        binds = compiled.binds
+        self.params = [
+            (name.removeprefix("oc_"), binds[name].type.bind_processor(dialect)) for name in names
+        ]
+        cols = stmt.selected_columns if columns is None else columns
+        self.columns = [(col.key, col.type.result_processor(dialect, None)) for col in cols]
+        self.names = [key for key, _ in self.columns]
+        self.plain = not any(proc for _, proc in self.columns)
+
+    def arguments(self, values: dict[str, Any]) -> list[Any]:
+        return [proc(values[k]) if proc else values[k] for k, proc in self.params]
+
+    def rows(self, records: list[Any]) -> list[Row]:
+        if self.plain:  # C-level: dict(zip(names, record)) for each record
+            return list(map(dict, map(zip, itertools.repeat(self.names), records)))
+        return list(map(self.row, records))
+
+    def row(self, record: Any) -> Row:
+        if self.plain:
+            return dict(zip(self.names, record, strict=True))
+        return {
+            key: proc(value) if proc else value
+            for (key, proc), value in zip(self.columns, record, strict=True)
+        }
 
 
 def with_primary_key(table: sa.Table, row: Row, result: sa.CursorResult[Any]) -> Row:

@@ -29,6 +29,7 @@ whose rows could hit a unique key other than the requested one unless
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from collections.abc import Callable, Iterator
@@ -37,17 +38,23 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._expr import substitute
 from onconflict._match import align
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
+    DriverStatement,
     Outcome,
     Row,
     UpsertPlan,
+    checkout,
+    connection_lost,
+    in_autocommit,
+    plain_engine,
     select_by_keys,
     with_primary_key,
 )
@@ -197,6 +204,31 @@ class MySQL(DialectSupport):
             if not conn.invalidated:
                 conn.execute(RELEASE_LOCK, {"name": name})
 
+    async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row insert_ignore that owns its work, on aiomysql (MariaDB with
+        RETURNING): the guarded statement run on the pooled driver connection,
+        compiled once per shape, without SQLAlchemy's per-call execution.
+
+        The guard is the same as the ordinary path's, in one transaction: kept
+        (COMMIT) only when the row came back with no warning, reported existing
+        only when nothing came back and the one warning is a duplicate key.
+        Anything else is rolled back and None returned: the ordinary path then
+        runs the call again and raises the server's own error, exactly as it
+        would have. Nothing is committed before that decision, so running it
+        again is safe; only a connection lost during the COMMIT itself is
+        raised (the outcome is unknown).
+        """
+        if not plain_engine(engine, "aiomysql") or not engine.dialect.insert_returning:
+            return None  # (RETURNING is known once the engine has connected)
+        one = self.one_row_insert(engine, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        row = await greenlet_spawn(_insert_ignore_aiomysql, engine.sync_engine, fast, args)
+        if row is None:
+            return None
+        return {index: row} if row else {}
+
     def transaction_lost(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
         return bool(args) and args[0] in TRANSACTION_LOST
@@ -222,6 +254,15 @@ class MySQL(DialectSupport):
 
     @contextmanager
     def scope(self, conn: Connection, owned: bool = False) -> Iterator[None]:
+        if in_autocommit(conn):
+            # each statement would commit as it runs: a row INSERT IGNORE coerced
+            # (a value cut short, say) would be stored before its warning is read
+            raise UnsafeInsertError(
+                "onconflict cannot guard INSERT IGNORE on a MySQL/MariaDB connection in"
+                " AUTOCOMMIT: a row the server coerced could not be undone. Pass the"
+                " engine (the call then runs in a transaction of its own) or a"
+                " connection that is not in AUTOCOMMIT."
+            )
         outer = conn.info.get(OWNED)
         conn.info[OWNED] = owned
         try:
@@ -324,6 +365,80 @@ class MySQL(DialectSupport):
             conn.execute(self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+def _insert_ignore_aiomysql(engine: Engine, fast: DriverStatement, args: list[Any]) -> Row | None:
+    """MySQL.insert_ignore_fast's work, inside SQLAlchemy's greenlet bridge: the
+    stored row, {} for a duplicate, None to take the ordinary path."""
+    raw = checkout(engine)
+    if raw is None:
+        return None
+    ended = False  # the transaction was ended here: the pool need not roll back
+    try:
+        driver: Any = raw.driver_connection
+        if driver.get_autocommit():
+            return None  # an autocommit engine: the guard needs its transaction
+        try:
+            cursor = await_only(driver.cursor(_quiet_cursor()))
+            await_only(cursor.execute(fast.sql, args))
+            records = list(cursor._rows or ())
+            count = cursor._result.warning_count
+            shown = await_only(driver.show_warnings()) if count else ()
+        except Exception as exc:  # not committed: the server drops it with the session
+            ended = _roll_back(raw, driver, exc)
+            return None
+        if count == 0 and len(records) == 1:
+            try:
+                await_only(driver.commit())
+            except Exception as exc:
+                if not _server_refused(exc):  # the COMMIT may have happened
+                    raise connection_lost(raw, fast, args, exc) from exc
+                ended = True  # refused (a Galera certification failure): rolled back
+                return None
+            ended = True
+            return fast.row(records[0])
+        duplicate = not records and count == 1 and [w[1] for w in shown] == [DUPLICATE_KEY]
+        ended = _roll_back(raw, driver)
+        return {} if duplicate else None
+    finally:
+        if ended and hasattr(raw, "_close_special"):
+            raw._close_special(transaction_reset=True)
+        else:
+            raw.close()
+
+
+def _server_refused(exc: BaseException) -> bool:
+    """An error the server sent (the session lives on), not one of the client
+    library's own connection errors (2000-2999: lost, gone away, ...)."""
+    code = exc.args[0] if exc.args else None
+    return isinstance(code, int) and code > 0 and not 2000 <= code < 3000
+
+
+def _roll_back(raw: Any, driver: Any, exc: BaseException | None = None) -> bool:
+    """End the transaction (nothing of it is kept); True when done, else the
+    connection is dropped (the server then rolls back on its own)."""
+    if exc is None or _server_refused(exc):
+        try:
+            await_only(driver.rollback())
+            return True
+        except Exception:
+            pass
+    raw.invalidate()
+    return False
+
+
+@functools.cache
+def _quiet_cursor() -> type:
+    """aiomysql's cursor without its own ``SHOW WARNINGS`` after every statement
+    that warns (it turns them into Python warnings): the fast path reads them
+    itself, once."""
+    from aiomysql import Cursor  # type: ignore[import-untyped]
+
+    class QuietCursor(Cursor):  # type: ignore[misc]
+        async def _show_warnings(self, conn: Any) -> None:
+            return None
+
+    return QuietCursor
 
 
 # The warning count of the last statement, as the server sent it in the OK (or

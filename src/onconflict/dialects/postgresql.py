@@ -7,7 +7,6 @@ NOT NULL (23502), CHECK (23514), foreign key (23503) and too-long values
 
 from __future__ import annotations
 
-import itertools
 import operator
 import uuid
 from collections.abc import Iterator
@@ -26,13 +25,17 @@ from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     INSERTED,
     DialectSupport,
+    DriverStatement,
     FetchPlan,
     Outcome,
     Row,
     UpsertPlan,
+    checkout,
+    connection_lost,
     do_nothing,
     do_update,
     lookup_condition,
+    plain_engine,
     upsert_reading_keys_first,
 )
 from onconflict.errors import error_code
@@ -70,9 +73,6 @@ class PostgreSQL(DialectSupport):
     name = "postgresql"
     native = True
     fetch_in_one_statement = True
-
-    def __init__(self) -> None:
-        self._insert_cache: dict[Any, _Compiled] = {}
 
     def atomic(self, conn: Connection) -> AbstractContextManager[Any]:
         return nullcontext()  # any error aborts the whole transaction: nothing to undo
@@ -137,7 +137,7 @@ class PostgreSQL(DialectSupport):
         )
         # the returned rows come straight from asyncpg, with SQLAlchemy's result
         # processing where a type has one: for a million rows that is seconds saved
-        fast = _Compiled(stmt, conn.dialect, table.c)
+        fast = DriverStatement(stmt, conn.dialect, table.c)
         fetched = await_only(driver.fetch(fast.sql))
         with paused(len(fetched)):
             returned = fast.rows(fetched)
@@ -206,22 +206,10 @@ class PostgreSQL(DialectSupport):
         BEGIN/COMMIT round trips). None whenever it does not apply or anything
         goes wrong: the usual path then runs and reports errors as SQLAlchemy does.
         """
-        if not plain_engine(engine) or not prepared.native or len(prepared.groups) != 1:
+        one = self.one_row_insert(engine, prepared) if plain_engine(engine, "asyncpg") else None
+        if one is None:
             return None
-        (group,) = prepared.groups
-        if len(group.indexes) != 1:
-            return None
-        table, target = prepared.table, prepared.target
-        shape = (table, target, group.columns)
-        fast = self._insert_cache.get(shape)
-        if fast is None:
-            values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in group.columns}
-            stmt = self.insert_ignore(table, target, True).values(values)
-            fast = self._insert_cache[shape] = _Compiled(stmt, engine.dialect, table.c)
-            if len(self._insert_cache) > 512:
-                self._insert_cache.pop(next(iter(self._insert_cache)))
-        (index,) = group.indexes
-        args = fast.arguments(prepared.rows[index])
+        fast, index, args = one
         got = await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, 1, False)
         if got is None:
             return None
@@ -240,11 +228,12 @@ class PostgreSQL(DialectSupport):
         which reports any error exactly as SQLAlchemy does. The statement is a
         single autocommitted one, so a failed attempt has written nothing.
         """
-        if not plain_engine(engine):
+        if not plain_engine(engine, "asyncpg"):
             return None
-        fast: _Compiled | None = plan.statements.get("asyncpg")
+        fast: DriverStatement | None = plan.statements.get("asyncpg")
         if fast is None:
-            fast = plan.statements["asyncpg"] = _Compiled(plan.statements["one"], engine.dialect)
+            fast = DriverStatement(plan.statements["one"], engine.dialect)
+            plan.statements["asyncpg"] = fast
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
@@ -282,22 +271,8 @@ class DistributedPostgreSQL(PostgreSQL):
     get_or_create_fast = DialectSupport.get_or_create_fast
 
 
-def plain_engine(engine: AsyncEngine) -> bool:
-    """The driver-level paths only for an asyncpg engine as created: no execution
-    options (an isolation level, say), no statement listeners, no echo, since
-    those statements bypass SQLAlchemy's execution (and its events)."""
-    sync = engine.sync_engine
-    return (
-        engine.dialect.driver == "asyncpg"
-        and not engine.get_execution_options()
-        and not sync.echo
-        and not sync.dispatch.before_cursor_execute
-        and not sync.dispatch.after_cursor_execute
-    )
-
-
 def _fetch_fast(
-    engine: Engine, fast: _Compiled, args: list[Any], attempts: int, flagged: bool = True
+    engine: Engine, fast: DriverStatement, args: list[Any], attempts: int, flagged: bool = True
 ) -> tuple[Row, bool] | None:
     """Run a compiled statement on the pooled driver connection (inside SQLAlchemy's
     greenlet bridge). flagged: the last column is get_or_create's "created" flag
@@ -311,7 +286,9 @@ def _fetch_fast(
     """
     from asyncpg import exceptions as pg_errors  # type: ignore[import-untyped]
 
-    raw = engine.raw_connection()
+    raw = checkout(engine)
+    if raw is None:
+        return None
     try:
         driver: Any = raw.driver_connection
         if driver.is_closed():  # dropped while idle in the pool: nothing sent
@@ -321,13 +298,13 @@ def _fetch_fast(
             try:
                 record = await_only(driver.fetchrow(fast.sql, *args))
             except pg_errors.PostgresConnectionError as exc:
-                raise _lost(raw, fast, args, exc) from exc
+                raise connection_lost(raw, fast, args, exc) from exc
             except (pg_errors.PostgresError, pg_errors.InterfaceError):
                 # refused by the server, or by the driver before sending (an
                 # argument it cannot encode): nothing stored
                 return None
             except Exception as exc:  # the connection failed mid-statement
-                raise _lost(raw, fast, args, exc) from exc
+                raise connection_lost(raw, fast, args, exc) from exc
             if record is None and not flagged:
                 return {}, False
             if record is not None:
@@ -336,41 +313,3 @@ def _fetch_fast(
     finally:
         raw.close()
     return None
-
-
-def _lost(raw: Any, fast: _Compiled, args: list[Any], exc: BaseException) -> sa.exc.DBAPIError:
-    raw.invalidate()
-    return sa.exc.OperationalError(fast.sql, args, exc, connection_invalidated=True)
-
-
-class _Compiled:
-    """A statement compiled for asyncpg: SQL text, parameter order, type processing."""
-
-    def __init__(self, stmt: Any, dialect: Dialect, columns: Any = None) -> None:
-        compiled = stmt.compile(dialect=dialect)
-        self.sql = str(compiled)
-        names = compiled.positiontup or []
-        binds = compiled.binds
-        self.params = [
-            (name.removeprefix("oc_"), binds[name].type.bind_processor(dialect)) for name in names
-        ]
-        cols = stmt.selected_columns if columns is None else columns
-        self.columns = [(col.key, col.type.result_processor(dialect, None)) for col in cols]
-        self.names = [key for key, _ in self.columns]
-        self.plain = not any(proc for _, proc in self.columns)
-
-    def arguments(self, values: dict[str, Any]) -> list[Any]:
-        return [proc(values[k]) if proc else values[k] for k, proc in self.params]
-
-    def rows(self, records: list[Any]) -> list[Row]:
-        if self.plain:  # C-level: dict(zip(names, record)) for each record
-            return list(map(dict, map(zip, itertools.repeat(self.names), records)))
-        return list(map(self.row, records))
-
-    def row(self, record: Any) -> Row:
-        if self.plain:
-            return dict(zip(self.names, record, strict=True))
-        return {
-            key: proc(value) if proc else value
-            for (key, proc), value in zip(self.columns, record, strict=True)
-        }
