@@ -8,7 +8,8 @@ skipped with the reason.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,31 @@ async def tables(aengine: AsyncEngine, backend: Backend) -> AsyncIterator[None]:
     async with aengine.begin() as conn:
         for md in metas:
             await conn.run_sync(md.drop_all)
+
+
+class SessionStatements:
+    """MySQL/MariaDB: the statements an engine's one pooled session sends during
+    an awaited call, by the server's own counters (Com_*, such as
+    ``{"insert": 1, "commit": 1}``), less those of reading them."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.idle: Counter[str] = Counter()
+
+    @classmethod
+    async def of(cls, engine: AsyncEngine) -> SessionStatements:
+        counted = cls(engine)
+        base = await counted.counters()
+        counted.idle = await counted.counters() - base  # SHOW, and ROLLBACK on return
+        return counted
+
+    async def counters(self) -> Counter[str]:
+        async with self.engine.connect() as conn:
+            shown = await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com\\_%'"))
+            return Counter({name.lower(): int(value) for name, value in shown})
+
+    async def __call__(self, call: Awaitable[Any]) -> dict[str, int]:
+        before = await self.counters()
+        await call
+        done = await self.counters() - before - self.idle
+        return {k.removeprefix("com_"): v for k, v in done.items() if v}

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import onconflict
 import onconflict.sync
-from tests.conftest import Backend
+from tests.conftest import Backend, SessionStatements
 from tests.schema import Item, accounts, tags, users
 
 pytestmark = pytest.mark.usefixtures("tables")
@@ -213,6 +213,32 @@ async def test_mariadb_repeatable_read_resolves(aengine: AsyncEngine, backend: B
             await other.execute(users.insert(), [{"email": "s@x", "name": "other"}])
         row, created = await onconflict.get_or_create(mine, users, {"email": "s@x"}, {"name": "me"})
         assert (row["name"], created) == ("other", False)
+
+
+@pytest.mark.mariadb
+async def test_mariadb_engine_statements(backend: Backend) -> None:
+    """MariaDB + aiomysql, an engine: a hit is SELECT + ROLLBACK (a read), a miss
+    SELECT + guarded INSERT + COMMIT, counted by the server on the one pooled
+    session; a bad row is undone and raised as before, nothing stored."""
+    if backend.name != "mariadb":
+        pytest.skip("the driver-level get_or_create is MariaDB's (aiomysql)")
+    engine = backend.async_engine(pool_size=1, max_overflow=0)
+    try:
+        await onconflict.get_or_create(engine, users, {"email": "w@x"}, {"name": "w"})
+        statements = await SessionStatements.of(engine)
+        make = onconflict.get_or_create(engine, users, {"email": "o@x"}, {"name": "o"})
+        miss = await statements(make)
+        assert miss == {"select": 1, "insert": 1, "commit": 1}
+        hit = await statements(onconflict.get_or_create(engine, users, {"email": "o@x"}))
+        assert hit == {"select": 1, "rollback": 1}
+        row, created = await onconflict.get_or_create(engine, users, {"email": "o@x"})
+        assert (row["name"], row["note"], created) == ("o", "none", False)
+        for bad in ({"name": None}, {"name": "toolong"}, {"name": "f", "pid": 9}, {"name": ""}):
+            with pytest.raises(sa.exc.DBAPIError):
+                await onconflict.get_or_create(engine, users, {"email": "b@x"}, bad)
+        assert await count(engine, users) == 2
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.postgresql

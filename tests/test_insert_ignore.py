@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import onconflict
 import onconflict.sync
-from tests.conftest import Backend
+from tests.conftest import Backend, SessionStatements
 from tests.schema import Item, accounts, active_email, pairs, subscriptions, tags, users
 
 pytestmark = pytest.mark.usefixtures("tables")
@@ -546,22 +545,9 @@ async def test_one_row_with_an_engine_on_mariadb_is_insert_and_commit(backend: B
     if backend.name != "mariadb":
         pytest.skip("the driver-level guarded path is MariaDB's (aiomysql)")
     engine = backend.async_engine(pool_size=1, max_overflow=0)
-
-    async def counters() -> Counter[str]:
-        async with engine.connect() as conn:
-            shown = await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com\\_%'"))
-            return Counter({name.lower(): int(value) for name, value in shown})
-
-    async def statements(call: Any) -> dict[str, int]:
-        before = await counters()
-        await call
-        done = await counters() - before - idle
-        return {k.removeprefix("com_"): v for k, v in done.items() if v}
-
     try:
         await onconflict.insert_ignore(engine, users, [{"email": "w@x", "name": "w"}])
-        base = await counters()
-        idle = await counters() - base  # the reading itself: SHOW, and ROLLBACK on return
+        statements = await SessionStatements.of(engine)
         first = await statements(
             onconflict.insert_ignore(engine, users, [{"email": "a@x", "name": "a"}])
         )

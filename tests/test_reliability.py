@@ -465,6 +465,30 @@ async def test_mariadb_reply_lost_after_commit_is_raised_insert_lost_is_rerun(
     assert await count_directly(backend) == 4
 
 
+async def test_mariadb_get_or_create_commit_lost_is_raised(backend: Backend) -> None:
+    """MariaDB's driver-level get_or_create: SELECT, INSERT, COMMIT. Lost after
+    the INSERT, the call runs again (nothing was committed) and creates the row;
+    lost after the COMMIT, it raises, and run again it finds the row."""
+    if backend.name != "mariadb":
+        pytest.skip("the driver-level get_or_create is MariaDB's (aiomysql)")
+    async with proxied(backend) as (proxy, engine):
+        proxy.arm(after=1)  # the SELECT answers; the INSERT's reply is lost
+        made, created = await onconflict.get_or_create(engine, pairs, {"a": 3, "b": 0})
+        assert proxy.cut.is_set()
+        assert created
+        assert made["a"] == 3
+        proxy.cut.clear()
+        proxy.arm(after=2)  # SELECT, INSERT answer; the COMMIT's reply is lost
+        with pytest.raises(sa.exc.DBAPIError) as info:
+            await onconflict.get_or_create(engine, pairs, {"a": 4, "b": 0})
+        assert proxy.cut.is_set()
+        assert info.value.connection_invalidated
+        again, created = await onconflict.get_or_create(engine, pairs, {"a": 4, "b": 0})
+        assert not created
+        assert again["a"] == 4
+    assert await count_directly(backend) == 4
+
+
 async def test_server_unreachable_raises_sqlalchemys_error(backend: Backend) -> None:
     """The driver-level paths check a connection out of the pool themselves; when
     a new one cannot be made (the server is gone), the call raises what the

@@ -48,6 +48,7 @@ from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
     DriverStatement,
+    FetchPlan,
     Outcome,
     Row,
     UpsertPlan,
@@ -229,6 +230,32 @@ class MySQL(DialectSupport):
             return None
         return {index: row} if row else {}
 
+    async def get_or_create_fast(
+        self, engine: Any, plan: FetchPlan, attempts: int
+    ) -> tuple[Row, bool] | None:
+        """get_or_create on the aiomysql connection of an engine-owned call, in one
+        transaction: SELECT (then ROLLBACK: a read) or, when there is no row, the
+        guarded INSERT IGNORE ... RETURNING (COMMIT) or, when another caller made
+        it meanwhile, a locking read of it. Anything else is rolled back and the
+        ordinary path runs. None whenever it does not apply."""
+        if not plain_engine(engine, "aiomysql") or not engine.dialect.insert_returning:
+            return None
+        by_dialect: dict[Any, _FetchStatements] = plan.statements.setdefault("aiomysql", {})
+        statements = by_dialect.get(engine.dialect)
+        if statements is None:
+            dialect, table = engine.dialect, plan.table
+            values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in plan.values}
+            statements = by_dialect[dialect] = (
+                DriverStatement(plan.statements["select"], dialect),
+                DriverStatement(plan.statements["select_locked"], dialect),
+                DriverStatement(
+                    plan.statements["insert_returning"].values(values), dialect, table.c
+                ),
+            )
+        return await greenlet_spawn(
+            _get_or_create_aiomysql, engine.sync_engine, statements, plan.params, attempts
+        )
+
     def transaction_lost(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
         return bool(args) and args[0] in TRANSACTION_LOST
@@ -367,44 +394,131 @@ class MySQL(DialectSupport):
             probe.rollback()
 
 
+class _Driver:
+    """One pooled aiomysql connection of a driver-level path, in a transaction
+    (autocommit is off) that is committed or rolled back here. ``usable`` is
+    False when the connection cannot be used (an autocommit engine: the guard
+    needs its transaction)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.driver = raw, raw.driver_connection
+        self.usable = not self.driver.get_autocommit()
+        self.ended = True  # no transaction left open for the pool to roll back
+
+    def run(self, fast: DriverStatement, args: list[Any]) -> tuple[list[Any], int, list[Any]]:
+        """The rows, the warning count and (if any) the warnings of a statement."""
+        self.ended = False
+        cursor = await_only(self.driver.cursor(_quiet_cursor()))
+        await_only(cursor.execute(fast.sql, args))
+        count = cursor._result.warning_count
+        shown = list(await_only(self.driver.show_warnings())) if count else []
+        return list(cursor._rows or ()), count, shown
+
+    def roll_back(self, exc: BaseException | None = None) -> bool:
+        """End the transaction, keeping nothing; False when the connection had to
+        be dropped instead (the server then rolls back on its own)."""
+        if exc is None or _server_refused(exc):
+            try:
+                await_only(self.driver.rollback())
+                self.ended = True
+                return True
+            except Exception:
+                pass
+        self.raw.invalidate()
+        return False
+
+    def commit(self, fast: DriverStatement, args: list[Any]) -> bool:
+        """COMMIT: True when done, False when the server refused it (a Galera
+        certification failure: rolled back). A connection lost on the way is
+        raised: the COMMIT may have happened, so the call must not run again."""
+        try:
+            await_only(self.driver.commit())
+        except Exception as exc:
+            if not _server_refused(exc):
+                raise connection_lost(self.raw, fast, args, exc) from exc
+            self.ended = True
+            return False
+        self.ended = True
+        return True
+
+    def close(self) -> None:
+        if self.ended and hasattr(self.raw, "_close_special"):
+            self.raw._close_special(transaction_reset=True)
+        else:
+            self.raw.close()
+
+
+@contextmanager
+def _driver(engine: Engine) -> Iterator[_Driver | None]:
+    """A pooled driver connection for the call, returned to the pool after it;
+    None when there is none to be had or it cannot be used."""
+    raw = checkout(engine)
+    if raw is None:
+        yield None
+        return
+    conn = _Driver(raw)
+    try:
+        yield conn if conn.usable else None
+    finally:
+        conn.close()
+
+
 def _insert_ignore_aiomysql(engine: Engine, fast: DriverStatement, args: list[Any]) -> Row | None:
     """MySQL.insert_ignore_fast's work, inside SQLAlchemy's greenlet bridge: the
     stored row, {} for a duplicate, None to take the ordinary path."""
-    raw = checkout(engine)
-    if raw is None:
-        return None
-    ended = False  # the transaction was ended here: the pool need not roll back
-    try:
-        driver: Any = raw.driver_connection
-        if driver.get_autocommit():
-            return None  # an autocommit engine: the guard needs its transaction
+    with _driver(engine) as conn:
+        if conn is None:
+            return None
         try:
-            cursor = await_only(driver.cursor(_quiet_cursor()))
-            await_only(cursor.execute(fast.sql, args))
-            records = list(cursor._rows or ())
-            count = cursor._result.warning_count
-            shown = await_only(driver.show_warnings()) if count else ()
+            records, count, shown = conn.run(fast, args)
         except Exception as exc:  # not committed: the server drops it with the session
-            ended = _roll_back(raw, driver, exc)
+            conn.roll_back(exc)
             return None
         if count == 0 and len(records) == 1:
-            try:
-                await_only(driver.commit())
-            except Exception as exc:
-                if not _server_refused(exc):  # the COMMIT may have happened
-                    raise connection_lost(raw, fast, args, exc) from exc
-                ended = True  # refused (a Galera certification failure): rolled back
-                return None
-            ended = True
-            return fast.row(records[0])
+            return fast.row(records[0]) if conn.commit(fast, args) else None
         duplicate = not records and count == 1 and [w[1] for w in shown] == [DUPLICATE_KEY]
-        ended = _roll_back(raw, driver)
+        conn.roll_back()
         return {} if duplicate else None
-    finally:
-        if ended and hasattr(raw, "_close_special"):
-            raw._close_special(transaction_reset=True)
-        else:
-            raw.close()
+
+
+_FetchStatements = tuple[DriverStatement, DriverStatement, DriverStatement]
+
+
+def _get_or_create_aiomysql(
+    engine: Engine, statements: _FetchStatements, params: dict[str, Any], attempts: int
+) -> tuple[Row, bool] | None:
+    """MySQL.get_or_create_fast's work: (row, created), or None to take the
+    ordinary path (which then reports any error as SQLAlchemy does)."""
+    select, locked, insert = statements
+    with _driver(engine) as conn:
+        if conn is None:
+            return None
+        look, values = select.arguments(params), insert.arguments(params)
+        for _ in range(attempts):
+            made: list[Any] = []
+            clean = duplicate = False
+            try:  # nothing is committed in here: any error is rolled back
+                found, _, _ = conn.run(select, look)
+                if not found:
+                    made, count, shown = conn.run(insert, values)
+                    clean = count == 0 and len(made) == 1
+                    duplicate = not made and count == 1 and shown[0][1] == DUPLICATE_KEY
+                    if duplicate:  # made by another caller after this transaction's
+                        # snapshot: a locking read sees the latest committed row
+                        found, _, _ = conn.run(locked, look)
+            except Exception as exc:
+                conn.roll_back(exc)
+                return None
+            if not found and clean:
+                # outside the try: a lost COMMIT is raised, never run again
+                return (insert.row(made[0]), True) if conn.commit(insert, values) else None
+            if not conn.roll_back():  # a read, or nothing to keep
+                return None
+            if found:
+                return select.row(found[0]), False
+            if not duplicate:  # not (only) a duplicate: the ordinary path raises
+                return None
+        return None  # deleted as fast as it is made, or a lookup mismatch: the ordinary path says
 
 
 def _server_refused(exc: BaseException) -> bool:
@@ -412,19 +526,6 @@ def _server_refused(exc: BaseException) -> bool:
     library's own connection errors (2000-2999: lost, gone away, ...)."""
     code = exc.args[0] if exc.args else None
     return isinstance(code, int) and code > 0 and not 2000 <= code < 3000
-
-
-def _roll_back(raw: Any, driver: Any, exc: BaseException | None = None) -> bool:
-    """End the transaction (nothing of it is kept); True when done, else the
-    connection is dropped (the server then rolls back on its own)."""
-    if exc is None or _server_refused(exc):
-        try:
-            await_only(driver.rollback())
-            return True
-        except Exception:
-            pass
-    raw.invalidate()
-    return False
 
 
 @functools.cache
