@@ -581,7 +581,9 @@ async def run(
                     if cluster:
                         extra["conflicts"] = await conflicts(engines) - before["conflicts"]
                     extra["retries"] = retries.count
-                    if contender.sqlalchemy:
+                    # (on a cluster the servers' counters also count what each node
+                    # applies for the others: not the calls' own statements)
+                    if contender.sqlalchemy and not (on_server and cluster):
                         extra["statements_per_op"] = round(statements[0] / len(load.plan), 2)
                     extra["creators"] = made
                     if contender.guarantees:
