@@ -502,7 +502,8 @@ def _get_or_create_aiomysql(
                 if not found:
                     made, count, shown = conn.run(insert, values)
                     clean = count == 0 and len(made) == 1
-                    duplicate = not made and count == 1 and shown[0][1] == DUPLICATE_KEY
+                    codes = [w[1] for w in shown]
+                    duplicate = not made and count == 1 and codes == [DUPLICATE_KEY]
                     if duplicate:  # made by another caller after this transaction's
                         # snapshot: a locking read sees the latest committed row
                         found, _, _ = conn.run(locked, look)
