@@ -76,6 +76,10 @@ class DialectSupport:
     page_size: ClassVar[int] = 1000
     """Most rows sent in one statement."""
 
+    def __init__(self) -> None:
+        # one-row statements of the driver-level paths, by (dialect, table, target, columns)
+        self._one_row_inserts: dict[Any, DriverStatement] = {}
+
     def check(self, dialect: Dialect) -> None:
         """Raise NotSupportedError when this server/driver lacks the native form."""
 
@@ -180,7 +184,7 @@ class DialectSupport:
         if len(group.indexes) != 1:
             return None
         table, target, dialect = prepared.table, prepared.target, engine.dialect
-        cache: dict[Any, DriverStatement] = self.__dict__.setdefault("_one_row_inserts", {})
+        cache = self._one_row_inserts
         shape = (dialect, table, target, group.columns)
         fast = cache.get(shape)
         if fast is None:
