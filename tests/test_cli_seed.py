@@ -105,3 +105,37 @@ def test_cli_masks_passwords(workdir: Path) -> None:
     assert result.exit_code == 1
     assert "s3cr3t" not in result.output
     assert "app:***@127.0.0.1" in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://app:s3cr3t@127.0.0.1:1/none?password=hunter2",
+        "postgresql+asyncpg://app@no-such-host.invalid/none?password=hunter2",
+        "postgresql+psycopg://app@127.0.0.1:1/none?password=hunter2&sslpassword=k3y",
+        "mysql+aiomysql://root:s3cr3t@127.0.0.1:1/none?password=hunter2",
+    ],
+)
+def test_cli_connection_failure_is_one_line_with_every_credential_masked(
+    workdir: Path, url: str
+) -> None:
+    (workdir / "seed.json").write_text(json.dumps({"roles": ROLES}))
+    result = CliRunner().invoke(main, ["seed", "seed.json", "--url", url, "--schema", SCHEMA])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: cannot connect to ")
+    assert "check that the server is running" in lines[0]
+    for secret in ("s3cr3t", "hunter2", "k3y"):
+        assert secret not in result.output
+    assert "password=***" in result.output
+
+
+def test_cli_summary_masks_query_credentials(workdir: Path) -> None:
+    (workdir / "seed.json").write_text(json.dumps({"roles": ROLES}))
+    url = f"sqlite:///{workdir / 'q.db'}?password=hunter2"
+    result = CliRunner().invoke(main, ["seed", "seed.json", "--url", url, "--schema", SCHEMA])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    assert "password=***" in " ".join(result.output.split())

@@ -179,3 +179,36 @@ def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 1
     engine.dispose()
+
+
+@pytest.mark.parametrize("driver", ["async", "sync"])
+def test_4_replicas_seed_a_fresh_database_with_the_cli_at_once(
+    backend: Backend, driver: str
+) -> None:
+    """`onconflict seed FILE --schema ...` as 4 replicas' init steps on a fresh
+    database: the tables are created under the seed lock, so nobody fails on a
+    concurrent CREATE TABLE, and the rows are stored once."""
+    url = backend.url if driver == "async" else backend.sync_url
+    engine = sa.create_engine(backend.sync_url)
+    app_metadata.drop_all(engine)
+    start = time.time() + 3
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.seed_cli_worker", str(start), url],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"},
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    try:
+        assert [p.returncode for p in procs] == [0] * 4, [o + e for o, e in outputs]
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 2
+            assert conn.execute(sa.select(sa.func.count()).select_from(roles)).scalar() == 2
+    finally:
+        app_metadata.drop_all(engine)
+        engine.dispose()

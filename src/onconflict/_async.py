@@ -260,6 +260,7 @@ async def seed(
     lock_timeout: float = 30.0,
     progress: Progress | None = None,
     retry: Retry | None = DEFAULT_RETRY,
+    create: sa.MetaData | None = None,
 ) -> SeedReport:
     """Write reference data idempotently, all or nothing, one replica at a time.
 
@@ -272,7 +273,9 @@ async def seed(
     name. ``lock``: the name of the database lock that serialises concurrent
     seeds (``None``: no lock); ``lock_timeout`` in seconds, then
     ``SeedLockTimeout``. ``progress(table, done, total)`` is called as rows are
-    written.
+    written. ``create``: a ``MetaData`` whose missing tables are created
+    first, under the same lock (replicas deploying a fresh database at once
+    take turns instead of racing on CREATE TABLE).
     """
     plan = prepare_seed(
         data,
@@ -282,6 +285,7 @@ async def seed(
         lock=lock,
         lock_timeout=lock_timeout,
         progress=progress,
+        create=create,
     )
     return await _run(conn, execute_seed, plan, retry)
 

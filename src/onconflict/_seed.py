@@ -3,12 +3,14 @@
 The core runs on a synchronous connection (the async front goes through
 ``run_sync``). Order of work, inside one transaction:
 
-1. resolve the tables (objects, or names reflected from the database) and
+1. take the database lock (PostgreSQL advisory transaction lock, MySQL
+   ``GET_LOCK``, SQLite ``BEGIN IMMEDIATE``), with a timeout;
+2. create the missing tables of ``create`` (a MetaData), if given: replicas
+   starting at once on a fresh database take turns here too;
+3. resolve the tables (objects, or names reflected from the database) and
    check every row against them: an unknown table or column raises before
    anything is written;
-2. take the database lock (PostgreSQL advisory transaction lock, MySQL
-   ``GET_LOCK``, SQLite ``BEGIN IMMEDIATE``), with a timeout;
-3. write (or, for ``verify`` and ``dry_run``, only read) the tables in
+4. write (or, for ``verify`` and ``dry_run``, only read) the tables in
    foreign-key order, parents first.
 """
 
@@ -93,6 +95,7 @@ class SeedPlan:
     lock: str | None
     lock_timeout: float
     progress: Progress | None
+    create: sa.MetaData | None = None
 
 
 def prepare_seed(
@@ -104,8 +107,11 @@ def prepare_seed(
     lock: str | None,
     lock_timeout: float,
     progress: Progress | None,
+    create: sa.MetaData | None = None,
 ) -> SeedPlan:
     """Check the arguments. Pure: tables given by name are resolved later."""
+    if create is not None and not isinstance(create, sa.MetaData):
+        raise TypeError(f"create must be a sqlalchemy.MetaData, not {type(create).__name__}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if not isinstance(data, Mapping):
@@ -119,7 +125,7 @@ def prepare_seed(
         if isinstance(rows, Mapping) or not isinstance(rows, Iterable):
             raise TypeError(f"rows for {_name(table)!r} must be a list of mappings")
         items.append((table, list(rows)))
-    return SeedPlan(items, mode, dry_run, on, lock, lock_timeout, progress)
+    return SeedPlan(items, mode, dry_run, on, lock, lock_timeout, progress, create)
 
 
 def _name(table: Any) -> str:
@@ -132,21 +138,34 @@ def _name(table: Any) -> str:
 
 def execute_seed(conn: Connection, plan: SeedPlan, owned: bool) -> SeedReport:
     """Run a seed on a synchronous connection, in its transaction."""
-    tables = _resolve(conn, plan)
     support = support_for(conn.dialect)
     report = SeedReport(plan.mode, plan.dry_run)
     reads_only = plan.mode == "verify" or plan.dry_run
     lock = support.seed_lock(conn, plan.lock, plan.lock_timeout) if plan.lock else nullcontext()
-    atomic = nullcontext() if owned or reads_only else support.atomic(conn)
-    with lock, atomic:
-        for table, rows, key in tables:
-            part = TableReport(_name(table))
-            report.tables.append(part)
-            if reads_only:
-                _compare(conn, table, rows, key, plan.mode, part)
-            else:
-                _write(conn, table, rows, key, plan, part)
+    with lock:
+        if plan.create is not None:  # even for dry runs: the schema is not seed data
+            plan.create.create_all(conn, checkfirst=True)
+        tables = _resolve(conn, plan)
+        atomic = nullcontext() if owned or reads_only else support.atomic(conn)
+        with atomic:
+            _run_tables(conn, plan, tables, report, reads_only)
     return report
+
+
+def _run_tables(
+    conn: Connection,
+    plan: SeedPlan,
+    tables: list[tuple[Any, list[Mapping[str, Any]], Any]],
+    report: SeedReport,
+    reads_only: bool,
+) -> None:
+    for table, rows, key in tables:
+        part = TableReport(_name(table))
+        report.tables.append(part)
+        if reads_only:
+            _compare(conn, table, rows, key, plan.mode, part)
+        else:
+            _write(conn, table, rows, key, plan, part)
 
 
 def _resolve(conn: Connection, plan: SeedPlan) -> list[tuple[Any, list[Mapping[str, Any]], Any]]:

@@ -8,6 +8,7 @@ was inserted and what already existed.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,21 +37,51 @@ DEFAULT_URL = "sqlite+aiosqlite:///onconflict-demo.db"
 SEED_URL = "sqlite:///onconflict.db"
 
 
+# query parameters that carry credentials (``?password=...`` is read by the drivers)
+SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+
+
 def masked(url: str) -> str:
-    """The URL with any password hidden, for messages."""
+    """The URL with every credential hidden (the password, and query parameters
+    such as ``password=`` or ``sslpassword=``), for messages."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:
         return "<unparsable URL>"
+    hidden = {k: "***" for k in parsed.query if SECRET_PARAMETER.search(k)}
+    shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace("%2A%2A%2A", "***")  # the query is URL-encoded
+
+
+def _secrets(url: str) -> list[str]:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return []
+    found = [str(parsed.password)] if parsed.password else []
+    for name, value in parsed.query.items():
+        if SECRET_PARAMETER.search(name):
+            found.extend([value] if isinstance(value, str) else value)
+    return sorted((s for s in found if s), key=len, reverse=True)
 
 
 def scrub(text: str, url: str) -> str:
-    """A message with the URL's password (if any) replaced, wherever it appears."""
-    try:
-        password = make_url(url).password
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
+    """A message with every credential of the URL replaced, wherever it appears."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def unreachable(url: str, exc: BaseException) -> str:
+    """One line for a connection that failed: what could not be reached, and what to check."""
+    cause = getattr(exc, "orig", None) or exc
+    detail = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+    return scrub(
+        f"cannot connect to {masked(url)} ({type(cause).__name__}: {detail}); check that the"
+        " server is running and that the host, port, database and credentials are right;"
+        " nothing was written",
+        url,
+    )
 
 
 @click.group()
@@ -196,7 +227,7 @@ def seed(
     errors = Console(stderr=True)
 
     def fail(message: str, status: int = 1) -> None:
-        errors.print(f"[red]error:[/red] {scrub(message, url)}", highlight=False)
+        errors.print(f"[red]error:[/red] {scrub(message, url)}", highlight=False, soft_wrap=True)
         sys.exit(status)
 
     try:
@@ -234,12 +265,25 @@ def seed(
             )
     except (seedfile.SeedFileError, ValueError, TypeError, onconflict.OnConflictError) as exc:
         fail(str(exc))
+    except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        if isinstance(exc, sa.exc.DBAPIError) and not _connecting(exc):
+            fail(_failed(exc, url))
+        fail(unreachable(url, exc))
     except sa.exc.SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        fail(f"{type(exc).__name__} against {masked(url)}: {detail}; nothing was written")
+        fail(_failed(exc, url))
     console.print(_summary(report, file, url))
     if mode == "verify" and report.drift:
         sys.exit(2)
+
+
+def _connecting(exc: sa.exc.DBAPIError) -> bool:
+    """Whether a driver error happened while connecting (no statement yet)."""
+    return exc.statement is None or isinstance(exc.orig, OSError)
+
+
+def _failed(exc: sa.exc.SQLAlchemyError, url: str) -> str:
+    detail = (str(getattr(exc, "orig", None) or exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__} against {masked(url)}: {detail}; nothing was written"
 
 
 def _load_schema(spec: str) -> sa.MetaData:
@@ -277,27 +321,36 @@ def _run_seed(
     import onconflict.sync
     from onconflict import seedfile
 
-    def tables(conn: sa.Connection) -> dict[Any, list[dict[str, Any]]]:
-        if metadata is not None:
-            metadata.create_all(conn, checkfirst=True)
-        inspector = sa.inspect(conn)
-        unknown = [n for n in data if not inspector.has_table(n)]
-        if unknown:
-            raise ValueError(f"{source}unknown table(s): {', '.join(map(repr, unknown))}")
-        reflected = sa.MetaData()
-        reflected.reflect(conn, only=list(data))
-        return {
-            reflected.tables[n]: seedfile.coerce(reflected.tables[n], rows, source)
-            for n, rows in data.items()
-        }
+    known = dict(metadata.tables) if metadata is not None else {}
+    others = [n for n in data if n not in known]  # reflected: they must exist already
+
+    def tables(conn: sa.Connection | None) -> dict[Any, list[dict[str, Any]]]:
+        found = dict(known)
+        if others:
+            assert conn is not None
+            inspector = sa.inspect(conn)
+            unknown = [n for n in others if not inspector.has_table(n)]
+            if unknown:
+                raise ValueError(f"{source}unknown table(s): {', '.join(map(repr, unknown))}")
+            reflected = sa.MetaData()
+            reflected.reflect(conn, only=others)
+            found.update(reflected.tables)
+        return {found[n]: seedfile.coerce(found[n], rows, source) for n, rows in data.items()}
+
+    # the tables of --schema are created by the seed itself, under its lock, so
+    # that replicas starting at once on a fresh database do not race on CREATE TABLE
+    kw["create"] = metadata
 
     if make_url(url).get_dialect().is_async:
 
         async def run() -> onconflict.SeedReport:
             engine = create_async_engine(url)
             try:
-                async with engine.begin() as conn:
-                    typed = await conn.run_sync(tables)
+                if others:
+                    async with engine.connect() as conn:
+                        typed = await conn.run_sync(tables)
+                else:
+                    typed = tables(None)
                 return await onconflict.seed(engine, typed, **kw)
             finally:
                 await engine.dispose()
@@ -305,8 +358,11 @@ def _run_seed(
         return anyio.run(run)
     engine = sa.create_engine(url)
     try:
-        with engine.begin() as conn:
-            typed = tables(conn)
+        if others:
+            with engine.connect() as conn:
+                typed = tables(conn)
+        else:
+            typed = tables(None)
         return onconflict.sync.seed(engine, typed, **kw)
     finally:
         engine.dispose()

@@ -223,6 +223,7 @@ def seed(
     lock_timeout: float = 30.0,
     progress: Progress | None = None,
     retry: Retry | None = DEFAULT_RETRY,
+    create: sa.MetaData | None = None,
 ) -> SeedReport:
     """See :func:`onconflict.seed`, of which this is the synchronous twin."""
     plan = prepare_seed(
@@ -233,6 +234,7 @@ def seed(
         lock=lock,
         lock_timeout=lock_timeout,
         progress=progress,
+        create=create,
     )
     return _run(conn, execute_seed, plan, retry)
 
