@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import onconflict
-from examples.app import roles, users
+from examples.app import audit, deliveries, roles, users
 
 ADMIN_EMAIL = os.environ.get("ADMIN_EMAIL", "admin@example.org")
 
@@ -46,3 +47,19 @@ app = FastAPI(lifespan=lifespan)
 @app.get("/health")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+class Delivery(BaseModel):
+    event: str
+
+
+@app.post("/webhooks/{delivery_id}")
+async def webhook(delivery_id: str, delivery: Delivery) -> dict[str, bool]:
+    """Handle a delivery once, however often (and however concurrently) it arrives:
+    the record and its effect commit together."""
+    async with app.state.engine.begin() as conn:
+        record = {"delivery_id": delivery_id, "event": delivery.event}
+        result = await onconflict.insert_ignore(conn, deliveries, [record])
+        if result.inserted:
+            await conn.execute(audit.insert().values(record))
+    return {"handled": bool(result.inserted)}
