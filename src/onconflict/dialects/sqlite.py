@@ -17,6 +17,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._match import returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
@@ -86,7 +87,9 @@ class SQLite(DialectSupport):
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         if sqlite_version(dialect) < RETURNING:
             raise NotSupportedError("upsert needs SQLite 3.35 or newer (INSERT ... RETURNING)")
-        plan.statement = do_update(sqlite.insert(plan.table), plan).returning(*plan.table.c)
+        plan.statement = do_update(sqlite.insert(plan.table), plan).returning(
+            *returning_columns(plan.table, plan.target)
+        )
 
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         """SQLite cannot say whether RETURNING's row was inserted or updated, so
