@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import CITEXT
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -397,3 +398,82 @@ async def test_expression_index_target(front: Front, backend: Backend) -> None:
         "gif": 2,
         "png": None,
     }
+
+
+# -- a case-insensitive key column, declared in the metadata -----------------------------
+
+
+def _ci_table(backend: str) -> sa.Table:
+    """SQLite ``COLLATE NOCASE``, PostgreSQL ``citext``, MariaDB's default collation."""
+    kind: Any = {
+        "sqlite": sa.String(20, collation="NOCASE"),
+        "postgresql": CITEXT(),
+        "mariadb": sa.String(20),
+    }[backend]
+    return sa.Table(
+        "oc_ki_ci",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", kind, nullable=False, unique=True),
+        sa.Column("n", sa.Integer, nullable=True),
+    )
+
+
+async def test_case_insensitive_key_column(
+    front: Front, backend: Backend, aengine: AsyncEngine
+) -> None:
+    table = _ci_table(backend.name)
+    async with aengine.begin() as conn:
+        if backend.name == "postgresql":
+            await conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS citext"))
+        await conn.run_sync(table.metadata.drop_all)
+        await conn.run_sync(table.metadata.create_all)
+    try:
+        await front.add(table, {"code": "abc", "n": 1})
+        rows = [{"code": "ABC"}, {"code": "Q"}, {"code": "q"}]
+        done = await front.call("insert_ignore", table, rows)
+        assert ([r["code"] for r in done.inserted], done.existing) == (["Q"], [rows[0], rows[2]])
+
+        up = await front.call("upsert", table, [{"code": "ABC", "n": 2}])
+        assert ([(r["code"], r["n"]) for r in up.updated], up.inserted) == ([("abc", 2)], [])
+        pair = [{"code": "XY", "n": 1}, {"code": "xy", "n": 2}]
+        up = await front.call("upsert", table, pair)
+        assert ([r["code"] for r in up.inserted], up.unchanged) == (["xy"], [pair[0]])
+        with pytest.raises(ValueError, match="same key"):
+            await front.call("upsert", table, pair, duplicates="error")
+
+        row, created = await front.call("get_or_create", table, {"code": "ABC"}, {"n": 9})
+        assert (created, row["code"], row["n"]) == (False, "abc", 2)
+        row, created = await front.call("update_or_create", table, {"code": "aBc"}, {"n": 7})
+        assert (created, row["code"], row["n"]) == (False, "abc", 7)
+
+        report = await front.call("seed", {table: [{"code": "ABC", "n": 8}]}, mode="upsert")
+        assert [(r["code"], r["n"]) for r in report.tables[0].updated] == [("abc", 8)]
+        report = await front.call("seed", {table: [{"code": "ABC", "n": 8}]}, mode="verify")
+        assert len(report.tables[0].existing) == 1
+        stored = await front.rows(table, "code")
+        assert {k: v["n"] for k, v in stored.items()} == {"abc": 8, "Q": None, "xy": 2}
+    finally:
+        async with aengine.begin() as conn:
+            await conn.run_sync(table.metadata.drop_all)
+
+
+# -- the other handles: connections, and the classify strategy ---------------------------
+
+
+async def test_connections_and_classify(aengine: AsyncEngine, sengine: Engine) -> None:
+    async with aengine.begin() as conn:
+        await conn.execute(ranked.insert(), [{"code": "a", "rank": 1}])
+        done = await onconflict.insert_ignore(
+            conn, ranked, [{"code": "a"}, {"code": "b", "rank": 2}], strategy="classify"
+        )
+        assert [(r["code"], r["rank"]) for r in done.inserted] == [("b", 2)]
+        up = await onconflict.upsert(conn, emails, [{"email": "X@Y.org", "name": "x"}])
+        assert [r["email"] for r in up.inserted] == ["x@y.org"]
+    with sengine.begin() as sconn:
+        up = onconflict.sync.upsert(sconn, emails, [{"email": "x@Y.ORG", "name": "z"}])
+        assert [(r["email"], r["name"]) for r in up.updated] == [("x@y.org", "z")]
+        done = onconflict.sync.insert_ignore(
+            sconn, ranked, [{"code": "b"}, {"code": "c", "rank": 3}], strategy="classify"
+        )
+        assert ([r["rank"] for r in done.inserted], done.existing) == ([3], [{"code": "b"}])

@@ -475,23 +475,24 @@ def _duplicate_of_target(exc: BaseException, prepared: PreparedInsert) -> bool:
     target = prepared.target
     if target.key is None:
         return True
-    if violation.columns:
-        return set(violation.columns) == set(target.columns)
+    table = prepared.table
+    if violation.columns:  # the database's column names, not the column keys
+        return set(violation.columns) == {table.c[c].name for c in target.columns}
     name = (violation.constraint or "").lower()
     if not name:
         return True
-    if name in _server_names(target.key):
+    if name in _server_names(table, target.key):
         return True
-    others = [k for k in unique_keys(prepared.table) if k != target.key]
-    return not any(name in _server_names(k) for k in others)
+    others = [k for k in unique_keys(table) if k != target.key]
+    return not any(name in _server_names(table, k) for k in others)
 
 
-def _server_names(key: UniqueKey) -> set[str]:
+def _server_names(table: sa.Table, key: UniqueKey) -> set[str]:
     """Names the server may give this key in an error: its own, MySQL's
-    ``PRIMARY``, or (unnamed, on MySQL) its first column's."""
+    ``PRIMARY``, or (unnamed, on MySQL) its first column's database name."""
     names = {key.name.lower()} if key.name else set()
     if key.kind == "primary key":
         names.add("primary")
     elif not key.name and key.columns:
-        names.add(key.columns[0].lower())
+        names.add(table.c[key.columns[0]].name.lower())
     return names

@@ -21,7 +21,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._gc import paused
-from onconflict._match import by_key, expression_key, returning_columns
+from onconflict._match import Keys, by_key, expression_key, returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     INSERTED,
@@ -88,6 +88,15 @@ class PostgreSQL(DialectSupport):
         plan.statement = do_update(pg.insert(plan.table), plan).returning(
             *returning_columns(plan.table, plan.target), was_inserted
         )
+
+    def key_identity(
+        self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
+    ) -> bool:
+        """``citext`` key columns compare case-insensitively (``lower()``; known
+        from the metadata: no SQL)."""
+        folds = {c: str.lower for c in columns if isinstance(table.c[c].type, pg.CITEXT)}
+        keys.set_folds(folds)
+        return bool(folds)
 
     def bulk_rows(self, dialect: Dialect) -> int | None:
         return COPY_THRESHOLD if dialect.driver == "asyncpg" else None
