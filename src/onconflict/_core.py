@@ -22,7 +22,14 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._gc import paused
-from onconflict._match import Keys, align, align_evaluated, by_key
+from onconflict._match import (
+    Keys,
+    align,
+    align_evaluated,
+    by_key,
+    evaluated_key,
+    expression_key,
+)
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
@@ -360,8 +367,8 @@ def server_identity(
     if compares and prepared.keyed:
         keyed = prepared.keyed
         changed = support.key_identity(conn, prepared.table, prepared.keys, keyed)
-    key = prepared.target.key
-    if key is not None and not key.columns and key.elements and prepared.rows:
+    key = evaluated_key(prepared.target)
+    if key is not None and prepared.rows:
         prepared.server_keys = evaluate_keys(conn, prepared.table, key, prepared.rows)
         changed = True
     return changed
@@ -425,7 +432,7 @@ def _align(
     prepared: PreparedInsert, group: _Group, chunk: list[int], batch: list[Row], returned: list[Row]
 ) -> list[Row | None]:
     """Pair returned rows with the chunk's rows, by the key as the server sees it."""
-    if prepared.server_keys is not None:  # an expression index, evaluated by the server
+    if prepared.server_keys is not None and expression_key(prepared.target):
         wanted = [prepared.server_keys[i] for i in chunk]
         return align_evaluated(wanted, returned, prepared.table)
     known = prepared.known_keys(group, chunk)

@@ -35,6 +35,16 @@ def expression_key(target: Any) -> Any:
     return key if key is not None and not key.columns and key.elements else None
 
 
+def evaluated_key(target: Any) -> Any:
+    """The target's UniqueKey when the server must evaluate it for the input rows
+    (an expression index, or a partial index: its WHERE decides which rows can
+    conflict), else None."""
+    key = getattr(target, "key", None)
+    if key is None or not key.elements:
+        return None
+    return key if not key.columns or key.where is not None else None
+
+
 def returning_columns(table: sa.Table, target: Any) -> list[Any]:
     """What RETURNING lists: the columns by key and, for an expression index
     target, its expressions evaluated on the stored row (to pair rows by)."""

@@ -28,6 +28,7 @@ from onconflict._match import (
     align,
     align_evaluated,
     by_key,
+    evaluated_key,
     expression_key,
     returning_columns,
     strip_keys,
@@ -117,22 +118,26 @@ def evaluate_keys(
     conn: Connection, table: sa.Table, key: UniqueKey, rows: list[Row]
 ) -> list[tuple[Any, ...] | None]:
     """Each row's key as the database computes it for an expression index
-    (``lower(ext)``): the index expressions evaluated on the server with the
-    row's values bound through their column types; None for a row with a NULL
-    (NULLs never collide)."""
+    (``lower(ext)``) or a partial one: the index expressions (and its WHERE)
+    evaluated on the server with the row's values bound through their column
+    types; None for a row with a NULL (NULLs never collide) or outside the
+    partial index's WHERE (it cannot conflict)."""
     out: list[tuple[Any, ...] | None] = []
-    width = len(key.elements)
+    parts = list(key.elements)
+    if key.where is not None:
+        parts.append(sa.case((key.where, 1), else_=None))
+    width = len(parts)
     for start in range(0, len(rows), EVALUATE_ROWS):
         chunk = rows[start : start + EVALUATE_ROWS]
         exprs = []
         for i, row in enumerate(chunk):
-            for j, element in enumerate(key.elements):
-                bound = with_values(element, table, functools.partial(_row_param, row))
-                exprs.append(sa.type_coerce(bound, element.type).label(f"k{i}_{j}"))
+            for j, part in enumerate(parts):
+                bound = with_values(part, table, functools.partial(_row_param, row))
+                exprs.append(sa.type_coerce(bound, part.type).label(f"k{i}_{j}"))
         values = list(conn.execute(sa.select(*exprs)).one())
         for i in range(len(chunk)):
-            one = tuple(values[i * width : (i + 1) * width])
-            out.append(None if None in one else one)
+            one = tuple(values[i * width : i * width + len(key.elements)])
+            out.append(None if None in values[i * width : (i + 1) * width] else one)
     return out
 
 
@@ -537,9 +542,10 @@ def _existed(
     conn: Connection, plan: UpsertPlan, rows: list[Row], for_update: bool
 ) -> tuple[list[bool], list[tuple[Any, ...] | None] | None]:
     """Whether a row with each row's key is stored, as the database compares keys:
-    by the target's columns (bound through their types, collated), or by its
-    index expressions evaluated on the server (then also those evaluated keys)."""
-    key = expression_key(plan.target)
+    by the target's columns (bound through their types, collated), or, for an
+    expression or partial index, by its expressions and WHERE evaluated on the
+    server (then also those evaluated keys)."""
+    key = evaluated_key(plan.target)
     if key is not None:
         wanted = evaluate_keys(conn, plan.table, key, rows)
         stored = existing_keys(conn, plan.table, key, wanted, for_update)
