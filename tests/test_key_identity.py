@@ -526,3 +526,26 @@ async def test_partial_index_target(front: Front, backend: Backend) -> None:
         ("a@x", True, 2),
         ("b@x", True, 2),
     ]
+
+
+# -- only duplicates are skipped, with renamed columns too -------------------------------
+
+renamed = sa.Table(
+    "oc_ki_renamed",
+    md,
+    sa.Column("ID", sa.Integer, primary_key=True, autoincrement=False, key="id"),
+    sa.Column("Label", sa.String(5), key="label", nullable=False),
+)
+
+
+async def test_renamed_columns_raise_what_is_not_a_duplicate(front: Front) -> None:
+    """NOT NULL on a table whose primary key's name differs from its key: the
+    server's own error, nothing stored (MariaDB's probe statement was built with
+    the column name and failed to compile)."""
+    await front.add(renamed, {"id": 1, "label": "a"})
+    rows = [{"id": 1, "label": "b"}, {"id": 2, "label": "c"}, {"id": 3, "label": None}]
+    with pytest.raises(sa.exc.IntegrityError):
+        await front.call("insert_ignore", renamed, rows)
+    done = await front.call("insert_ignore", renamed, rows[:2])
+    assert ([r["id"] for r in done.inserted], done.existing) == ([2], [rows[0]])
+    assert {k: v["label"] for k, v in (await front.rows(renamed, "id")).items()} == {1: "a", 2: "c"}

@@ -185,7 +185,7 @@ class MySQL(DialectSupport):
         col = next(iter(table.primary_key.columns), None)
         if col is None:
             col = next(iter(table.c))
-        return mysql.insert(table).on_duplicate_key_update({col.name: col})
+        return mysql.insert(table).on_duplicate_key_update({col: col})  # by Column: key != name
 
     # -- upsert ------------------------------------------------------------------
     # 1. SELECT ... FOR UPDATE the keys, in key order: the existing rows are
