@@ -549,3 +549,19 @@ async def test_renamed_columns_raise_what_is_not_a_duplicate(front: Front) -> No
     done = await front.call("insert_ignore", renamed, rows[:2])
     assert ([r["id"] for r in done.inserted], done.existing) == ([2], [rows[0]])
     assert {k: v["label"] for k, v in (await front.rows(renamed, "id")).items()} == {1: "a", 2: "c"}
+
+
+async def test_mariadb_accents_and_trailing_spaces(front: Front, backend: Backend) -> None:
+    """utf8mb4_general_ci (MariaDB 10.11's default) ignores accents, and PAD SPACE
+    ignores trailing spaces: 'Café ' is the stored 'cafe'."""
+    if backend.name != "mariadb":
+        pytest.skip("MariaDB's collations")
+    await front.add(codes, {"code": "cafe", "n": 1})
+    up = await front.call("upsert", codes, [{"code": "Café ", "n": 2}, {"code": "tea", "n": 3}])
+    assert [(r["code"], r["n"]) for r in up.updated] == [("cafe", 2)]
+    assert [r["code"] for r in up.inserted] == ["tea"]
+    rows = [{"code": "TEA  "}, {"code": "Thé"}, {"code": "the"}]
+    done = await front.call("insert_ignore", codes, rows)
+    assert ([r["code"] for r in done.inserted], done.existing) == (["Thé"], [rows[0], rows[2]])
+    report = await front.call("seed", {codes: [{"code": "CAFÉ", "n": 2}]}, mode="verify")
+    assert len(report.tables[0].existing) == 1
