@@ -22,7 +22,14 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._gc import paused
-from onconflict._match import Keys, align
+from onconflict._match import (
+    Keys,
+    align,
+    align_evaluated,
+    by_key,
+    evaluated_key,
+    expression_key,
+)
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
@@ -34,7 +41,7 @@ from onconflict._target import (
     unique_keys,
 )
 from onconflict.dialects import DialectSupport, native_support, support_for
-from onconflict.dialects.base import with_primary_key
+from onconflict.dialects.base import evaluate_keys, with_primary_key
 from onconflict.errors import unique_violation
 from onconflict.exceptions import NotSupportedError
 from onconflict.result import InsertResult
@@ -63,12 +70,13 @@ class PreparedInsert:
     support: DialectSupport | None = None
     native: bool = True  # the native statement, or classify
     given: list[Mapping[str, Any]] = field(default_factory=list)  # as the caller passed them
+    dialect: Dialect | None = None  # key identity: the dialect's bind processing
     outmap: dict[str, str] = field(default_factory=dict)  # column key -> result key
     keys: Keys = field(init=False)
     row_keys: list[tuple[Any, ...] | None] = field(default_factory=list)  # by input position
 
     def __post_init__(self) -> None:
-        self.keys = Keys(self.table)
+        self.keys = Keys(self.table, self.dialect)
 
     statement: Insert | None = None
     returning: bool = True
@@ -76,6 +84,9 @@ class PreparedInsert:
     duplicate_of: dict[int, int] = field(default_factory=dict)  # in-call repeats
     max_rows: dict[tuple[str, ...], int] = field(default_factory=dict)
     max_bytes: int | None = None
+    keep: str = "first"  # which of the rows repeating a key is written
+    bulk_from: int | None = None
+    server_keys: list[tuple[Any, ...] | None] | None = None  # expression index keys, evaluated
 
     @property
     def empty(self) -> bool:
@@ -142,7 +153,10 @@ def _prepare_insert_ignore(
         return PreparedInsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
     tbl, given, data, outmap, target = head
     support, native = _choose(dialect, strategy)
-    prepared = PreparedInsert(tbl, target, data, support, given=given, outmap=outmap)
+    support.check_target(tbl, target)
+    prepared = PreparedInsert(
+        tbl, target, data, support, given=given, outmap=outmap, dialect=dialect
+    )
     prepared.native = native
     # groups the dialect writes with its bulk path are put in key order there
     _group(prepared, bulk_from=support.bulk_rows(dialect) if native else None)
@@ -187,7 +201,7 @@ def _bind(prepared: PreparedInsert, dialect: Dialect) -> DialectSupport:
         stmt = support.insert_ignore(prepared.table, prepared.target, prepared.returning)
     else:
         stmt = sa.insert(prepared.table)
-        stmt = stmt.returning(*prepared.table.c) if prepared.returning else stmt
+        stmt = stmt.returning(*by_key(prepared.table)) if prepared.returning else stmt
     prepared.statement = stmt
     budgets(prepared, support, dialect)
     return support
@@ -210,28 +224,11 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
     those of ``bulk_from`` rows or more: the dialect's bulk path orders those
     on the server (or ``in_key_order`` sorts them if it declines).
     """
+    prepared.keep, prepared.bulk_from = keep, bulk_from
+    prepared.duplicate_of.clear()
     keyed = prepared.keyed
-    row_keys: list[tuple[Any, ...] | None] = (
-        prepared.keys.unique_many(prepared.rows, keyed) if keyed else [None] * len(prepared.rows)
-    )
-    prepared.row_keys = row_keys
-    n = len(row_keys)
-    # key -> the row written for it, built in C: the last row of a key wins a
-    # dict built forwards, the first wins one built backwards
-    if keep == "last":
-        winner: dict[Any, int] = dict(zip(row_keys, range(n), strict=True))
-    else:
-        winner = dict(zip(reversed(row_keys), range(n - 1, -1, -1), strict=True))
-    winner.pop(None, None)  # rows without a key never collide
-    if keep == "error" and len(winner) != n - row_keys.count(None):
-        seen: dict[tuple[Any, ...], int] = {}
-        for i, key in enumerate(row_keys):
-            if key is not None and seen.setdefault(key, i) != i:
-                shown = ", ".join(f"{c}={v!r}" for c, v in zip(keyed, key, strict=True))
-                raise ValueError(
-                    f"rows {seen[key]} and {i} have the same key ({shown});"
-                    " pass duplicates='first' or 'last' to choose one"
-                )
+    row_keys = prepared.row_keys = _row_keys(prepared)
+    winner = _winners(prepared, row_keys, keep)
     groups: dict[tuple[str, ...], _Group] = {}
     rows = prepared.rows
     unique = len(winner) == len(rows)  # every row keyed, no repeats: nothing to skip
@@ -257,6 +254,42 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
         else:  # already in key order (a sorted export, say)? then nobody sorts it
             group.in_key_order = _sorted(row_keys, group.indexes)
     prepared.groups = list(groups.values())
+
+
+def _row_keys(prepared: PreparedInsert) -> list[tuple[Any, ...] | None]:
+    """Each row's key as the database sees it (None: it cannot collide)."""
+    if prepared.server_keys is not None:  # an expression index: as the server computed them
+        return prepared.server_keys
+    keyed = prepared.keyed
+    if keyed:
+        return prepared.keys.unique_many(prepared.rows, keyed)
+    return [None] * len(prepared.rows)
+
+
+def _winners(
+    prepared: PreparedInsert, row_keys: list[tuple[Any, ...] | None], keep: str
+) -> dict[Any, int]:
+    """key -> the position of the row written for it; refuses repeats for "error"."""
+    n = len(row_keys)
+    # built in C: the last row of a key wins a dict built forwards, the first
+    # wins one built backwards
+    if keep == "last":
+        winner: dict[Any, int] = dict(zip(row_keys, range(n), strict=True))
+    else:
+        winner = dict(zip(reversed(row_keys), range(n - 1, -1, -1), strict=True))
+    winner.pop(None, None)  # rows without a key never collide
+    if keep == "error" and len(winner) != n - row_keys.count(None):
+        seen: dict[tuple[Any, ...], int] = {}
+        for i, key in enumerate(row_keys):
+            if key is not None and seen.setdefault(key, i) != i:
+                given = prepared.rows[i]
+                names = prepared.keyed or tuple(given)
+                shown = ", ".join(f"{c}={given.get(c)!r}" for c in names)
+                raise ValueError(
+                    f"rows {seen[key]} and {i} have the same key ({shown});"
+                    " pass duplicates='first' or 'last' to choose one"
+                )
+    return winner
 
 
 def _sorted(row_keys: list[tuple[Any, ...] | None], indexes: list[int]) -> bool:
@@ -309,14 +342,36 @@ def _row_bytes(row: Row) -> int:
 def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: bool) -> InsertResult:
     """Run a prepared call on a synchronous connection. The only I/O of insert_ignore."""
     support = _bind(prepared, conn.dialect)
-    atomic = not owned and prepared.statements() > 1
-    with support.scope(conn, owned), support.atomic(conn) if atomic else nullcontext():
-        if prepared.native:
-            stored = _write_native(conn, prepared, support)
-        else:
-            stored = _write_classify(conn, prepared, support)
+    with support.scope(conn, owned):
+        if server_identity(conn, prepared, support, len(prepared.rows) > 1):
+            _group(prepared, prepared.keep, prepared.bulk_from)  # repeats as the server sees them
+        atomic = not owned and prepared.statements() > 1
+        with support.atomic(conn) if atomic else nullcontext():
+            if prepared.native:
+                stored = _write_native(conn, prepared, support)
+            else:
+                stored = _write_classify(conn, prepared, support)
     with paused(len(prepared.given)):
         return insert_result(prepared, stored)
+
+
+def server_identity(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport, compares: bool
+) -> bool:
+    """Learn the keys as the server sees them where Python cannot tell from the
+    input alone: a collation (the dialect's part), or an expression index, whose
+    expressions the server evaluates for every row. True: find repeats again.
+    ``compares``: the call compares keys beyond pairing returned rows (several
+    rows, or an upsert's read of the existing keys)."""
+    changed = False
+    if compares and prepared.keyed:
+        keyed = prepared.keyed
+        changed = support.key_identity(conn, prepared.table, prepared.keys, keyed)
+    key = evaluated_key(prepared.target)
+    if key is not None and prepared.rows:
+        prepared.server_keys = evaluate_keys(conn, prepared.table, key, prepared.rows)
+        changed = True
+    return changed
 
 
 def insert_result(prepared: PreparedInsert, stored: dict[int, Row]) -> InsertResult:
@@ -366,12 +421,22 @@ def _write_native(
         for chunk in prepared.chunks(group):
             batch = [rows[i] for i in chunk]
             returned = support.write_many(conn, stmt, batch)
-            known = prepared.known_keys(group, chunk)
-            aligned = align(prepared.keys, prepared.table, batch, returned, group.match, known)
+            aligned = _align(prepared, group, chunk, batch, returned)
             for i, one in zip(chunk, aligned, strict=True):
                 if one is not None:
                     stored[i] = one
     return stored
+
+
+def _align(
+    prepared: PreparedInsert, group: _Group, chunk: list[int], batch: list[Row], returned: list[Row]
+) -> list[Row | None]:
+    """Pair returned rows with the chunk's rows, by the key as the server sees it."""
+    if prepared.server_keys is not None and expression_key(prepared.target):
+        wanted = [prepared.server_keys[i] for i in chunk]
+        return align_evaluated(wanted, returned, prepared.table)
+    known = prepared.known_keys(group, chunk)
+    return align(prepared.keys, prepared.table, batch, returned, group.match, known)
 
 
 def _write_classify(
@@ -417,23 +482,24 @@ def _duplicate_of_target(exc: BaseException, prepared: PreparedInsert) -> bool:
     target = prepared.target
     if target.key is None:
         return True
-    if violation.columns:
-        return set(violation.columns) == set(target.columns)
+    table = prepared.table
+    if violation.columns:  # the database's column names, not the column keys
+        return set(violation.columns) == {table.c[c].name for c in target.columns}
     name = (violation.constraint or "").lower()
     if not name:
         return True
-    if name in _server_names(target.key):
+    if name in _server_names(table, target.key):
         return True
-    others = [k for k in unique_keys(prepared.table) if k != target.key]
-    return not any(name in _server_names(k) for k in others)
+    others = [k for k in unique_keys(table) if k != target.key]
+    return not any(name in _server_names(table, k) for k in others)
 
 
-def _server_names(key: UniqueKey) -> set[str]:
+def _server_names(table: sa.Table, key: UniqueKey) -> set[str]:
     """Names the server may give this key in an error: its own, MySQL's
-    ``PRIMARY``, or (unnamed, on MySQL) its first column's."""
+    ``PRIMARY``, or (unnamed, on MySQL) its first column's database name."""
     names = {key.name.lower()} if key.name else set()
     if key.kind == "primary key":
         names.add("primary")
     elif not key.name and key.columns:
-        names.add(key.columns[0].lower())
+        names.add(table.c[key.columns[0]].name.lower())
     return names

@@ -69,6 +69,7 @@ def prepare_get_or_create(
         raise ValueError(f"{clash[0]!r} is both in lookup and in defaults")
     target = _target(tbl, on, set(look))
     support = native_support(dialect)
+    support.check_target(tbl, target)
     plan = _plan(support, tbl, target, tuple(sorted(look)), tuple(sorted(more)))
     plan.params = {**look, **more}
     mapper = None if isinstance(table, sa.Table) else sa.inspect(table)
@@ -182,7 +183,7 @@ def prepare_update_or_create(
         dialect,
         table,
         [{**lookup, **defaults}],
-        on=list(fetch.plan.target.columns),
+        on=on if on is not None else list(fetch.plan.target.columns),
         update=list(defaults),
         where=None,
         skip_unchanged=False,

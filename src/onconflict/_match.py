@@ -6,11 +6,12 @@ import decimal
 import itertools
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 
 from onconflict.exceptions import OutcomeMismatchError
 
@@ -18,20 +19,115 @@ Row = dict[str, Any]
 _COERCIBLE = (int, float, str, decimal.Decimal, uuid.UUID)
 
 
-class Keys:
-    """Key tuples for rows, with input values brought to the column's Python type
-    (so that ``"5"`` given for an integer column matches the ``5`` returned)."""
+def by_key(table: sa.Table) -> list[Any]:
+    """The table's columns for a SELECT or RETURNING list, each labelled with its
+    column key where that differs from its database name, so that result rows
+    are keyed by column key (``Column("rAnK", key="rank")`` reads as ``rank``)."""
+    return [c if c.key == c.name else c.label(c.key) for c in table.c]
 
-    def __init__(self, table: sa.Table) -> None:
+
+EXPR_KEY = "onconflict_key_"  # RETURNING labels of an expression index's values
+
+
+def expression_key(target: Any) -> Any:
+    """The target's UniqueKey when it is an expression index (``lower(ext)``), else None."""
+    key = getattr(target, "key", None)
+    return key if key is not None and not key.columns and key.elements else None
+
+
+def evaluated_key(target: Any) -> Any:
+    """The target's UniqueKey when the server must evaluate it for the input rows
+    (an expression index, or a partial index: its WHERE decides which rows can
+    conflict), else None."""
+    key = getattr(target, "key", None)
+    if key is None or not key.elements:
+        return None
+    return key if not key.columns or key.where is not None else None
+
+
+def returning_columns(table: sa.Table, target: Any) -> list[Any]:
+    """What RETURNING lists: the columns by key and, for an expression index
+    target, its expressions evaluated on the stored row (to pair rows by)."""
+    key = expression_key(target)
+    extra = [] if key is None else [e.label(f"{EXPR_KEY}{j}") for j, e in enumerate(key.elements)]
+    return by_key(table) + extra
+
+
+def strip_keys(row: Row) -> Row:
+    """A returned row without its expression-index values."""
+    for name in [k for k in row if isinstance(k, str) and k.startswith(EXPR_KEY)]:
+        del row[name]
+    return row
+
+
+def align_evaluated(
+    wanted: list[tuple[Any, ...] | None], returned: list[Row], table: sa.Table
+) -> list[Row | None]:
+    """Pair input rows, whose expression-index keys the server evaluated
+    (``wanted``), with returned rows carrying the same expressions evaluated on
+    the stored row (``EXPR_KEY`` labels, removed here)."""
+    queues: dict[tuple[Any, ...], deque[Row]] = {}
+    for row in returned:
+        names = sorted(k for k in row if isinstance(k, str) and k.startswith(EXPR_KEY))
+        queues.setdefault(tuple(row[n] for n in names), deque()).append(strip_keys(row))
+    out: list[Row | None] = []
+    for key in wanted:
+        queue = queues.get(key) if key is not None else None
+        out.append(queue.popleft() if queue else None)
+    if any(queues.values()):
+        raise OutcomeMismatchError(
+            f"row(s) returned by the INSERT into {table.name!r} match no input row"
+            " on the expressions of its conflict target"
+        )
+    return out
+
+
+def _bind_processor(col: sa.Column[Any], dialect: Dialect | None) -> Any:
+    """The dialect's bind processing of a TypeDecorator column (its
+    process_bind_param and its impl's processor), or None."""
+    if dialect is None or not isinstance(col.type, sa.types.TypeDecorator):
+        return None
+    try:
+        return col.type.dialect_impl(dialect).bind_processor(dialect)
+    except Exception:  # a type that cannot say: compared as given
+        return None
+
+
+class Keys:
+    """Key identity as the database sees it: the one place that turns a row's
+    key values into something compared in Python.
+
+    A value is taken through its column's bind processing for the dialect (a
+    TypeDecorator that lower-cases an e-mail address makes ``"A@X"`` and
+    ``"a@x"`` the same key), then brought to the column's Python type (so that
+    ``"5"`` given for an integer column matches the ``5`` returned), then folded
+    as the column's collation compares it where the dialect installs a fold
+    (MySQL/MariaDB ``_ci`` collations, trailing spaces under PAD SPACE).
+    Input values and values the database returns go through the same steps.
+    """
+
+    def __init__(self, table: sa.Table, dialect: Dialect | None = None) -> None:
         self.types: dict[str, type | None] = {}
+        self.binds: dict[str, Any] = {}
+        self.folds: dict[str, Callable[[Any], Any]] = {}
         for col in table.c:
             try:
                 pytype = col.type.python_type
             except NotImplementedError:
                 pytype = None
             self.types[col.key] = pytype if pytype in _COERCIBLE else None
+            bind = _bind_processor(col, dialect)
+            if bind is not None:
+                self.binds[col.key] = bind
 
-    def norm(self, col: str, value: Any) -> Any:
+    def set_folds(self, folds: Mapping[str, Callable[[Any], Any]]) -> bool:
+        """Install collation folds (column key -> function); True if they changed."""
+        changed = dict(folds) != self.folds
+        self.folds = dict(folds)
+        return changed
+
+    def typed(self, col: str, value: Any) -> Any:
+        """The value in its column's Python type (for binding it again), or as given."""
         pytype = self.types[col]
         if pytype is None or value is None or type(value) is pytype:
             return value
@@ -40,7 +136,26 @@ class Keys:
         except (TypeError, ValueError, ArithmeticError):
             return value
 
-    def of(self, row: Mapping[str, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
+    def norm(self, col: str, value: Any) -> Any:
+        if value is None:
+            return value
+        bind = self.binds.get(col)
+        if bind is not None:
+            try:
+                value = bind(value)
+            except Exception:  # the database would refuse it too: compared as given
+                return self.typed(col, value)
+        value = self.typed(col, value)
+        fold = self.folds.get(col)
+        if fold is not None and isinstance(value, str):
+            value = fold(value)
+        return value
+
+    def plain(self, col: str) -> bool:
+        """No bind processing and no fold: values of the column's type are keys as they are."""
+        return col not in self.binds and col not in self.folds
+
+    def of(self, row: Mapping[Any, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
         return tuple([self.norm(c, row.get(c)) for c in cols])
 
     def unique_many(self, rows: list[Row], cols: tuple[str, ...]) -> list[tuple[Any, ...] | None]:
@@ -51,7 +166,9 @@ class Keys:
         for c in cols:
             values = [row.get(c) for row in rows]
             pytype = self.types[c]
-            if pytype is not None and not all(type(v) is pytype or v is None for v in values):
+            if not self.plain(c) or (
+                pytype is not None and not all(type(v) is pytype or v is None for v in values)
+            ):
                 values = [self.norm(c, v) for v in values]
             columns.append(values)
         if len(columns) == 1:
@@ -71,9 +188,12 @@ def align(
 
     ``known``: the input rows' keys where already computed (None: compute).
     Returned values come back in their column's type, so they are keyed as
-    they are; only if that leaves rows unpaired is every value normalised.
+    they are; only if that leaves rows unpaired (or a match column has bind
+    processing or a collation fold) is every value normalised, input and
+    returned alike.
     """
-    out = _pair(keys, rows, returned, match, known, normalise=False)
+    plain = all(map(keys.plain, match))
+    out = _pair(keys, rows, returned, match, known, normalise=False) if plain else None
     if out is None:
         out = _pair(keys, rows, returned, match, None, normalise=True)
     if out is None:
@@ -82,6 +202,17 @@ def align(
             f" on ({', '.join(match)}); pass values of the columns' Python types"
         )
     return out
+
+
+def _found(keys: Keys, returned: list[Row], match: tuple[str, ...], normalise: bool) -> list[Any]:
+    """The returned rows' keys: normalised, or as returned (a C-level getter for all)."""
+    if normalise:
+        return [keys.of(r, match) for r in returned]
+    try:
+        found = list(map(itemgetter(*match), returned))
+    except KeyError:  # a row without a match column: matches nothing as it is
+        return [tuple([r.get(c) for c in match]) for r in returned]
+    return [(v,) for v in found] if len(match) == 1 else found
 
 
 def _pair(
@@ -97,16 +228,7 @@ def _pair(
     else:
         pairs = zip(known, rows, strict=True)
         wanted = [k if k is not None else keys.of(row, match) for k, row in pairs]
-    if normalise:
-        found = [keys.of(r, match) for r in returned]
-    else:  # values as returned, a C-level getter for all
-        try:
-            found = list(map(itemgetter(*match), returned))
-        except KeyError:  # a row without a match column: matches nothing as it is
-            found = [tuple([r.get(c) for c in match]) for r in returned]
-        else:
-            if len(match) == 1:
-                found = [(v,) for v in found]
+    found = _found(keys, returned, match, normalise)
     pending: dict[tuple[Any, ...], Row] = dict(zip(found, returned, strict=True))
     if len(pending) == len(returned):  # distinct keys, the usual case: one dict
         out: list[Row | None] = list(map(pending.pop, wanted, itertools.repeat(None)))

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from onconflict._core import execute_insert_ignore, prepare_insert_ignore
-from onconflict._match import Keys
+from onconflict._match import Keys, by_key
 from onconflict._target import OnTarget, normalize_rows, resolve_table, resolve_target
 from onconflict._upsert import execute_upsert, prepare_upsert
 from onconflict.dialects import support_for
@@ -185,7 +185,8 @@ def _resolve(conn: Connection, plan: SeedPlan) -> list[tuple[Any, list[Mapping[s
         checked = normalize_rows(table, keymap, rows)  # unknown columns: ValueError
         on = plan.on.get(table.name) if isinstance(plan.on, Mapping) else plan.on
         if checked:  # a conflict target that cannot be resolved fails here, not midway
-            resolve_target(table, on, set(checked[0]).intersection(*checked[1:]))
+            target = resolve_target(table, on, set(checked[0]).intersection(*checked[1:]))
+            support_for(conn.dialect).check_target(table, target)
         if table in resolved:
             raise ValueError(f"table {table.name!r} is given twice")
         resolved[table] = (source, rows, on)
@@ -231,6 +232,22 @@ def _write(
         plan.progress(part.table, 0, 0)
 
 
+def _stored_by_key(
+    conn: Connection, tbl: sa.Table, keys: Keys, cols: tuple[str, ...], data: list[dict[str, Any]]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The stored rows with the keys of ``data``, by key as the database sees it."""
+    stored: dict[tuple[Any, ...], dict[str, Any]] = {}
+    key_expr = tbl.c[cols[0]] if len(cols) == 1 else sa.tuple_(*(tbl.c[c] for c in cols))
+    for start in range(0, len(data), 500):
+        # bound through the column types: the database applies its own key identity
+        wanted = [tuple([keys.typed(c, r[c]) for c in cols]) for r in data[start : start + 500]]
+        values = [w[0] for w in wanted] if len(cols) == 1 else wanted
+        read = sa.select(*by_key(tbl)).where(key_expr.in_(values))
+        for found in conn.execute(read).mappings():
+            stored[keys.of(found, cols)] = dict(found)
+    return stored
+
+
 def _compare(
     conn: Connection,
     table: Any,
@@ -250,19 +267,16 @@ def _compare(
         raise ValueError(
             f"{tbl.name!r}: every row must carry its key ({', '.join(cols)}) to be compared"
         )
-    keys = Keys(tbl)
-    stored: dict[tuple[Any, ...], dict[str, Any]] = {}
-    key_expr = tbl.c[cols[0]] if len(cols) == 1 else sa.tuple_(*(tbl.c[c] for c in cols))
-    for start in range(0, len(data), 500):
-        wanted = [keys.of(r, cols) for r in data[start : start + 500]]
-        values = [w[0] for w in wanted] if len(cols) == 1 else wanted
-        for found in conn.execute(sa.select(tbl).where(key_expr.in_(values))).mappings():
-            stored[keys.of(dict(found), cols)] = dict(found)
+    keys = Keys(tbl, conn.dialect)
+    support_for(conn.dialect).key_identity(conn, tbl, keys, cols)
+    stored = _stored_by_key(conn, tbl, keys, cols, data)
     for given, row in zip(rows, data, strict=True):
         now = stored.get(keys.of(row, cols))
         if now is None:
             part.missing.append(given)
-        elif mode != "insert" and any(keys.norm(c, v) != now.get(c) for c, v in row.items()):
+        elif mode != "insert" and any(
+            keys.norm(c, v) != keys.norm(c, now.get(c)) for c, v in row.items()
+        ):
             part.differing.append((given, {outmap.get(k, k): v for k, v in now.items()}))
         else:
             part.existing.append(given)

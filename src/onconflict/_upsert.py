@@ -16,10 +16,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
-from onconflict._core import PreparedInsert, _check_reachable, _group, budgets, read_rows
+from onconflict._core import (
+    PreparedInsert,
+    _check_reachable,
+    _group,
+    budgets,
+    read_rows,
+    server_identity,
+)
 from onconflict._expr import excluded, excluded_names
 from onconflict._gc import paused
-from onconflict._match import align
 from onconflict._target import (
     ANY_KEY,
     ConflictTarget,
@@ -27,7 +33,7 @@ from onconflict._target import (
     resolve_table,
 )
 from onconflict.dialects import native_support
-from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan
+from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan, align_rows
 from onconflict.result import UpsertResult
 
 Duplicates = Literal["last", "first", "error"]
@@ -67,7 +73,10 @@ def prepare_upsert(
     tbl, given, data, outmap, target = head
     keymap = resolve_table(table)[1]
     support = native_support(dialect)
-    prepared = PreparedUpsert(tbl, target, data, support, given=given, outmap=outmap)
+    support.check_target(tbl, target)
+    prepared = PreparedUpsert(
+        tbl, target, data, support, given=given, outmap=outmap, dialect=dialect
+    )
     _check_names(tbl, where, "where")
     spec = _update_spec(tbl, keymap, update)
     with paused(len(data)):
@@ -153,6 +162,8 @@ def execute_upsert(conn: Connection, prepared: PreparedUpsert, owned: bool) -> U
             plan.statement = support.insert_ignore(plan.table, plan.target, returning)
     outcomes: dict[int, Outcome] = {}
     with support.scope(conn, owned), support.atomic(conn) if not owned else nullcontext():
+        if server_identity(conn, prepared, support, True):
+            _group(prepared, prepared.keep)  # repeats as the server sees them
         for group in prepared.groups:
             plan = prepared.plans[group.columns]
             for chunk in prepared.chunks(group):
@@ -180,7 +191,7 @@ def _insert_only(
     stored: list[Row | None]
     if returning:
         returned = support.write_many(conn, plan.statement, rows)
-        stored = align(plan.keys, plan.table, rows, returned, plan.match)
+        stored = align_rows(conn, plan, rows, returned)
     else:
         stored = [support.write_one(conn, plan.statement, row) for row in rows]
     return [("unchanged", None) if r is None else ("inserted", r) for r in stored]

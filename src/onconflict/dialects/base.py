@@ -9,6 +9,7 @@ this base class: no native form, so ``strategy="auto"`` uses ``classify``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -17,11 +18,21 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, NestedTransaction
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from onconflict._expr import substitute
-from onconflict._match import Keys, align
+from onconflict._match import (
+    Keys,
+    align,
+    align_evaluated,
+    by_key,
+    evaluated_key,
+    expression_key,
+    returning_columns,
+    strip_keys,
+)
 from onconflict._target import ConflictTarget, UniqueKey
 from onconflict.exceptions import NotSupportedError
 
@@ -60,8 +71,104 @@ class FetchPlan:
 
 
 def lookup_condition(plan: FetchPlan) -> ColumnElement[bool]:
+    """The lookup as the database sees the key: an expression target (an index
+    on ``lower(ext)``) is compared by its expressions, evaluated on the stored
+    row and on the bound lookup values alike; other lookup columns as they are."""
     t = plan.table
-    return sa.and_(*(t.c[k] == sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.lookup))
+    key = plan.target.key
+    in_expr: set[str] = set()
+    conds: list[ColumnElement[bool]] = []
+    if key is not None and not key.columns:
+        for element in key.elements:
+            used = {c.key for c in _columns_in(element, t)}
+            in_expr |= used
+            conds.append(element == with_values(element, t, _lookup_param))
+    conds += [
+        t.c[k] == sa.bindparam(f"oc_{k}", type_=t.c[k].type)
+        for k in plan.lookup
+        if k not in in_expr
+    ]
+    return sa.and_(*conds)
+
+
+def _lookup_param(col: sa.Column[Any]) -> Any:
+    return sa.bindparam(f"oc_{col.key}", type_=col.type)
+
+
+def _columns_in(expr: Any, table: sa.Table) -> list[sa.Column[Any]]:
+    return [e for e in visitors.iterate(expr) if isinstance(e, sa.Column) and e.table is table]
+
+
+def with_values(expr: Any, table: sa.Table, value: Callable[[sa.Column[Any]], Any]) -> Any:
+    """``expr`` (an index expression) with each column of ``table`` replaced by
+    ``value(column)``: a bound parameter of the column's type, say."""
+
+    def replace(element: Any) -> Any:
+        if isinstance(element, sa.Column) and element.table is table:
+            return value(element)
+        return None
+
+    return visitors.replacement_traverse(expr, {}, replace)  # type: ignore[call-overload]
+
+
+EVALUATE_ROWS = 400  # rows whose key expressions one SELECT evaluates
+
+
+def evaluate_keys(
+    conn: Connection, table: sa.Table, key: UniqueKey, rows: list[Row]
+) -> list[tuple[Any, ...] | None]:
+    """Each row's key as the database computes it for an expression index
+    (``lower(ext)``) or a partial one: the index expressions (and its WHERE)
+    evaluated on the server with the row's values bound through their column
+    types; None for a row with a NULL (NULLs never collide) or outside the
+    partial index's WHERE (it cannot conflict)."""
+    out: list[tuple[Any, ...] | None] = []
+    parts = list(key.elements)
+    if key.where is not None:
+        parts.append(sa.case((key.where, 1), else_=None))
+    width = len(parts)
+    for start in range(0, len(rows), EVALUATE_ROWS):
+        chunk = rows[start : start + EVALUATE_ROWS]
+        exprs = []
+        for i, row in enumerate(chunk):
+            for j, part in enumerate(parts):
+                bound = with_values(part, table, functools.partial(_row_param, row))
+                exprs.append(sa.type_coerce(bound, part.type).label(f"k{i}_{j}"))
+        values = list(conn.execute(sa.select(*exprs)).one())
+        for i in range(len(chunk)):
+            one = tuple(values[i * width : i * width + len(key.elements)])
+            out.append(None if None in values[i * width : (i + 1) * width] else one)
+    return out
+
+
+def _row_param(row: Row, col: sa.Column[Any]) -> Any:
+    return sa.bindparam(None, row.get(col.key), type_=col.type)
+
+
+def existing_keys(
+    conn: Connection,
+    table: sa.Table,
+    key: UniqueKey,
+    wanted: list[tuple[Any, ...] | None],
+    for_update: bool = False,
+) -> set[tuple[Any, ...]]:
+    """The expression-index keys among ``wanted`` that stored rows have."""
+    keys = sorted({k for k in wanted if k is not None}, key=repr)
+    found: set[tuple[Any, ...]] = set()
+    elements = list(key.elements)
+    for start in range(0, len(keys), EVALUATE_ROWS):
+        chunk = keys[start : start + EVALUATE_ROWS]
+        if len(elements) == 1:
+            where = elements[0].in_([k[0] for k in chunk])
+        else:
+            where = sa.tuple_(*elements).in_(chunk)
+        read = sa.select(*(e.label(f"k{j}") for j, e in enumerate(elements))).where(where)
+        if key.where is not None:
+            read = read.where(key.where)
+        if for_update:
+            read = read.with_for_update()
+        found.update(tuple(r) for r in conn.execute(read))
+    return found
 
 
 class DialectSupport:
@@ -123,7 +230,7 @@ class DialectSupport:
         row, in order. Default: RETURNING carries an "inserted" flag (PostgreSQL)."""
         returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
         out: list[Outcome] = []
-        for stored in align(plan.keys, plan.table, rows, returned, plan.match):
+        for stored in align_rows(conn, plan, rows, returned):
             if stored is None:
                 out.append(("unchanged", None))
             else:
@@ -138,7 +245,7 @@ class DialectSupport:
     def prepare_fetch(self, plan: FetchPlan) -> None:
         """Build the statements of a get_or_create shape: pure, cached by shape."""
         t = plan.table
-        select = sa.select(t).where(lookup_condition(plan))
+        select = sa.select(*by_key(t)).where(lookup_condition(plan))
         plan.statements["select"] = select
         # a locking read sees rows committed after the transaction's snapshot
         plan.statements["select_locked"] = select.with_for_update(read=True)
@@ -155,12 +262,23 @@ class DialectSupport:
         if self.returning(conn.dialect):
             made = self.write_many(conn, plan.statements["insert_returning"], [values])
             if made:
-                return made[0], True
+                return strip_keys(made[0]), True
         elif (one := self.write_one(conn, plan.statements["insert"], values)) is not None:
             return one, True
         locked = plan.statements["select_locked"]
         found = conn.execute(locked, plan.bound(plan.lookup)).mappings().first()
         return (dict(found), False) if found is not None else None
+
+    def check_target(self, table: sa.Table, target: ConflictTarget) -> None:
+        """Refuse, before any SQL, a conflict target this database cannot honour."""
+
+    def key_identity(
+        self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
+    ) -> bool:
+        """Teach ``keys`` how the server compares the values of ``columns`` (key
+        columns) where Python equality differs (collations): True when it
+        installed something. Generic: nothing to add."""
+        return False
 
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> AbstractContextManager[Any]:
         """Hold the database-wide lock ``name`` for the rest of the transaction, so
@@ -178,7 +296,7 @@ class DialectSupport:
         with RETURNING, compiled for the engine's dialect (once per shape), the
         row's input position and its driver arguments; None when the call is not
         one native row."""
-        if not prepared.native or len(prepared.groups) != 1:
+        if not prepared.native or len(prepared.groups) != 1 or expression_key(prepared.target):
             return None
         (group,) = prepared.groups
         if len(group.indexes) != 1:
@@ -374,10 +492,30 @@ def do_update(stmt: Any, plan: UpsertPlan) -> Any:
 def select_by_keys(plan: UpsertPlan, rows: list[Row], key_only: bool = False) -> sa.Select[Any]:
     """SELECT the stored rows (or only their keys) with the keys of ``rows``."""
     cols = [plan.table.c[c] for c in plan.match]
-    wanted = [plan.keys.of(r, plan.match) for r in rows]
+    # bound through the column's type: the database applies its own key identity
+    wanted = [tuple([plan.keys.typed(c, r[c]) for c in plan.match]) for r in rows]
     keys = cols[0] if len(cols) == 1 else sa.tuple_(*cols)
     where = keys.in_([k[0] for k in wanted] if len(cols) == 1 else wanted)
-    return (sa.select(*cols) if key_only else sa.select(plan.table)).where(where)
+    shown = [c if c.key == c.name else c.label(c.key) for c in cols] if key_only else None
+    return (sa.select(*shown) if shown else sa.select(*by_key(plan.table))).where(where)
+
+
+def align_rows(
+    conn: Connection,
+    plan: UpsertPlan,
+    rows: list[Row],
+    returned: list[Row],
+    wanted: list[tuple[Any, ...] | None] | None = None,
+) -> list[Row | None]:
+    """Pair returned rows with input rows by the key as the database sees it:
+    the match columns (Keys), or for an expression index its expressions, which
+    the server evaluates for the input rows (``wanted``: already evaluated)."""
+    key = expression_key(plan.target)
+    if key is None:
+        return align(plan.keys, plan.table, rows, returned, plan.match)
+    if wanted is None:
+        wanted = evaluate_keys(conn, plan.table, key, rows)
+    return align_evaluated(wanted, returned, plan.table)
 
 
 def upsert_reading_keys_first(
@@ -388,23 +526,36 @@ def upsert_reading_keys_first(
     exist are read first, then the upsert runs. Exact only if no other writer can
     insert one of the keys in between: the caller holds the write lock (SQLite)
     or the transaction is serializable, reading with ``for_update``."""
-    keyed = bool(plan.target.columns) and plan.match == plan.target.columns
-    before: set[tuple[Any, ...]] = set()
-    if keyed:
-        read = select_by_keys(plan, rows, key_only=True)
-        found = conn.execute(read.with_for_update() if for_update else read).mappings()
-        before = {plan.keys.of(dict(r), plan.match) for r in found}
+    existed, wanted = _existed(conn, plan, rows, for_update)
     returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
-    aligned = align(plan.keys, plan.table, rows, returned, plan.match)
+    aligned = align_rows(conn, plan, rows, returned, wanted)
     out: list[Outcome] = []
-    for row, stored in zip(rows, aligned, strict=True):
+    for there, stored in zip(existed, aligned, strict=True):
         if stored is None:
             out.append(("unchanged", None))
-        elif keyed and plan.keys.of(row, plan.match) in before:
-            out.append(("updated", stored))
         else:
-            out.append(("inserted", stored))
+            out.append(("updated" if there else "inserted", stored))
     return out
+
+
+def _existed(
+    conn: Connection, plan: UpsertPlan, rows: list[Row], for_update: bool
+) -> tuple[list[bool], list[tuple[Any, ...] | None] | None]:
+    """Whether a row with each row's key is stored, as the database compares keys:
+    by the target's columns (bound through their types, collated), or, for an
+    expression or partial index, by its expressions and WHERE evaluated on the
+    server (then also those evaluated keys)."""
+    key = evaluated_key(plan.target)
+    if key is not None:
+        wanted = evaluate_keys(conn, plan.table, key, rows)
+        stored = existing_keys(conn, plan.table, key, wanted, for_update)
+        return [k is not None and k in stored for k in wanted], wanted
+    if not (plan.target.columns and plan.match == plan.target.columns):
+        return [False] * len(rows), None
+    read = select_by_keys(plan, rows, key_only=True)
+    found = conn.execute(read.with_for_update() if for_update else read).mappings()
+    before = {plan.keys.of(r, plan.match) for r in found}
+    return [plan.keys.of(row, plan.match) in before for row in rows], None
 
 
 def do_nothing(stmt: Any, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
@@ -419,4 +570,4 @@ def do_nothing(stmt: Any, table: sa.Table, target: ConflictTarget, returning: bo
         stmt = stmt.on_conflict_do_nothing()
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(key.elements), index_where=key.where)
-    return stmt.returning(*table.c) if returning else stmt  # type: ignore[no-any-return]
+    return stmt.returning(*returning_columns(table, target)) if returning else stmt  # type: ignore[no-any-return]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -43,7 +44,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._expr import substitute
-from onconflict._match import align
+from onconflict._match import Keys, align, by_key
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
@@ -59,7 +60,7 @@ from onconflict.dialects.base import (
     select_by_keys,
     with_primary_key,
 )
-from onconflict.exceptions import SeedLockTimeout, UnsafeInsertError
+from onconflict.exceptions import NotSupportedError, SeedLockTimeout, UnsafeInsertError
 
 DUPLICATE_KEY = 1062
 SHOW_WARNINGS = sa.text("SHOW WARNINGS")
@@ -75,6 +76,50 @@ OWNED = "onconflict.owned"  # conn.info: the running call owns its transaction
 # aiomysql turns every server warning into a Python warning; a skipped duplicate
 # is the expected outcome of insert_ignore, not something to warn about.
 warnings.filterwarnings("ignore", message=r"Duplicate entry .* for key ", category=Warning)
+
+
+COLLATIONS = "onconflict.collations"  # conn.info: (schema, table) -> column key -> fold
+READ_COLLATIONS = sa.text(
+    "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
+    " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
+)
+
+
+def _fold(value: str, pad: bool, ci: bool, ai: bool) -> str:
+    if pad:
+        value = value.rstrip(" ")
+    if ci:
+        value = value.casefold()
+    if ai:
+        value = "".join(
+            ch for ch in unicodedata.normalize("NFKD", value) if not unicodedata.combining(ch)
+        )
+    return value
+
+
+def _is_string(col: sa.Column[Any]) -> bool:
+    try:
+        return col.type.python_type is str
+    except NotImplementedError:
+        return False
+
+
+def collation_fold(collation: str | None) -> Callable[[str], str] | None:
+    """How a collation compares strings, as a Python fold (None: exactly):
+    ``_ci`` ignores case, ``_ci`` without ``_as_`` also accents, and PAD SPACE
+    (every collation but NO PAD ones and MySQL's ``0900`` ones) ignores
+    trailing spaces. An approximation of the collation's tables: it covers
+    case, combining accents and padding."""
+    if not collation:
+        return None
+    name = collation.lower()
+    parts = name.split("_")
+    pad = "nopad" not in parts and "0900" not in parts
+    ci = "ci" in parts
+    ai = ci and "as" not in parts
+    if not (pad or ci):
+        return None
+    return functools.partial(_fold, pad=pad, ci=ci, ai=ai)
 
 
 # Errors after which InnoDB has rolled back the whole transaction, savepoints
@@ -98,14 +143,49 @@ class MySQL(DialectSupport):
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         stmt = mysql.insert(table).prefix_with("IGNORE")
-        return stmt.returning(*table.c) if returning else stmt
+        return stmt.returning(*by_key(table)) if returning else stmt
+
+    def check_target(self, table: sa.Table, target: ConflictTarget) -> None:
+        key = target.key
+        if key is not None and not key.columns:
+            raise NotSupportedError(
+                f"an expression index ({key.describe()}) as the conflict target on"
+                f" {table.name!r}: MariaDB has no expression indexes, and MySQL cannot"
+                " name a conflict target. Store the expression in a generated column"
+                " with a unique index and target that column instead."
+            )
+
+    def key_identity(
+        self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
+    ) -> bool:
+        """Fold string keys as the columns' collations compare them (the default
+        utf8mb4 collations are case-insensitive, most accent-insensitive, and
+        PAD SPACE ignores trailing spaces). The collations are read from
+        information_schema once per connection and table, and only for keys
+        with a string column."""
+        if not any(_is_string(table.c[c]) for c in columns):
+            return False
+        cache: dict[tuple[str | None, str], dict[str, Any]] = conn.info.setdefault(COLLATIONS, {})
+        where = (table.schema, table.name)
+        folds = cache.get(where)
+        if folds is None:
+            names = {c.name: c.key for c in table.c}
+            found = conn.execute(READ_COLLATIONS, {"schema": table.schema, "name": table.name})
+            folds = {}
+            for column, collation in found:
+                fold = collation_fold(collation)
+                if fold is not None and column in names:
+                    folds[names[column]] = fold
+            cache[where] = folds
+        keys.set_folds(folds)
+        return bool(folds)
 
     def duplicate_noop(self, table: sa.Table) -> Insert:
         """``INSERT ... ON DUPLICATE KEY UPDATE c = c``: raises every non-duplicate error."""
         col = next(iter(table.primary_key.columns), None)
         if col is None:
             col = next(iter(table.c))
-        return mysql.insert(table).on_duplicate_key_update({col.name: col})
+        return mysql.insert(table).on_duplicate_key_update({col: col})  # by Column: key != name
 
     # -- upsert ------------------------------------------------------------------
     # 1. SELECT ... FOR UPDATE the keys, in key order: the existing rows are

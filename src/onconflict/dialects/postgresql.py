@@ -21,6 +21,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._gc import paused
+from onconflict._match import Keys, by_key, expression_key, returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     INSERTED,
@@ -85,8 +86,17 @@ class PostgreSQL(DialectSupport):
         # locking transaction) on one it updated: the per-row outcome, exactly.
         was_inserted = (sa.literal_column("xmax") == sa.literal_column("0")).label(INSERTED)
         plan.statement = do_update(pg.insert(plan.table), plan).returning(
-            *plan.table.c, was_inserted
+            *returning_columns(plan.table, plan.target), was_inserted
         )
+
+    def key_identity(
+        self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
+    ) -> bool:
+        """``citext`` key columns compare case-insensitively (``lower()``; known
+        from the metadata: no SQL)."""
+        folds = {c: str.lower for c in columns if isinstance(table.c[c].type, pg.CITEXT)}
+        keys.set_folds(folds)
+        return bool(folds)
 
     def bulk_rows(self, dialect: Dialect) -> int | None:
         return COPY_THRESHOLD if dialect.driver == "asyncpg" else None
@@ -109,6 +119,8 @@ class PostgreSQL(DialectSupport):
         half way on a conversion; otherwise (or below the threshold) None.
         """
         if conn.dialect.driver != "asyncpg" or len(rows) < COPY_THRESHOLD:
+            return None
+        if expression_key(target) is not None:  # rows are paired by evaluated keys
             return None
         cols = [table.c[c] for c in columns]
         with paused(len(rows)):
@@ -176,7 +188,7 @@ class PostgreSQL(DialectSupport):
         "try again" (under READ COMMITTED the next statement sees it).
         """
         t = plan.table
-        found = sa.select(t).where(lookup_condition(plan)).cte("oc_found")
+        found = sa.select(*by_key(t)).where(lookup_condition(plan)).cte("oc_found")
         values = [sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values]
         source = sa.select(*values).where(~sa.exists().select_from(found))
         key = plan.target.key
@@ -185,7 +197,7 @@ class PostgreSQL(DialectSupport):
             pg.insert(t)
             .from_select(list(plan.values), source)
             .on_conflict_do_nothing(index_elements=list(key.elements), index_where=key.where)
-            .returning(*t.c)
+            .returning(*by_key(t))
             .cte("oc_made")
         )
         plan.statements["one"] = sa.union_all(
@@ -258,7 +270,9 @@ class DistributedPostgreSQL(PostgreSQL):
     name = "cockroachdb"
 
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
-        plan.statement = do_update(pg.insert(plan.table), plan).returning(*plan.table.c)
+        plan.statement = do_update(pg.insert(plan.table), plan).returning(
+            *returning_columns(plan.table, plan.target)
+        )
 
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         return upsert_reading_keys_first(conn, plan, rows, for_update=True)

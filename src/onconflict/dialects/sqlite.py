@@ -8,6 +8,7 @@ NOT NULL or CHECK constraints, where the upsert clause raises.
 from __future__ import annotations
 
 import sqlite3
+import string
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._match import Keys, returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
@@ -83,10 +85,26 @@ class SQLite(DialectSupport):
             conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
         yield
 
+    def key_identity(
+        self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
+    ) -> bool:
+        """Key columns declared ``COLLATE NOCASE`` or ``RTRIM`` compare folded
+        (known from the metadata: no SQL)."""
+        folds = {}
+        for name in columns:
+            collation = getattr(table.c[name].type, "collation", None)
+            fold = COLLATION_FOLDS.get(str(collation).upper()) if collation else None
+            if fold is not None:
+                folds[name] = fold
+        keys.set_folds(folds)
+        return bool(folds)
+
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         if sqlite_version(dialect) < RETURNING:
             raise NotSupportedError("upsert needs SQLite 3.35 or newer (INSERT ... RETURNING)")
-        plan.statement = do_update(sqlite.insert(plan.table), plan).returning(*plan.table.c)
+        plan.statement = do_update(sqlite.insert(plan.table), plan).returning(
+            *returning_columns(plan.table, plan.target)
+        )
 
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         """SQLite cannot say whether RETURNING's row was inserted or updated, so
@@ -94,6 +112,21 @@ class SQLite(DialectSupport):
         writer can come between the read and the upsert."""
         begun(conn, immediate=True)
         return upsert_reading_keys_first(conn, plan, rows)
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _nocase(value: str) -> str:
+    return value.translate(_ASCII_LOWER)  # NOCASE folds ASCII letters only
+
+
+def _rtrim(value: str) -> str:
+    return value.rstrip(" ")
+
+
+# a column's declared collation -> how SQLite compares with it (BINARY: as is)
+COLLATION_FOLDS = {"NOCASE": _nocase, "RTRIM": _rtrim}
 
 
 def begun(conn: Connection, immediate: bool = False) -> None:
