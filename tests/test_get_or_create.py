@@ -332,3 +332,38 @@ async def test_a_vanished_row_is_retried_not_returned_as_none(
     async with aengine.connect() as conn:
         with pytest.raises(onconflict.OnConflictError, match="could not be read 5 times"):
             await onconflict.get_or_create(conn, users, {"email": "w@x"}, {"name": "w"})
+
+
+async def test_engines_with_different_type_settings_do_not_share_statements(
+    backend: Backend,
+) -> None:
+    """Two engines whose dialects process a type differently (json_serializer)
+    get_or_create the same shape: each writes with its own settings (asyncpg's
+    and aiomysql's compiled driver statements are kept per dialect)."""
+    import json
+
+    md = sa.MetaData()
+    docs = sa.Table(
+        "oc_json_docs",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("body", sa.JSON, nullable=False),
+    )
+    one = backend.async_engine(json_serializer=lambda o: json.dumps({"by": "one", "v": o}))
+    two = backend.async_engine(json_serializer=lambda o: json.dumps({"by": "two", "v": o}))
+    try:
+        async with one.begin() as conn:
+            await conn.run_sync(md.drop_all)
+            await conn.run_sync(md.create_all)
+        for engine, key in ((one, 1), (two, 2), (one, 3), (two, 4)):
+            _, created = await onconflict.get_or_create(engine, docs, {"id": key}, {"body": key})
+            assert created
+        async with one.connect() as conn:
+            stored = dict((await conn.execute(sa.select(docs.c.id, docs.c.body))).all())
+        by = {i: v["by"] for i, v in stored.items()}
+        assert by == {1: "one", 2: "two", 3: "one", 4: "two"}
+    finally:
+        async with one.begin() as conn:
+            await conn.run_sync(md.drop_all)
+        await one.dispose()
+        await two.dispose()

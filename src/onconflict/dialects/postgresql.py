@@ -230,10 +230,14 @@ class PostgreSQL(DialectSupport):
         """
         if not plain_engine(engine, "asyncpg"):
             return None
-        fast: DriverStatement | None = plan.statements.get("asyncpg")
+        # compiled per dialect: two engines may process the same types differently
+        # (json_serializer, say), and the plan's statements are shared by both
+        by_dialect: dict[Any, DriverStatement] = plan.statements.setdefault("asyncpg", {})
+        fast = by_dialect.get(engine.dialect)
         if fast is None:
-            fast = DriverStatement(plan.statements["one"], engine.dialect)
-            plan.statements["asyncpg"] = fast
+            fast = by_dialect[engine.dialect] = DriverStatement(
+                plan.statements["one"], engine.dialect
+            )
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
