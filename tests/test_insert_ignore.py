@@ -617,3 +617,52 @@ async def test_mariadb_refuses_a_connection_in_autocommit(
         with pytest.raises(onconflict.UnsafeInsertError, match="AUTOCOMMIT"):
             await onconflict.insert_ignore(auto, users, [{"email": "l@x", "name": "toolong"}])
     assert await rows_of(aengine, users) == []
+
+
+# -- an autoincrement primary key given as None: the database numbers the row ------
+
+
+async def test_autoincrement_key_given_as_none_is_numbered(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """As Django and Rails do, on every database alike (PostgreSQL raised NOT
+    NULL, SQLite OutcomeMismatchError, MariaDB inserted)."""
+    given = [
+        {"id": None, "email": "a@x", "name": "a"},
+        {"id": None, "email": "b@x", "name": "b"},
+        {"id": None, "email": "a@x", "name": "dup"},  # repeated in the call
+    ]
+    first = await front.insert_ignore(users, given)
+    assert [r["email"] for r in first.inserted] == ["a@x", "b@x"]
+    assert all(isinstance(r["id"], int) for r in first.inserted)
+    assert first.existing == [given[2]]
+    assert given[0] == {"id": None, "email": "a@x", "name": "a"}  # input rows unchanged
+    again = await front.insert_ignore(
+        users, [{"id": None, "email": "a@x", "name": "a"}, {"email": "c@x", "name": "c"}]
+    )
+    assert again.existing == [{"id": None, "email": "a@x", "name": "a"}]
+    assert [r["email"] for r in again.inserted] == ["c@x"]
+    stored = await rows_of(aengine, users)
+    assert [(r["email"], r["id"]) for r in stored] == [
+        ("a@x", first.inserted[0]["id"]),
+        ("b@x", first.inserted[1]["id"]),
+        ("c@x", again.inserted[0]["id"]),
+    ]
+    # an ORM class: the attribute given as None
+    items = await front.insert_ignore(Item, [{"id": None, "code": "i1"}])
+    assert isinstance(items.inserted[0]["id"], int)
+    assert items.inserted[0]["code"] == "i1"
+
+
+async def test_autoincrement_key_as_none_in_a_session_and_connection(aengine: AsyncEngine) -> None:
+    async with AsyncSession(aengine) as session:
+        result = await onconflict.insert_ignore(
+            session, users, [{"id": None, "email": "s@x", "name": "s"}]
+        )
+        await session.commit()
+    assert isinstance(result.inserted[0]["id"], int)
+    async with aengine.begin() as conn:
+        result = await onconflict.insert_ignore(
+            conn, users, [{"id": None, "email": "s@x", "name": "s"}]
+        )
+    assert result.existing == [{"id": None, "email": "s@x", "name": "s"}]

@@ -179,3 +179,14 @@ def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(users)).scalar() == 1
     engine.dispose()
+
+
+async def test_autoincrement_key_given_as_none_is_numbered(aengine: AsyncEngine) -> None:
+    rows = [{"id": None, **u} for u in USERS]
+    data = {roles: ROLES, users: rows}
+    first = await onconflict.seed(aengine, data)
+    assert first.total("inserted") == 4
+    again = await onconflict.seed(aengine, data, mode="upsert")
+    assert (again.total("inserted"), again.total("existing")) == (0, 4)
+    verified = await onconflict.seed(aengine, data, mode="verify")
+    assert not verified.drift

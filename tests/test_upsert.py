@@ -304,3 +304,19 @@ def test_mysql_statements_compile() -> None:
         plan = next(iter(prepared.plans.values()))
         MySQL().prepare_upsert(plan, d)
         assert expected in str(plan.extra["update_all"].compile(dialect=d))
+
+
+async def test_autoincrement_key_given_as_none_is_numbered(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """The database numbers the row, on every database; the row is matched by
+    the other unique key (slug)."""
+    first = await front.upsert([row("a", id=None), row("b", id=None)])
+    assert [r["slug"] for r in first.inserted] == ["a", "b"]
+    assert all(isinstance(r["id"], int) for r in first.inserted)
+    again = await front.upsert([row("a", "new", id=None), row("c", id=None)])
+    assert [(r["slug"], r["title"], r["id"]) for r in again.updated] == [
+        ("a", "new", first.inserted[0]["id"])
+    ]
+    assert [r["slug"] for r in again.inserted] == ["c"]
+    assert sorted(await stored(aengine)) == ["a", "b", "c"]

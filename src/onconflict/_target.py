@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -90,38 +91,62 @@ def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str], dict[str, str]]
 
 
 def normalize_rows(
-    table: sa.Table, keymap: Mapping[str, str], rows: Iterable[Mapping[str, Any]]
+    table: sa.Table,
+    keymap: Mapping[str, str],
+    rows: Iterable[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
     """The rows with column keys, rejecting anything that is not a column.
 
+    An autoincrement primary key given as ``None`` is left out, so that the
+    database numbers the row (as Django and Rails do) on every database alike.
     A plain dict whose keys already are column keys is used as it is (onconflict
     never changes input rows); anything else is copied.
     """
-    out: list[dict[str, Any]] = []
     valid = keymap.keys()
     identity = all(k == v for k, v in keymap.items())
     rows = rows if isinstance(rows, list) else list(rows)
+    auto = table.autoincrement_column
+    numbered = None if auto is None else auto.key  # None for it: the database numbers it
     if (
         identity
         and set(map(type, rows)) == {dict}
         and all(map(valid.__ge__, map(dict.keys, rows)))
         and all(rows)
+        and (numbered is None or None not in map(operator.methodcaller("get", numbered, 0), rows))
     ):
         return list(rows)  # plain dicts of column keys (the usual case), checked in C
-    for i, row in enumerate(rows):
-        if type(row) is dict and identity and row and row.keys() <= valid:
-            out.append(row)
-            continue
-        if not isinstance(row, Mapping):
-            raise TypeError(f"row {i} is {type(row).__name__}, expected a mapping")
-        if not row:
-            raise ValueError(f"row {i} has no columns")
-        unknown = [k for k in row if k not in keymap]
-        if unknown:
-            names = ", ".join(repr(k) for k in unknown)
-            raise ValueError(f"row {i}: {names} not a column of table {table.name!r}")
-        out.append({keymap[k]: v for k, v in row.items()})
+    return [_normalize_row(table, keymap, identity, numbered, i, row) for i, row in enumerate(rows)]
+
+
+def _normalize_row(
+    table: sa.Table,
+    keymap: Mapping[str, str],
+    identity: bool,
+    numbered: str | None,
+    i: int,
+    row: Any,
+) -> dict[str, Any]:
+    if type(row) is dict and identity and row and row.keys() <= keymap.keys():
+        out: dict[str, Any] = row
+    else:
+        out = _copied(table, keymap, i, row)
+    if numbered is not None and numbered in out and out[numbered] is None:
+        out = {k: v for k, v in out.items() if k != numbered}
+        if not out:
+            raise ValueError(f"row {i} has no columns but {numbered!r}, given as None")
     return out
+
+
+def _copied(table: sa.Table, keymap: Mapping[str, str], i: int, row: Any) -> dict[str, Any]:
+    if not isinstance(row, Mapping):
+        raise TypeError(f"row {i} is {type(row).__name__}, expected a mapping")
+    if not row:
+        raise ValueError(f"row {i} has no columns")
+    unknown = [k for k in row if k not in keymap]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise ValueError(f"row {i}: {names} not a column of table {table.name!r}")
+    return {keymap[k]: v for k, v in row.items()}
 
 
 def unique_keys(table: sa.Table) -> list[UniqueKey]:
