@@ -367,3 +367,45 @@ async def test_engines_with_different_type_settings_do_not_share_statements(
             await conn.run_sync(md.drop_all)
         await one.dispose()
         await two.dispose()
+
+
+@pytest.mark.usefixtures("inheritance_tables")
+async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -> None:
+    """Through a subclass: the discriminator is written and looked up, and an
+    AsyncSession gets an instance of the subclass."""
+    from tests.schema import Engineer, Manager
+
+    async with AsyncSession(aengine) as session:
+        made, created = await onconflict.get_or_create(
+            session, Manager, {"email": "m@x"}, {"name": "m", "budget": 3}
+        )
+        assert created
+        assert type(made) is Manager
+        assert (made.kind, made.budget) == ("manager", 3)
+        await session.commit()
+    async with AsyncSession(aengine) as session:
+        got, created = await onconflict.get_or_create(session, Manager, {"email": "m@x"})
+        assert not created
+        assert type(got) is Manager
+        assert got.name == "m"
+    row, created = await onconflict.get_or_create(
+        aengine, Engineer, {"email": "e@x"}, {"name": "e"}
+    )
+    assert created
+    assert row["kind"] == "engineer"
+    row, created = onconflict.sync.get_or_create(sengine, Engineer, {"email": "e@x"})
+    assert not created
+    assert row["kind"] == "engineer"
+    # the key exists as another class: not taken for this one
+    with pytest.raises(onconflict.LookupMismatchError, match="kind"):
+        await onconflict.get_or_create(aengine, Engineer, {"email": "m@x"}, {"name": "x"})
+    row, created = await onconflict.update_or_create(
+        aengine, Manager, {"email": "m@x"}, {"name": "m", "budget": 9}
+    )
+    assert not created
+    assert (row["kind"], row["budget"]) == ("manager", 9)
+    row, created = await onconflict.update_or_create(
+        aengine, Manager, {"email": "q@x"}, {"name": "q"}
+    )
+    assert created
+    assert row["kind"] == "manager"

@@ -320,3 +320,21 @@ async def test_autoincrement_key_given_as_none_is_numbered(
     ]
     assert [r["slug"] for r in again.inserted] == ["c"]
     assert sorted(await stored(aengine)) == ["a", "b", "c"]
+
+
+@pytest.mark.usefixtures("inheritance_tables")
+async def test_single_table_inheritance_sets_the_discriminator(
+    aengine: AsyncEngine, sengine: Engine
+) -> None:
+    from tests.schema import Employee, Manager
+
+    first = await onconflict.upsert(aengine, Manager, [{"email": "m@x", "name": "a", "budget": 1}])
+    assert [(r["email"], r["kind"], r["budget"]) for r in first.inserted] == [("m@x", "manager", 1)]
+    again = onconflict.sync.upsert(
+        sengine, Manager, [{"email": "m@x", "name": "b"}, {"email": "n@x", "name": "n"}]
+    )
+    assert [(r["email"], r["name"], r["kind"]) for r in again.updated] == [("m@x", "b", "manager")]
+    assert [(r["email"], r["kind"]) for r in again.inserted] == [("n@x", "manager")]
+    async with aengine.connect() as conn:
+        kinds = dict((await conn.execute(sa.select(Employee.email, Employee.kind))).all())
+    assert kinds == {"m@x": "manager", "n@x": "manager"}

@@ -20,9 +20,11 @@ from onconflict._target import (
     ConflictTarget,
     OnTarget,
     UniqueKey,
+    fixed_values,
     resolve_table,
     resolve_target,
     unique_keys,
+    with_fixed,
 )
 from onconflict._upsert import PreparedUpsert, execute_upsert, prepare_upsert
 from onconflict.dialects import native_support
@@ -62,7 +64,8 @@ def prepare_get_or_create(
     defaults = defaults or {}
     if not isinstance(defaults, Mapping):
         raise TypeError(f"defaults must be a mapping, not {type(defaults).__name__}")
-    look = _columns(tbl, keymap, lookup, "lookup")
+    # a class with a polymorphic identity (single-table inheritance): looked up and made as it
+    look = with_fixed(fixed_values(table), _columns(tbl, keymap, lookup, "lookup"), "lookup")
     more = _columns(tbl, keymap, defaults, "defaults")
     clash = sorted(set(look) & set(more))
     if clash:
@@ -163,7 +166,10 @@ def as_instance(session: Session, prepared: PreparedFetch, row: Row) -> Any:
     sa.orm.configure_mappers()  # instrumentation is complete once mappers are configured
     instance = mapper.class_manager.new_instance()
     for name, value in row.items():
-        prop = mapper.get_property_by_column(by_column[name])
+        try:
+            prop = mapper.get_property_by_column(by_column[name])
+        except sa.orm.exc.UnmappedColumnError:  # another subclass's column (single table)
+            continue
         setattr(instance, prop.key, value)
     make_transient_to_detached(instance)
     return session.merge(instance, load=False)
