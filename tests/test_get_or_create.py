@@ -409,3 +409,25 @@ async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -
     )
     assert created
     assert row["kind"] == "manager"
+
+
+@pytest.mark.parametrize("front", ["async", "sync"])
+async def test_autoincrement_key_given_as_none_in_defaults_is_numbered(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    async def call(*args: Any) -> tuple[Any, bool]:
+        if front == "async":
+            return await onconflict.get_or_create(aengine, *args)
+        return onconflict.sync.get_or_create(sengine, *args)
+
+    row, created = await call(users, {"email": "n@x"}, {"name": "n", "id": None})
+    assert created
+    assert isinstance(row["id"], int)
+    again, created = await call(users, {"email": "n@x"}, {"name": "n", "id": None})
+    assert not created
+    assert again["id"] == row["id"]
+    row, created = await onconflict.update_or_create(
+        aengine, users, {"email": "u@x"}, {"name": "u", "id": None}
+    )
+    assert created
+    assert isinstance(row["id"], int)

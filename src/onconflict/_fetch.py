@@ -25,6 +25,7 @@ from onconflict._target import (
     resolve_target,
     unique_keys,
     with_fixed,
+    without_numbered,
 )
 from onconflict._upsert import PreparedUpsert, execute_upsert, prepare_upsert
 from onconflict.dialects import native_support
@@ -66,7 +67,7 @@ def prepare_get_or_create(
         raise TypeError(f"defaults must be a mapping, not {type(defaults).__name__}")
     # a class with a polymorphic identity (single-table inheritance): looked up and made as it
     look = with_fixed(fixed_values(table), _columns(tbl, keymap, lookup, "lookup"), "lookup")
-    more = _columns(tbl, keymap, defaults, "defaults")
+    more = without_numbered(tbl, _columns(tbl, keymap, defaults, "defaults"))
     clash = sorted(set(look) & set(more))
     if clash:
         raise ValueError(f"{clash[0]!r} is both in lookup and in defaults")
@@ -189,7 +190,7 @@ def prepare_update_or_create(
         table,
         [{**lookup, **defaults}],
         on=list(fetch.plan.target.columns),
-        update=list(defaults),
+        update=sorted(set(fetch.plan.values) - set(fetch.plan.lookup)),
         where=None,
         skip_unchanged=False,
         duplicates="last",

@@ -184,10 +184,19 @@ def _normalize_row(
     else:
         out = _copied(table, keymap, i, row)
     if numbered is not None and numbered in out and out[numbered] is None:
-        out = {k: v for k, v in out.items() if k != numbered}
+        out = without_numbered(table, out)
         if not out:
             raise ValueError(f"row {i} has no columns but {numbered!r}, given as None")
     return out
+
+
+def without_numbered(table: sa.Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (column keys) without the autoincrement primary key when it is
+    given as None: the database numbers the row."""
+    auto = table.autoincrement_column
+    if auto is None or values.get(auto.key, 0) is not None:
+        return dict(values)
+    return {k: v for k, v in values.items() if k != auto.key}
 
 
 def _copied(table: sa.Table, keymap: Mapping[str, str], i: int, row: Any) -> dict[str, Any]:
