@@ -249,3 +249,42 @@ def test_both_fronts_export_the_same_calls_with_the_same_signatures() -> None:
         assert getattr(onconflict.sync, name) is getattr(onconflict, name), name
     for name in onconflict.sync.__all__:
         assert hasattr(onconflict.sync, name), name
+
+
+def test_postgresql_partitioned_upsert_statements() -> None:
+    """The partitioned-table upsert path: a locking read of the keys in key order
+    and one UPDATE ... FROM (VALUES ...), excluded() being the VALUES column."""
+    from onconflict._upsert import prepare_upsert
+    from onconflict.dialects.postgresql import lock_keys_statement, update_statement
+
+    t = sa.Table(
+        "pt",
+        sa.MetaData(),
+        sa.Column("k", sa.Integer, primary_key=True),
+        sa.Column("v", sa.String(5)),
+        sa.Column("n", sa.Integer),
+        postgresql_partition_by="RANGE (k)",
+    )
+    dialect = postgresql.dialect()
+    rows = [{"k": 1, "v": "a", "n": 1}, {"k": 2, "v": "b", "n": 2}]
+    prepared = prepare_upsert(
+        dialect,
+        t,
+        rows,
+        on=None,
+        update={"v": onconflict.excluded("v"), "n": t.c.n + onconflict.excluded("n")},
+        where=t.c.n < onconflict.excluded("n"),
+        skip_unchanged=False,
+        duplicates="last",
+    )
+    (plan,) = prepared.plans.values()
+    lock = " ".join(str(lock_keys_statement(plan, rows).compile(dialect=dialect)).split())
+    assert lock == (
+        "SELECT pt.k FROM pt WHERE pt.k IN (__[POSTCOMPILE_k_1]) ORDER BY pt.k FOR UPDATE"
+    )
+    update = " ".join(str(update_statement(plan, rows).compile(dialect=dialect)).split())
+    assert update.startswith("UPDATE pt SET v=oc_incoming.v, n=(pt.n + oc_incoming.n) FROM (VALUES")
+    assert update.endswith(
+        "AS oc_incoming (k, n, v) WHERE pt.k = oc_incoming.k AND pt.n < oc_incoming.n"
+        " RETURNING pt.k, pt.v, pt.n"
+    )

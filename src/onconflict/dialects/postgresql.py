@@ -363,13 +363,8 @@ def _insert_new(
 
 
 def _locked_keys(conn: Connection, plan: UpsertPlan, rows: list[Row]) -> set[tuple[Any, ...]]:
-    key = plan.target.key
-    assert key is not None
-    read = select_by_keys(plan, rows, key_only=True)
-    if key.where is not None:
-        read = read.where(key.where)
-    read = read.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
-    return {plan.keys.of(dict(r), plan.match) for r in conn.execute(read).mappings()}
+    found = conn.execute(lock_keys_statement(plan, rows)).mappings()
+    return {plan.keys.of(dict(r), plan.match) for r in found}
 
 
 def _update_existing(conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Row | None]:
@@ -377,6 +372,23 @@ def _update_existing(conn: Connection, plan: UpsertPlan, rows: list[Row]) -> lis
     stored rows, or None where the WHERE left a row alone."""
     if not rows or not plan.set_:
         return [None] * len(rows)
+    returned = [dict(m) for m in conn.execute(update_statement(plan, rows)).mappings()]
+    return align(plan.keys, plan.table, rows, returned, plan.match)
+
+
+def lock_keys_statement(plan: UpsertPlan, rows: list[Row]) -> sa.Select[Any]:
+    """SELECT the keys of ``rows`` that are stored, in key order, FOR UPDATE. Pure."""
+    key = plan.target.key
+    assert key is not None
+    read = select_by_keys(plan, rows, key_only=True)
+    if key.where is not None:
+        read = read.where(key.where)
+    return read.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
+
+
+def update_statement(plan: UpsertPlan, rows: list[Row]) -> sa.Update:
+    """UPDATE t SET ... FROM (VALUES rows) AS oc_incoming WHERE the key matches AND
+    the call's WHERE RETURNING *: ``excluded(col)`` is ``oc_incoming.col``. Pure."""
     t, key = plan.table, plan.target.key
     assert key is not None
     cols = sorted(rows[0])
@@ -393,9 +405,7 @@ def _update_existing(conn: Connection, plan: UpsertPlan, rows: list[Row]) -> lis
     if plan.where is not None:
         cond = sa.and_(cond, substitute(plan.where, t, value))
     set_ = {c: substitute(v, t, value) for c, v in plan.set_.items()}
-    stmt = sa.update(t).values(set_).where(cond).returning(*t.c)
-    returned = [dict(m) for m in conn.execute(stmt).mappings()]
-    return align(plan.keys, t, rows, returned, plan.match)
+    return sa.update(t).values(set_).where(cond).returning(*t.c)
 
 
 class DistributedPostgreSQL(PostgreSQL):
