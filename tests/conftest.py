@@ -187,3 +187,16 @@ class SessionStatements:
         await call
         done = await self.counters() - before - self.idle
         return {k.removeprefix("com_"): v for k, v in done.items() if v}
+
+
+@pytest.fixture
+async def inheritance_tables(aengine: AsyncEngine) -> AsyncIterator[None]:
+    """The single-table and joined-table inheritance tables of tests.schema."""
+    from tests.schema import inheritance_metadata
+
+    async with aengine.begin() as conn:
+        await conn.run_sync(inheritance_metadata.drop_all)
+        await conn.run_sync(inheritance_metadata.create_all)
+    yield
+    async with aengine.begin() as conn:
+        await conn.run_sync(inheritance_metadata.drop_all)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -91,3 +93,52 @@ storm = sa.Table(
     sa.Column("k", sa.String(40), nullable=False, unique=True),
     sa.Column("v", sa.String(40), nullable=True),
 )
+
+
+# Inheritance: single-table (one table, a discriminator) and joined-table (rows
+# span two tables). Own metadata: created by the tests that use them.
+inheritance_metadata = sa.MetaData()
+
+
+class InheritanceBase(DeclarativeBase):
+    metadata = inheritance_metadata
+
+
+class Employee(InheritanceBase):
+    __tablename__ = "oc_employees"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(50), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(20))
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "employee",
+    }
+
+
+class Manager(Employee):
+    budget: Mapped[int | None] = mapped_column(nullable=True)
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
+
+
+class Engineer(Employee):
+    language: Mapped[str | None] = mapped_column(sa.String(20), nullable=True)
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "engineer"}
+
+
+class Vehicle(InheritanceBase):
+    __tablename__ = "oc_vehicles"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plate: Mapped[str] = mapped_column(sa.String(20), unique=True)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__: ClassVar[dict[str, Any]] = {
+        "polymorphic_on": "kind",
+        "polymorphic_identity": "vehicle",
+    }
+
+
+class Car(Vehicle):
+    __tablename__ = "oc_cars"
+    id: Mapped[int] = mapped_column(sa.ForeignKey("oc_vehicles.id"), primary_key=True)
+    seats: Mapped[int] = mapped_column()
+    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "car"}

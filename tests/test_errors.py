@@ -10,10 +10,11 @@ with their real message formats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import onconflict
-from tests.conftest import DEFAULTS, IN_CI, require_server, sync_url
+import onconflict.sync
+from tests.conftest import DEFAULTS, IN_CI, Backend, require_server, sync_url
 
 KINDS = ["duplicate", "pk_duplicate", "not_null", "check", "foreign_key", "too_long"]
 
@@ -701,3 +703,131 @@ def test_cockroachdb_retry_error_is_transient_but_ambiguous_result_is_not() -> N
     assert onconflict.is_transient(retry)
     assert not onconflict.is_transient(unknown)
     assert not onconflict.is_unique_violation(unknown)
+
+
+# -- errors raised while handling a database error are not that error ------------
+
+
+def _table(engine: sa.Engine) -> sa.Table:
+    md = sa.MetaData()
+    t = sa.Table(
+        "oc_ctx",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("email", sa.String(20), unique=True),
+    )
+    md.drop_all(engine)
+    md.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(t.insert(), [{"id": 1, "email": "a"}, {"id": 2, "email": "b"}])
+    return t
+
+
+@contextlib.contextmanager
+def _lock_holder(backend: Backend, engine: sa.Engine, t: sa.Table) -> Iterator[None]:
+    """Another connection holding what the next write on ``engine`` needs."""
+    if backend.name == "sqlite":
+        holder = sqlite3.connect(engine.url.database or "", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.rollback()
+            holder.close()
+        return
+    with engine.connect() as holder:
+        if backend.name == "mariadb":
+            holder.execute(t.update().where(t.c.id == 1).values(email="c"))  # row lock held
+            yield
+        else:  # PostgreSQL: a row committed after the other side's snapshot
+            yield
+        holder.rollback()
+
+
+def _provoke_transient(backend: Backend, conn: sa.Connection, t: sa.Table) -> None:
+    """Run, on ``conn`` (inside its transaction), a write that fails with a real
+    transient error: SQLite busy, MariaDB lock wait timeout, PostgreSQL
+    serialization failure."""
+    if backend.name == "mariadb":
+        conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = 1"))
+    if backend.name == "postgresql":
+        conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        conn.execute(sa.select(1))
+        with conn.engine.begin() as other:  # (again on a later attempt)
+            other.execute(t.delete().where(t.c.id == 3))
+            other.execute(t.insert().values(id=3, email="z"))
+        stmt: Any = sa.dialects.postgresql.insert(t).values(id=3, email="z")
+        conn.execute(stmt.on_conflict_do_nothing())
+        return
+    conn.execute(t.update().where(t.c.id == 1).values(email="d"))
+
+
+async def test_error_raised_while_handling_a_duplicate_is_not_one(backend: Backend) -> None:
+    """A ValueError raised inside ``except IntegrityError:`` is a bug of the
+    handler, not a duplicate; ``raise ... from`` still says it is."""
+    engine = backend.sync_engine()
+    try:
+        t = _table(engine)
+        with engine.connect() as conn:
+            try:
+                conn.execute(t.insert().values(id=3, email="a"))
+            except sa.exc.IntegrityError as dup:
+                real = dup
+                try:
+                    raise ValueError("bug in the handler")
+                except ValueError as bug:
+                    handler_bug = bug
+                try:
+                    raise onconflict.OnConflictError("wrapped") from dup
+                except onconflict.OnConflictError as wrapped:
+                    caused = wrapped
+        assert onconflict.is_unique_violation(real)
+        assert handler_bug.__context__ is real
+        assert not onconflict.is_unique_violation(handler_bug)
+        assert onconflict.unique_violation(handler_bug) is None
+        assert onconflict.errors.error_code(handler_bug) is None
+        assert onconflict.is_unique_violation(caused)  # an explicit cause is followed
+    finally:
+        engine.dispose()
+
+
+async def test_retrying_does_not_rerun_a_bug_raised_while_handling_a_transient_error(
+    backend: Backend,
+) -> None:
+    connect_args = {"timeout": 0} if backend.name == "sqlite" else {}
+    engine = backend.sync_engine(connect_args=connect_args)
+    try:
+        t = _table(engine)
+        calls: list[BaseException] = []
+
+        def handler(conn: sa.Connection) -> None:
+            with _lock_holder(backend, engine, t):
+                try:
+                    _provoke_transient(backend, conn, t)
+                except sa.exc.DBAPIError as exc:
+                    calls.append(exc)
+                    raise KeyError("bug in the handler")  # noqa: B904
+            raise AssertionError("the write was expected to fail")
+
+        with pytest.raises(KeyError) as info:
+            onconflict.sync.retrying(engine, handler, retry=onconflict.Retry(attempts=3))
+        assert len(calls) == 1  # run once: the KeyError is not transient
+        assert onconflict.is_transient(calls[0])  # the error it was handling is
+        assert info.value.__context__ is calls[0]
+        assert not onconflict.is_transient(info.value)
+
+        def plain(conn: sa.Connection) -> None:  # the same error, re-raised as it is
+            with _lock_holder(backend, engine, t):
+                try:
+                    _provoke_transient(backend, conn, t)
+                except sa.exc.DBAPIError as exc:
+                    calls.append(exc)
+                    raise
+
+        calls.clear()
+        with pytest.raises(sa.exc.DBAPIError):
+            onconflict.sync.retrying(engine, plain, retry=onconflict.Retry(attempts=2, delay=0))
+        assert len(calls) == 2  # a transient error is retried
+        assert all(map(onconflict.is_transient, calls))
+    finally:
+        engine.dispose()

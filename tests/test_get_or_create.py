@@ -332,3 +332,102 @@ async def test_a_vanished_row_is_retried_not_returned_as_none(
     async with aengine.connect() as conn:
         with pytest.raises(onconflict.OnConflictError, match="could not be read 5 times"):
             await onconflict.get_or_create(conn, users, {"email": "w@x"}, {"name": "w"})
+
+
+async def test_engines_with_different_type_settings_do_not_share_statements(
+    backend: Backend,
+) -> None:
+    """Two engines whose dialects process a type differently (json_serializer)
+    get_or_create the same shape: each writes with its own settings (asyncpg's
+    and aiomysql's compiled driver statements are kept per dialect)."""
+    import json
+
+    md = sa.MetaData()
+    docs = sa.Table(
+        "oc_json_docs",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("body", sa.JSON, nullable=False),
+    )
+    one = backend.async_engine(json_serializer=lambda o: json.dumps({"by": "one", "v": o}))
+    two = backend.async_engine(json_serializer=lambda o: json.dumps({"by": "two", "v": o}))
+    try:
+        async with one.begin() as conn:
+            await conn.run_sync(md.drop_all)
+            await conn.run_sync(md.create_all)
+        for engine, key in ((one, 1), (two, 2), (one, 3), (two, 4)):
+            _, created = await onconflict.get_or_create(engine, docs, {"id": key}, {"body": key})
+            assert created
+        async with one.connect() as conn:
+            stored = dict((await conn.execute(sa.select(docs.c.id, docs.c.body))).all())
+        by = {i: v["by"] for i, v in stored.items()}
+        assert by == {1: "one", 2: "two", 3: "one", 4: "two"}
+    finally:
+        async with one.begin() as conn:
+            await conn.run_sync(md.drop_all)
+        await one.dispose()
+        await two.dispose()
+
+
+@pytest.mark.usefixtures("inheritance_tables")
+async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -> None:
+    """Through a subclass: the discriminator is written and looked up, and an
+    AsyncSession gets an instance of the subclass."""
+    from tests.schema import Engineer, Manager
+
+    async with AsyncSession(aengine) as session:
+        made, created = await onconflict.get_or_create(
+            session, Manager, {"email": "m@x"}, {"name": "m", "budget": 3}
+        )
+        assert created
+        assert type(made) is Manager
+        assert (made.kind, made.budget) == ("manager", 3)
+        await session.commit()
+    async with AsyncSession(aengine) as session:
+        got, created = await onconflict.get_or_create(session, Manager, {"email": "m@x"})
+        assert not created
+        assert type(got) is Manager
+        assert got.name == "m"
+    row, created = await onconflict.get_or_create(
+        aengine, Engineer, {"email": "e@x"}, {"name": "e"}
+    )
+    assert created
+    assert row["kind"] == "engineer"
+    row, created = onconflict.sync.get_or_create(sengine, Engineer, {"email": "e@x"})
+    assert not created
+    assert row["kind"] == "engineer"
+    # the key exists as another class: not taken for this one
+    with pytest.raises(onconflict.LookupMismatchError, match="kind"):
+        await onconflict.get_or_create(aengine, Engineer, {"email": "m@x"}, {"name": "x"})
+    row, created = await onconflict.update_or_create(
+        aengine, Manager, {"email": "m@x"}, {"name": "m", "budget": 9}
+    )
+    assert not created
+    assert (row["kind"], row["budget"]) == ("manager", 9)
+    row, created = await onconflict.update_or_create(
+        aengine, Manager, {"email": "q@x"}, {"name": "q"}
+    )
+    assert created
+    assert row["kind"] == "manager"
+
+
+@pytest.mark.parametrize("front", ["async", "sync"])
+async def test_autoincrement_key_given_as_none_in_defaults_is_numbered(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    async def call(*args: Any) -> tuple[Any, bool]:
+        if front == "async":
+            return await onconflict.get_or_create(aengine, *args)
+        return onconflict.sync.get_or_create(sengine, *args)
+
+    row, created = await call(users, {"email": "n@x"}, {"name": "n", "id": None})
+    assert created
+    assert isinstance(row["id"], int)
+    again, created = await call(users, {"email": "n@x"}, {"name": "n", "id": None})
+    assert not created
+    assert again["id"] == row["id"]
+    row, created = await onconflict.update_or_create(
+        aengine, users, {"email": "u@x"}, {"name": "u", "id": None}
+    )
+    assert created
+    assert isinstance(row["id"], int)

@@ -617,3 +617,106 @@ async def test_mariadb_refuses_a_connection_in_autocommit(
         with pytest.raises(onconflict.UnsafeInsertError, match="AUTOCOMMIT"):
             await onconflict.insert_ignore(auto, users, [{"email": "l@x", "name": "toolong"}])
     assert await rows_of(aengine, users) == []
+
+
+# -- an autoincrement primary key given as None: the database numbers the row ------
+
+
+async def test_autoincrement_key_given_as_none_is_numbered(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """As Django and Rails do, on every database alike (PostgreSQL raised NOT
+    NULL, SQLite OutcomeMismatchError, MariaDB inserted)."""
+    given = [
+        {"id": None, "email": "a@x", "name": "a"},
+        {"id": None, "email": "b@x", "name": "b"},
+        {"id": None, "email": "a@x", "name": "dup"},  # repeated in the call
+    ]
+    first = await front.insert_ignore(users, given)
+    assert [r["email"] for r in first.inserted] == ["a@x", "b@x"]
+    assert all(isinstance(r["id"], int) for r in first.inserted)
+    assert first.existing == [given[2]]
+    assert given[0] == {"id": None, "email": "a@x", "name": "a"}  # input rows unchanged
+    again = await front.insert_ignore(
+        users, [{"id": None, "email": "a@x", "name": "a"}, {"email": "c@x", "name": "c"}]
+    )
+    assert again.existing == [{"id": None, "email": "a@x", "name": "a"}]
+    assert [r["email"] for r in again.inserted] == ["c@x"]
+    stored = await rows_of(aengine, users)
+    assert [(r["email"], r["id"]) for r in stored] == [
+        ("a@x", first.inserted[0]["id"]),
+        ("b@x", first.inserted[1]["id"]),
+        ("c@x", again.inserted[0]["id"]),
+    ]
+    # an ORM class: the attribute given as None
+    items = await front.insert_ignore(Item, [{"id": None, "code": "i1"}])
+    assert isinstance(items.inserted[0]["id"], int)
+    assert items.inserted[0]["code"] == "i1"
+
+
+async def test_autoincrement_key_as_none_in_a_session_and_connection(aengine: AsyncEngine) -> None:
+    async with AsyncSession(aengine) as session:
+        result = await onconflict.insert_ignore(
+            session, users, [{"id": None, "email": "s@x", "name": "s"}]
+        )
+        await session.commit()
+    assert isinstance(result.inserted[0]["id"], int)
+    async with aengine.begin() as conn:
+        result = await onconflict.insert_ignore(
+            conn, users, [{"id": None, "email": "s@x", "name": "s"}]
+        )
+    assert result.existing == [{"id": None, "email": "s@x", "name": "s"}]
+
+
+# -- inheritance ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("inheritance_tables")
+async def test_single_table_inheritance_sets_the_discriminator(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    from tests.schema import Employee, Engineer, Manager
+
+    first = await front.insert_ignore(
+        Manager, [{"email": "m@x", "name": "m", "budget": 5}, {"email": "m2@x", "name": "m2"}]
+    )
+    assert [(r["email"], r["kind"]) for r in first.inserted] == [
+        ("m@x", "manager"),
+        ("m2@x", "manager"),
+    ]
+    eng = await front.insert_ignore(Engineer, [{"email": "e@x", "name": "e", "language": "py"}])
+    assert eng.inserted[0]["kind"] == "engineer"
+    again = await front.insert_ignore(Manager, [{"email": "m@x", "name": "other"}])
+    assert again.existing == [{"email": "m@x", "name": "other"}]  # as given
+    base = await front.insert_ignore(Employee, [{"email": "p@x", "name": "p"}])
+    assert base.inserted[0]["kind"] == "employee"
+    async with AsyncSession(aengine) as session:
+        loaded = {e.email: e for e in (await session.scalars(sa.select(Employee))).all()}
+    assert {k: type(v).__name__ for k, v in loaded.items()} == {
+        "m@x": "Manager",
+        "m2@x": "Manager",
+        "e@x": "Engineer",
+        "p@x": "Employee",
+    }
+    with pytest.raises(ValueError, match="polymorphic identity"):
+        await front.insert_ignore(Manager, [{"email": "x@x", "name": "x", "kind": "engineer"}])
+
+
+@pytest.mark.usefixtures("inheritance_tables")
+async def test_joined_table_inheritance_is_refused_before_sql(
+    aengine: AsyncEngine, sengine: Engine, statements: list[str]
+) -> None:
+    from tests.schema import Car
+
+    rows = [{"plate": "AB-1", "seats": 4}]
+    with pytest.raises(onconflict.NotSupportedError, match="joined-table inheritance"):
+        await onconflict.insert_ignore(aengine, Car, rows)
+    with pytest.raises(onconflict.NotSupportedError, match="'oc_vehicles', 'oc_cars'"):
+        await onconflict.upsert(aengine, Car, rows)
+    with pytest.raises(onconflict.NotSupportedError, match="joined-table inheritance"):
+        await onconflict.get_or_create(aengine, Car, {"plate": "AB-1"}, {"seats": 4})
+    with pytest.raises(onconflict.NotSupportedError, match="joined-table inheritance"):
+        await onconflict.update_or_create(aengine, Car, {"plate": "AB-1"}, {"seats": 4})
+    with pytest.raises(onconflict.NotSupportedError, match="joined-table inheritance"):
+        onconflict.sync.insert_ignore(sengine, Car, rows)
+    assert statements == []

@@ -212,3 +212,39 @@ def test_4_replicas_seed_a_fresh_database_with_the_cli_at_once(
     finally:
         app_metadata.drop_all(engine)
         engine.dispose()
+
+
+async def test_autoincrement_key_given_as_none_is_numbered(aengine: AsyncEngine) -> None:
+    rows = [{"id": None, **u} for u in USERS]
+    data = {roles: ROLES, users: rows}
+    first = await onconflict.seed(aengine, data)
+    assert first.total("inserted") == 4
+    again = await onconflict.seed(aengine, data, mode="upsert")
+    assert (again.total("inserted"), again.total("existing")) == (0, 4)
+    verified = await onconflict.seed(aengine, data, mode="verify")
+    assert not verified.drift
+
+
+async def test_single_table_inheritance(aengine: AsyncEngine, inheritance_tables: None) -> None:
+    """Two classes of one single-table hierarchy in one seed: each row gets its
+    class's discriminator."""
+    from tests.schema import Employee, Engineer, Manager
+
+    data = {
+        Manager: [{"email": "m@x", "name": "m", "budget": 1}],
+        Engineer: [{"email": "e@x", "name": "e", "language": "py"}],
+    }
+    first = await onconflict.seed(aengine, data)
+    assert first.total("inserted") == 2
+    assert [r["kind"] for t in first.tables for r in t.inserted] in (
+        ["manager", "engineer"],
+        ["engineer", "manager"],
+    )
+    again = await onconflict.seed(aengine, data, mode="upsert")
+    assert (again.total("inserted"), again.total("existing")) == (0, 2)
+    assert not (await onconflict.seed(aengine, data, mode="verify")).drift
+    async with aengine.connect() as conn:
+        kinds = dict((await conn.execute(sa.select(Employee.email, Employee.kind))).all())
+    assert kinds == {"m@x": "manager", "e@x": "engineer"}
+    with pytest.raises(ValueError, match="given twice"):
+        await onconflict.seed(aengine, {Manager: [], Employee.__table__: []})

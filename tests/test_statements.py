@@ -201,3 +201,90 @@ def test_distributed_postgresql_dialects(dialect: Dialect) -> None:
     with support.seed_lock(None, "seed", 1.0):  # type: ignore[arg-type]  # no I/O: no lock
         pass
     assert support.write_bulk(None, users, prepared.target, ("email",), []) is None  # type: ignore[arg-type]
+
+
+# -- the two fronts --------------------------------------------------------------
+
+FRONT_SPECIFIC = {"conn", "engine", "fn"}  # handle types (and retrying's fn) differ by front
+
+
+def test_both_fronts_export_the_same_calls_with_the_same_signatures() -> None:
+    """onconflict (async) and onconflict.sync: the same call names, each with the
+    same parameters (names, kinds, defaults, annotations but the handle's), and
+    the same typing overloads."""
+    import inspect
+    import typing
+
+    import onconflict.sync
+
+    calls = sorted(
+        n for n in onconflict.__all__ if inspect.iscoroutinefunction(getattr(onconflict, n))
+    )
+    assert calls == [
+        "get_or_create",
+        "insert_ignore",
+        "retrying",
+        "seed",
+        "update_or_create",
+        "upsert",
+    ]
+    sync_calls = sorted(
+        n for n in onconflict.sync.__all__ if inspect.isfunction(getattr(onconflict.sync, n))
+    )
+    assert set(calls) <= set(sync_calls), set(calls) - set(sync_calls)
+    for name in calls:
+        a, s = getattr(onconflict, name), getattr(onconflict.sync, name)
+        assert not inspect.iscoroutinefunction(s), name
+        pa = list(inspect.signature(a).parameters.values())
+        ps = list(inspect.signature(s).parameters.values())
+        assert [(p.name, p.kind, p.default) for p in pa] == [
+            (p.name, p.kind, p.default) for p in ps
+        ], name
+        for x, y in zip(pa, ps, strict=True):
+            if x.name not in FRONT_SPECIFIC:
+                assert x.annotation == y.annotation, (name, x.name)
+        assert len(typing.get_overloads(a)) == len(typing.get_overloads(s)), name
+    # what both export besides the calls is the same object
+    for name in set(onconflict.sync.__all__) - set(sync_calls):
+        assert getattr(onconflict.sync, name) is getattr(onconflict, name), name
+    for name in onconflict.sync.__all__:
+        assert hasattr(onconflict.sync, name), name
+
+
+def test_postgresql_partitioned_upsert_statements() -> None:
+    """The partitioned-table upsert path: a locking read of the keys in key order
+    and one UPDATE ... FROM (VALUES ...), excluded() being the VALUES column."""
+    from onconflict._upsert import prepare_upsert
+    from onconflict.dialects.postgresql import lock_keys_statement, update_statement
+
+    t = sa.Table(
+        "pt",
+        sa.MetaData(),
+        sa.Column("k", sa.Integer, primary_key=True),
+        sa.Column("v", sa.String(5)),
+        sa.Column("n", sa.Integer),
+        postgresql_partition_by="RANGE (k)",
+    )
+    dialect = postgresql.dialect()
+    rows = [{"k": 1, "v": "a", "n": 1}, {"k": 2, "v": "b", "n": 2}]
+    prepared = prepare_upsert(
+        dialect,
+        t,
+        rows,
+        on=None,
+        update={"v": onconflict.excluded("v"), "n": t.c.n + onconflict.excluded("n")},
+        where=t.c.n < onconflict.excluded("n"),
+        skip_unchanged=False,
+        duplicates="last",
+    )
+    (plan,) = prepared.plans.values()
+    lock = " ".join(str(lock_keys_statement(plan, rows).compile(dialect=dialect)).split())
+    assert lock == (
+        "SELECT pt.k FROM pt WHERE pt.k IN (__[POSTCOMPILE_k_1]) ORDER BY pt.k FOR UPDATE"
+    )
+    update = " ".join(str(update_statement(plan, rows).compile(dialect=dialect)).split())
+    assert update.startswith("UPDATE pt SET v=oc_incoming.v, n=(pt.n + oc_incoming.n) FROM (VALUES")
+    assert update.endswith(
+        "AS oc_incoming (k, n, v) WHERE pt.k = oc_incoming.k AND pt.n < oc_incoming.n"
+        " RETURNING pt.k, pt.v, pt.n"
+    )

@@ -34,6 +34,7 @@ from onconflict._target import (
     ConflictTarget,
     OnTarget,
     UniqueKey,
+    fixed_values,
     normalize_rows,
     reachable_keys,
     resolve_table,
@@ -172,7 +173,7 @@ def read_rows(
     the conflict target; None for no rows. Pure: what every write call starts with."""
     tbl, keymap, outmap = resolve_table(table)
     given = list(rows)
-    data = normalize_rows(tbl, keymap, given)
+    data = normalize_rows(tbl, keymap, given, fixed_values(table))
     if not data:
         return None
     target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))

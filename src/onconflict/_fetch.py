@@ -20,9 +20,12 @@ from onconflict._target import (
     ConflictTarget,
     OnTarget,
     UniqueKey,
+    fixed_values,
     resolve_table,
     resolve_target,
     unique_keys,
+    with_fixed,
+    without_numbered,
 )
 from onconflict._upsert import PreparedUpsert, execute_upsert, prepare_upsert
 from onconflict.dialects import native_support
@@ -62,8 +65,9 @@ def prepare_get_or_create(
     defaults = defaults or {}
     if not isinstance(defaults, Mapping):
         raise TypeError(f"defaults must be a mapping, not {type(defaults).__name__}")
-    look = _columns(tbl, keymap, lookup, "lookup")
-    more = _columns(tbl, keymap, defaults, "defaults")
+    # a class with a polymorphic identity (single-table inheritance): looked up and made as it
+    look = with_fixed(fixed_values(table), _columns(tbl, keymap, lookup, "lookup"), "lookup")
+    more = without_numbered(tbl, _columns(tbl, keymap, defaults, "defaults"))
     clash = sorted(set(look) & set(more))
     if clash:
         raise ValueError(f"{clash[0]!r} is both in lookup and in defaults")
@@ -164,7 +168,10 @@ def as_instance(session: Session, prepared: PreparedFetch, row: Row) -> Any:
     sa.orm.configure_mappers()  # instrumentation is complete once mappers are configured
     instance = mapper.class_manager.new_instance()
     for name, value in row.items():
-        prop = mapper.get_property_by_column(by_column[name])
+        try:
+            prop = mapper.get_property_by_column(by_column[name])
+        except sa.orm.exc.UnmappedColumnError:  # another subclass's column (single table)
+            continue
         setattr(instance, prop.key, value)
     make_transient_to_detached(instance)
     return session.merge(instance, load=False)
@@ -184,7 +191,7 @@ def prepare_update_or_create(
         table,
         [{**lookup, **defaults}],
         on=on if on is not None else list(fetch.plan.target.columns),
-        update=list(defaults),
+        update=sorted(set(fetch.plan.values) - set(fetch.plan.lookup)),
         where=None,
         skip_unchanged=False,
         duplicates="last",

@@ -26,7 +26,13 @@ from sqlalchemy.engine import Connection
 
 from onconflict._core import execute_insert_ignore, prepare_insert_ignore
 from onconflict._match import Keys, by_key
-from onconflict._target import OnTarget, normalize_rows, resolve_table, resolve_target
+from onconflict._target import (
+    OnTarget,
+    fixed_values,
+    normalize_rows,
+    resolve_table,
+    resolve_target,
+)
 from onconflict._upsert import execute_upsert, prepare_upsert
 from onconflict.dialects import support_for
 
@@ -178,20 +184,38 @@ def _resolve(conn: Connection, plan: SeedPlan) -> list[tuple[Any, list[Mapping[s
         if missing:
             raise ValueError(f"unknown table(s): {', '.join(map(repr, missing))}")
         reflected.reflect(conn, only=names)
-    resolved: dict[sa.Table, tuple[Any, list[Mapping[str, Any]], Any]] = {}
+    # by table and polymorphic identity: the classes of a single-table hierarchy share a table
+    resolved: dict[tuple[sa.Table, Any], tuple[Any, list[Mapping[str, Any]], Any]] = {}
     for given, rows in plan.data:
         source = reflected.tables[given] if isinstance(given, str) else given
-        table, keymap, _ = resolve_table(source)
-        checked = normalize_rows(table, keymap, rows)  # unknown columns: ValueError
-        on = plan.on.get(table.name) if isinstance(plan.on, Mapping) else plan.on
-        if checked:  # a conflict target that cannot be resolved fails here, not midway
-            target = resolve_target(table, on, set(checked[0]).intersection(*checked[1:]))
-            support_for(conn.dialect).check_target(table, target)
-        if table in resolved:
-            raise ValueError(f"table {table.name!r} is given twice")
-        resolved[table] = (source, rows, on)
-    order = sa.schema.sort_tables(list(resolved))
-    return [resolved[t] for t in order]
+        key, on = _check(conn, source, rows, plan)
+        if _given_twice(resolved, key):
+            raise ValueError(f"table {key[0].name!r} is given twice")
+        resolved[key] = (source, rows, on)
+    order = sa.schema.sort_tables(list({t: None for t, _ in resolved}))
+    return [entry for t in order for (k, _), entry in resolved.items() if k is t]
+
+
+def _check(
+    conn: Connection, source: Any, rows: list[Mapping[str, Any]], plan: SeedPlan
+) -> tuple[Any, Any]:
+    """The (table, polymorphic identity) key and conflict target of one entry;
+    unknown columns and targets that cannot be resolved raise here, not midway."""
+    table, keymap, _ = resolve_table(source)
+    fixed = fixed_values(source)
+    checked = normalize_rows(table, keymap, rows, fixed)
+    on = plan.on.get(table.name) if isinstance(plan.on, Mapping) else plan.on
+    if checked:
+        target = resolve_target(table, on, set(checked[0]).intersection(*checked[1:]))
+        support_for(conn.dialect).check_target(table, target)
+    return (table, tuple(sorted(fixed.items()))), on
+
+
+def _given_twice(resolved: Mapping[tuple[sa.Table, Any], Any], key: tuple[Any, Any]) -> bool:
+    """The same table again, unless both are classes with their own polymorphic identity."""
+    table, identity = key
+    same = [k for k in resolved if k[0] is table]
+    return bool(same) and (not identity or key in resolved or any(not i for _, i in same))
 
 
 def _write(
@@ -258,7 +282,7 @@ def _compare(
 ) -> None:
     """verify and dry runs: read the stored rows by key and compare."""
     tbl, keymap, outmap = resolve_table(table)
-    data = normalize_rows(tbl, keymap, rows)
+    data = normalize_rows(tbl, keymap, rows, fixed_values(table))
     if not data:
         return
     target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))

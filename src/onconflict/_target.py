@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -10,6 +11,8 @@ from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
+
+from onconflict.exceptions import NotSupportedError
 
 
 class _AnyKey(enum.Enum):
@@ -80,6 +83,7 @@ def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str], dict[str, str]]
     local = getattr(mapper, "local_table", None)
     if not isinstance(local, sa.Table):
         raise TypeError(f"table must be a sqlalchemy.Table or a mapped ORM class, not {table!r}")
+    _check_one_table(mapper, local)
     keys = {c.key: c.key for c in local.c}
     out = dict(keys)
     for attr, col in mapper.columns.items():
@@ -89,39 +93,122 @@ def resolve_table(table: Any) -> tuple[sa.Table, dict[str, str], dict[str, str]]
     return local, keys, out
 
 
+def _check_one_table(mapper: Any, local: sa.Table) -> None:
+    """Refuse a class whose rows span tables (joined-table inheritance)."""
+    parent = mapper.inherits
+    if parent is None or mapper.single or mapper.concrete:
+        return
+    tables = [m.local_table for m in mapper.iterate_to_root()]
+    names = ", ".join(repr(t.name) for t in reversed(tables) if isinstance(t, sa.Table))
+    raise NotSupportedError(
+        f"{mapper.class_.__name__} is mapped with joined-table inheritance: each of its"
+        f" rows spans the tables {names}, and onconflict writes one table per statement."
+        f" Write each table with its own call (pass the Table objects: parent table"
+        f" first, then {local.name!r} with the parent's key), or map the class with"
+        " single-table inheritance."
+    )
+
+
+def fixed_values(table: Any) -> dict[str, Any]:
+    """Column key -> value that every row written through ``table`` gets, as the
+    ORM would set it: the discriminator (``polymorphic_on``) of a mapped class
+    with a ``polymorphic_identity`` (single-table inheritance). Empty for a Table."""
+    if isinstance(table, sa.Table):
+        return {}
+    mapper: Any = sa.inspect(table, raiseerr=False)
+    on = getattr(mapper, "polymorphic_on", None)
+    identity = getattr(mapper, "polymorphic_identity", None)
+    local = getattr(mapper, "local_table", None)
+    if identity is None or not isinstance(on, sa.Column) or local is None:
+        return {}
+    if on.table is not local:  # a labelled or expression discriminator: nothing to set
+        return {}
+    return {on.key: identity}
+
+
+def with_fixed(fixed: Mapping[str, Any], values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``values`` (column keys) with the ``fixed`` ones added; ValueError if it
+    gives another value for one of them."""
+    for key, value in fixed.items():
+        if key in values and values[key] != value:
+            raise ValueError(
+                f"{what}: {key}={values[key]!r}, but rows written through this class have"
+                f" {key}={value!r} (its polymorphic identity)"
+            )
+    return {**values, **fixed}
+
+
 def normalize_rows(
-    table: sa.Table, keymap: Mapping[str, str], rows: Iterable[Mapping[str, Any]]
+    table: sa.Table,
+    keymap: Mapping[str, str],
+    rows: Iterable[Mapping[str, Any]],
+    fixed: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows with column keys, rejecting anything that is not a column.
 
+    An autoincrement primary key given as ``None`` is left out, so that the
+    database numbers the row (as Django and Rails do) on every database alike.
+    ``fixed`` (see :func:`fixed_values`) is added to every row; a row giving
+    another value for one of its columns is refused.
     A plain dict whose keys already are column keys is used as it is (onconflict
     never changes input rows); anything else is copied.
     """
-    out: list[dict[str, Any]] = []
     valid = keymap.keys()
     identity = all(k == v for k, v in keymap.items())
     rows = rows if isinstance(rows, list) else list(rows)
+    auto = table.autoincrement_column
+    numbered = None if auto is None else auto.key  # None for it: the database numbers it
     if (
-        identity
+        not fixed
+        and identity
         and set(map(type, rows)) == {dict}
         and all(map(valid.__ge__, map(dict.keys, rows)))
         and all(rows)
+        and (numbered is None or None not in map(operator.methodcaller("get", numbered, 0), rows))
     ):
         return list(rows)  # plain dicts of column keys (the usual case), checked in C
-    for i, row in enumerate(rows):
-        if type(row) is dict and identity and row and row.keys() <= valid:
-            out.append(row)
-            continue
-        if not isinstance(row, Mapping):
-            raise TypeError(f"row {i} is {type(row).__name__}, expected a mapping")
-        if not row:
-            raise ValueError(f"row {i} has no columns")
-        unknown = [k for k in row if k not in keymap]
-        if unknown:
-            names = ", ".join(repr(k) for k in unknown)
-            raise ValueError(f"row {i}: {names} not a column of table {table.name!r}")
-        out.append({keymap[k]: v for k, v in row.items()})
+    out = [_normalize_row(table, keymap, identity, numbered, i, row) for i, row in enumerate(rows)]
+    return [with_fixed(fixed, row, f"row {i}") for i, row in enumerate(out)] if fixed else out
+
+
+def _normalize_row(
+    table: sa.Table,
+    keymap: Mapping[str, str],
+    identity: bool,
+    numbered: str | None,
+    i: int,
+    row: Any,
+) -> dict[str, Any]:
+    if type(row) is dict and identity and row and row.keys() <= keymap.keys():
+        out: dict[str, Any] = row
+    else:
+        out = _copied(table, keymap, i, row)
+    if numbered is not None and numbered in out and out[numbered] is None:
+        out = without_numbered(table, out)
+        if not out:
+            raise ValueError(f"row {i} has no columns but {numbered!r}, given as None")
     return out
+
+
+def without_numbered(table: sa.Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (column keys) without the autoincrement primary key when it is
+    given as None: the database numbers the row."""
+    auto = table.autoincrement_column
+    if auto is None or values.get(auto.key, 0) is not None:
+        return dict(values)
+    return {k: v for k, v in values.items() if k != auto.key}
+
+
+def _copied(table: sa.Table, keymap: Mapping[str, str], i: int, row: Any) -> dict[str, Any]:
+    if not isinstance(row, Mapping):
+        raise TypeError(f"row {i} is {type(row).__name__}, expected a mapping")
+    if not row:
+        raise ValueError(f"row {i} has no columns")
+    unknown = [k for k in row if k not in keymap]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise ValueError(f"row {i}: {names} not a column of table {table.name!r}")
+    return {keymap[k]: v for k, v in row.items()}
 
 
 def unique_keys(table: sa.Table) -> list[UniqueKey]:

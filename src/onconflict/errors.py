@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
+    "KEY_READERS",
     "READERS",
     "TRANSIENT_CODES",
     "UNIQUE_CODES",
@@ -231,7 +232,10 @@ def _reader(
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, what SQLAlchemy wrapped (``.orig``), causes and contexts."""
+    """The exception, what SQLAlchemy wrapped (``.orig``) and explicit causes
+    (``raise ... from``). Never ``__context__``: an exception raised while
+    another was being handled (a ``ValueError`` in an ``except IntegrityError``
+    block, a ``KeyError`` while handling "database is locked") is not that error."""
     seen: set[int] = set()
     queue: list[BaseException] = [exc]
     while queue:
@@ -240,7 +244,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        for nxt in (getattr(current, "orig", None), current.__cause__, current.__context__):
+        for nxt in (getattr(current, "orig", None), current.__cause__):
             if isinstance(nxt, BaseException):
                 queue.append(nxt)
 
@@ -302,38 +306,65 @@ def _columns(text: str | None) -> tuple[str, ...]:
     return ()  # expressions: no plain column names to give
 
 
+Described = tuple[str | None, str | None, tuple[str, ...]]  # constraint, table, columns
+
+
+def _pg_key(err: DriverError) -> Described:
+    key = _PG_KEY.search(err.detail or "") or _PG_KEY.search(err.message)
+    columns = _columns(key.group("cols")) if key else ()
+    constraint = err.constraint
+    if constraint is None and (m := _PG_CONSTRAINT.search(err.message)):
+        constraint = m.group("name")
+    return constraint, err.table, columns
+
+
+def _mysql_key(err: DriverError) -> Described:
+    if m := _MYSQL_KEY.search(err.message):
+        return m.group("name"), m.group("table") or err.table, ()
+    if m := _MYSQL_TABLE.search(err.message):
+        return err.constraint, m.group("table"), ()
+    return err.constraint, err.table, ()
+
+
+def _sqlite_key(err: DriverError) -> Described:
+    if m := _SQLITE_INDEX.search(err.message):
+        return m.group("name"), err.table, ()
+    if m := _SQLITE_COLS.search(err.message):
+        qualified = [c.strip() for c in m.group("cols").split(",")]
+        table = qualified[0].rpartition(".")[0] or None
+        return err.constraint, table, tuple(c.rpartition(".")[2] for c in qualified)
+    return err.constraint, err.table, ()
+
+
+def _oracle_key(err: DriverError) -> Described:
+    if m := _ORACLE.search(err.message):
+        return m.group("name"), m.group("table"), _columns(m.group("cols"))
+    return err.constraint, err.table, ()
+
+
+def _mssql_key(err: DriverError) -> Described:
+    m = _MSSQL_CONSTRAINT.search(err.message) or _MSSQL_INDEX.search(err.message)
+    found = _MSSQL_OBJECT.search(err.message)
+    return (m.group("name") if m else None), (found.group("table") if found else err.table), ()
+
+
+KEY_READERS: dict[str, Callable[[DriverError], Described]] = {
+    "postgresql": _pg_key,
+    "mysql": _mysql_key,
+    "sqlite": _sqlite_key,
+    "oracle": _oracle_key,
+    "mssql": _mssql_key,
+}
+"""Database family -> how its duplicate-key message names the key."""
+
+
 def _describe(err: DriverError) -> UniqueViolation:
-    constraint, table = err.constraint, err.table
-    columns: tuple[str, ...] = ()
-    msg = err.message
-    if err.family == "postgresql":
-        key = _PG_KEY.search(err.detail or "") or _PG_KEY.search(msg)
-        columns = _columns(key.group("cols")) if key else ()
-        if constraint is None and (m := _PG_CONSTRAINT.search(msg)):
-            constraint = m.group("name")
-    elif err.family == "mysql":
-        if m := _MYSQL_KEY.search(msg):
-            constraint, table = m.group("name"), m.group("table") or table
-        elif m := _MYSQL_TABLE.search(msg):
-            table = m.group("table")
-    elif err.family == "sqlite":
-        if m := _SQLITE_INDEX.search(msg):
-            constraint = m.group("name")
-        elif m := _SQLITE_COLS.search(msg):
-            qualified = [c.strip() for c in m.group("cols").split(",")]
-            table = qualified[0].rpartition(".")[0] or None
-            columns = tuple(c.rpartition(".")[2] for c in qualified)
-    elif err.family == "oracle":
-        if m := _ORACLE.search(msg):
-            constraint, table = m.group("name"), m.group("table")
-            columns = _columns(m.group("cols"))
-    elif err.family == "mssql":
-        m = _MSSQL_CONSTRAINT.search(msg) or _MSSQL_INDEX.search(msg)
-        constraint = m.group("name") if m else None
-        if t := _MSSQL_OBJECT.search(msg):
-            table = t.group("table")
+    read = KEY_READERS.get(err.family)
+    constraint, table, columns = read(err) if read is not None else (err.constraint, err.table, ())
     assert err.code is not None
-    return UniqueViolation(err.code, err.driver, err.family, constraint, table, columns, msg)
+    return UniqueViolation(
+        err.code, err.driver, err.family, constraint, table, columns, err.message
+    )
 
 
 # -- the public questions ------------------------------------------------------

@@ -54,6 +54,7 @@ __all__ = [
     "Retry",
     "UpsertResult",
     "excluded",
+    "get_or_create",
     "insert_ignore",
     "is_transient",
     "is_unique_violation",

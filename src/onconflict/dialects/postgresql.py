@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import operator
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -20,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
+from onconflict._expr import excluded_names, substitute
 from onconflict._gc import paused
-from onconflict._match import Keys, by_key, expression_key, returning_columns
+from onconflict._match import Keys, align, by_key, expression_key, returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     INSERTED,
@@ -37,12 +39,14 @@ from onconflict.dialects.base import (
     do_update,
     lookup_condition,
     plain_engine,
+    select_by_keys,
     upsert_reading_keys_first,
 )
 from onconflict.errors import error_code
-from onconflict.exceptions import SeedLockTimeout
+from onconflict.exceptions import NotSupportedError, OnConflictError, SeedLockTimeout
 
 CREATED = "onconflict_created_"
+LOCK_ATTEMPTS = 5  # partitioned upsert: rows committed by others between the read and the insert
 COPY_THRESHOLD = 20_000  # rows in one call's group; measured: benchmarks/bulk.py
 
 
@@ -81,6 +85,13 @@ class PostgreSQL(DialectSupport):
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return do_nothing(pg.insert(table), table, target, returning)
 
+    def __init__(self) -> None:
+        super().__init__()
+        # per engine: quoted table name -> partitioned (pg_class.relkind = 'p')
+        self._partitioned: weakref.WeakKeyDictionary[Engine, dict[str, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
+
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         # xmax is 0 on a row version this statement inserted, and set (to the
         # locking transaction) on one it updated: the per-row outcome, exactly.
@@ -88,6 +99,25 @@ class PostgreSQL(DialectSupport):
         plan.statement = do_update(pg.insert(plan.table), plan).returning(
             *returning_columns(plan.table, plan.target), was_inserted
         )
+        # a partitioned table has no xmax to return: there, the duplicate-only insert
+        plan.extra["insert_new"] = do_nothing(pg.insert(plan.table), plan.table, plan.target, True)
+
+    def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
+        if self.partitioned(conn, plan.table):
+            return upsert_partitioned(conn, plan, rows)
+        return super().write_upsert(conn, plan, rows)
+
+    def partitioned(self, conn: Connection, table: sa.Table) -> bool:
+        """Whether ``table`` is a partitioned table: declared so in the metadata
+        (``postgresql_partition_by``), or else as the catalog says, read once
+        per engine and table (a table reflected or created by migrations)."""
+        if table.dialect_options["postgresql"].get("partition_by"):
+            return True
+        known = self._partitioned.setdefault(conn.engine, {})
+        name = conn.dialect.identifier_preparer.format_table(table)
+        if name not in known:
+            known[name] = conn.execute(_relkind(name)).scalar() == "p"
+        return known[name]
 
     def key_identity(
         self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
@@ -242,13 +272,151 @@ class PostgreSQL(DialectSupport):
         """
         if not plain_engine(engine, "asyncpg"):
             return None
-        fast: DriverStatement | None = plan.statements.get("asyncpg")
+        # compiled per dialect: two engines may process the same types differently
+        # (json_serializer, say), and the plan's statements are shared by both
+        by_dialect: dict[Any, DriverStatement] = plan.statements.setdefault("asyncpg", {})
+        fast = by_dialect.get(engine.dialect)
         if fast is None:
-            fast = DriverStatement(plan.statements["one"], engine.dialect)
-            plan.statements["asyncpg"] = fast
+            fast = by_dialect[engine.dialect] = DriverStatement(
+                plan.statements["one"], engine.dialect
+            )
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
+
+
+def _relkind(name: str) -> sa.Select[Any]:
+    """The kind of relation named ``name`` (quoted, as SQL would name it)."""
+    pg_class = sa.table("pg_class", sa.column("oid"), sa.column("relkind"))
+    regclass = sa.func.to_regclass(sa.bindparam("oc_name", name, type_=sa.Text))
+    return sa.select(sa.cast(pg_class.c.relkind, sa.Text)).where(pg_class.c.oid == regclass)
+
+
+def upsert_partitioned(conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
+    """upsert where RETURNING cannot tell inserted from updated rows (a
+    partitioned table has no xmax), exact under concurrency:
+
+    1. the stored rows with the rows' keys are read FOR UPDATE (in key order):
+       they exist, and stay, until the transaction ends;
+    2. the others are inserted with ON CONFLICT DO NOTHING RETURNING: what comes
+       back is inserted. A row it skips was committed meanwhile by another
+       transaction: back to 1 for those (now visible, and locked there);
+    3. the existing rows are updated in one UPDATE ... FROM (VALUES ...) with the
+       call's SET and WHERE: what comes back is updated, the rest unchanged.
+    """
+    check_partitioned(plan, rows)
+    inserted, existing = _insert_or_lock(conn, plan, rows)
+    done = _update_existing(conn, plan, [rows[i] for i in existing])
+    updated = dict(zip(existing, done, strict=True))
+    out: list[Outcome] = []
+    for i in range(len(rows)):
+        if i in inserted:
+            out.append(("inserted", inserted[i]))
+        elif updated.get(i) is not None:
+            out.append(("updated", updated[i]))
+        else:
+            out.append(("unchanged", None))
+    return out
+
+
+def _insert_or_lock(
+    conn: Connection, plan: UpsertPlan, rows: list[Row]
+) -> tuple[dict[int, Row], list[int]]:
+    """Steps 1 and 2: the rows inserted (by position) and the positions of the
+    rows that exist, locked."""
+    keys = [plan.keys.of(r, plan.match) for r in rows]
+    inserted: dict[int, Row] = {}
+    existing: list[int] = []
+    pending = list(range(len(rows)))
+    for _ in range(LOCK_ATTEMPTS):
+        found = _locked_keys(conn, plan, [rows[i] for i in pending])
+        existing += [i for i in pending if keys[i] in found]
+        new = [i for i in pending if keys[i] not in found]
+        inserted.update(_insert_new(conn, plan, rows, new))
+        pending = [i for i in new if i not in inserted]
+        if not pending:
+            return inserted, existing
+    raise OnConflictError(
+        f"upsert into {plan.table.name!r}: rows kept conflicting on insert but could not"
+        f" be read {LOCK_ATTEMPTS} times in a row (deleted as fast as they are created?)"
+    )
+
+
+def check_partitioned(plan: UpsertPlan, rows: list[Row]) -> None:
+    """What the partitioned path needs, refused before it writes anything."""
+    carried = set(rows[0]) if rows else set()
+    if not plan.target.columns or plan.match != plan.target.columns:
+        raise NotSupportedError(
+            f"upsert into the partitioned table {plan.table.name!r} needs rows that carry"
+            " every column of the conflict target (pass on=... naming a unique key the rows"
+            " carry)"
+        )
+    missing = sorted(n for v in (*plan.set_.values(), plan.where) for n in excluded_names(v))
+    missing = [n for n in missing if n not in carried]
+    if missing:
+        raise NotSupportedError(
+            f"upsert into the partitioned table {plan.table.name!r}: excluded({missing[0]!r})"
+            " names a column the rows do not carry; give it in every row, or use"
+            f" {plan.table.name}.c.{missing[0]} (the stored value)"
+        )
+
+
+def _insert_new(
+    conn: Connection, plan: UpsertPlan, rows: list[Row], new: list[int]
+) -> list[tuple[int, Row]]:
+    """Insert the rows at positions ``new``, skipping duplicates: (position, stored row)."""
+    if not new:
+        return []
+    batch = [rows[i] for i in new]
+    returned = [dict(m) for m in conn.execute(plan.extra["insert_new"], batch).mappings()]
+    aligned = align(plan.keys, plan.table, batch, returned, plan.match)
+    return [(i, r) for i, r in zip(new, aligned, strict=True) if r is not None]
+
+
+def _locked_keys(conn: Connection, plan: UpsertPlan, rows: list[Row]) -> set[tuple[Any, ...]]:
+    found = conn.execute(lock_keys_statement(plan, rows)).mappings()
+    return {plan.keys.of(dict(r), plan.match) for r in found}
+
+
+def _update_existing(conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Row | None]:
+    """The existing rows brought to the call's SET (where its WHERE holds): the
+    stored rows, or None where the WHERE left a row alone."""
+    if not rows or not plan.set_:
+        return [None] * len(rows)
+    returned = [dict(m) for m in conn.execute(update_statement(plan, rows)).mappings()]
+    return align(plan.keys, plan.table, rows, returned, plan.match)
+
+
+def lock_keys_statement(plan: UpsertPlan, rows: list[Row]) -> sa.Select[Any]:
+    """SELECT the keys of ``rows`` that are stored, in key order, FOR UPDATE. Pure."""
+    key = plan.target.key
+    assert key is not None
+    read = select_by_keys(plan, rows, key_only=True)
+    if key.where is not None:
+        read = read.where(key.where)
+    return read.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
+
+
+def update_statement(plan: UpsertPlan, rows: list[Row]) -> sa.Update:
+    """UPDATE t SET ... FROM (VALUES rows) AS oc_incoming WHERE the key matches AND
+    the call's WHERE RETURNING *: ``excluded(col)`` is ``oc_incoming.col``. Pure."""
+    t, key = plan.table, plan.target.key
+    assert key is not None
+    cols = sorted(rows[0])
+    incoming = sa.values(*(sa.column(c, t.c[c].type) for c in cols), name="oc_incoming").data(
+        [tuple(r[c] for c in cols) for r in rows]
+    )
+
+    def value(c: sa.Column[Any]) -> Any:
+        return incoming.c[c.key]
+
+    cond = sa.and_(*(t.c[c] == incoming.c[c] for c in plan.match))
+    if key.where is not None:
+        cond = sa.and_(cond, key.where)
+    if plan.where is not None:
+        cond = sa.and_(cond, substitute(plan.where, t, value))
+    set_ = {c: substitute(v, t, value) for c, v in plan.set_.items()}
+    return sa.update(t).values(set_).where(cond).returning(*t.c)
 
 
 class DistributedPostgreSQL(PostgreSQL):
