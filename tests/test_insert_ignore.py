@@ -617,3 +617,42 @@ async def test_mariadb_refuses_a_connection_in_autocommit(
         with pytest.raises(onconflict.UnsafeInsertError, match="AUTOCOMMIT"):
             await onconflict.insert_ignore(auto, users, [{"email": "l@x", "name": "toolong"}])
     assert await rows_of(aengine, users) == []
+
+
+# -- conflict targets no unique key covers -------------------------------------
+
+
+@pytest.mark.parametrize("on", ["name", ["name"], ["email", "name"], [users.c.note]])
+async def test_a_target_no_unique_key_covers_is_refused_before_sql(
+    front: Front, aengine: AsyncEngine, statements: list[str], on: Any
+) -> None:
+    """MariaDB (no conflict target) stored the first of two rows sharing a
+    non-unique value and reported the other as existing; PostgreSQL and SQLite
+    refused only after sending the statement."""
+    rows = [{"email": "a@x", "name": "same"}, {"email": "b@x", "name": "same"}]
+    with pytest.raises(
+        ValueError, match=r"no primary key, unique constraint or unique index"
+    ) as info:
+        await front.insert_ignore(users, rows, on=on)
+    assert "uq_users_email (email)" in str(info.value)  # the unique keys it could use
+    assert not [s for s in statements if "oc_users" in s]
+    assert await rows_of(aengine, users) == []
+
+
+async def test_a_column_whose_only_unique_index_is_partial(
+    front: Front, aengine: AsyncEngine, backend: Backend
+) -> None:
+    if backend.name == "mariadb":
+        pytest.skip("MariaDB has no partial indexes")
+    rows = [
+        {"email": "a@x", "active": True},
+        {"email": "a@x", "active": False},
+        {"email": "a@x", "active": True},
+    ]
+    result = await front.insert_ignore(subscriptions, rows, on="email")
+    assert [r["active"] for r in result.inserted] == [True, False]
+    assert result.existing == [rows[2]]
+    target = onconflict._target.resolve_target(subscriptions, ["email"], {"email", "active"})
+    assert target.key is not None
+    assert target.key.name == "uq_subscriptions_active_email"
+    assert target.key.where is not None
