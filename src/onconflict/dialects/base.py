@@ -388,6 +388,8 @@ def upsert_reading_keys_first(
     exist are read first, then the upsert runs. Exact only if no other writer can
     insert one of the keys in between: the caller holds the write lock (SQLite)
     or the transaction is serializable, reading with ``for_update``."""
+    if _partial_by_primary_key(plan, rows):
+        return _upsert_partial(conn, plan, rows, for_update)
     keyed = bool(plan.target.columns) and plan.match == plan.target.columns
     before: set[tuple[Any, ...]] = set()
     if keyed:
@@ -405,6 +407,53 @@ def upsert_reading_keys_first(
         else:
             out.append(("inserted", stored))
     return out
+
+
+def _partial_by_primary_key(plan: UpsertPlan, rows: list[Row]) -> bool:
+    """A partial unique index as the target (rows are paired by all their
+    columns, not its key), on a table with a primary key, rows carrying the
+    index's columns: outcomes then come from the primary keys stored before."""
+    key = plan.target.key
+    return (
+        key is not None
+        and key.where is not None
+        and bool(key.columns)
+        and bool(plan.table.primary_key.columns)
+        and set(key.columns) <= set(rows[0])
+    )
+
+
+def _upsert_partial(
+    conn: Connection, plan: UpsertPlan, rows: list[Row], for_update: bool
+) -> list[Outcome]:
+    """The primary keys of the rows the partial index holds for the incoming
+    keys are read first; a returned row with one of them was updated, any
+    other was inserted (it got a new primary key)."""
+    pk = tuple(c.key for c in plan.table.primary_key.columns)
+    read = _partial_holders(plan, rows, pk)
+    found = conn.execute(read.with_for_update() if for_update else read).mappings()
+    before = {plan.keys.of(dict(r), pk) for r in found}
+    returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+    out: list[Outcome] = []
+    for stored in align(plan.keys, plan.table, rows, returned, plan.match):
+        if stored is None:
+            out.append(("unchanged", None))
+        else:
+            done = "updated" if plan.keys.of(stored, pk) in before else "inserted"
+            out.append((done, stored))
+    return out
+
+
+def _partial_holders(plan: UpsertPlan, rows: list[Row], pk: tuple[str, ...]) -> sa.Select[Any]:
+    """SELECT the primary keys of the rows in the partial index with these keys."""
+    key = plan.target.key
+    assert key is not None
+    assert key.where is not None
+    table, cols = plan.table, key.columns
+    wanted = {plan.keys.of(r, cols) for r in rows}
+    keys = table.c[cols[0]] if len(cols) == 1 else sa.tuple_(*(table.c[c] for c in cols))
+    listed = [k[0] for k in wanted] if len(cols) == 1 else list(wanted)
+    return sa.select(*(table.c[c] for c in pk)).where(keys.in_(listed), key.where)
 
 
 def do_nothing(stmt: Any, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:

@@ -59,7 +59,7 @@ from onconflict.dialects.base import (
     select_by_keys,
     with_primary_key,
 )
-from onconflict.exceptions import SeedLockTimeout, UnsafeInsertError
+from onconflict.exceptions import OutcomeMismatchError, SeedLockTimeout, UnsafeInsertError
 
 DUPLICATE_KEY = 1062
 SHOW_WARNINGS = sa.text("SHOW WARNINGS")
@@ -108,29 +108,35 @@ class MySQL(DialectSupport):
         return mysql.insert(table).on_duplicate_key_update({col.name: col})
 
     # -- upsert ------------------------------------------------------------------
-    # 1. SELECT ... FOR UPDATE the keys, in key order: the existing rows are
-    #    locked exclusively before anything else touches them. (Taking the shared
-    #    lock of a duplicate check first and upgrading it for the UPDATE is what
-    #    deadlocks concurrent upserters of the same keys.)
-    # 2. the guarded INSERT IGNORE above for the keys not found: exactly the
-    #    inserted rows. A row it skips was inserted by someone else meanwhile
-    #    (possible under READ COMMITTED) and is treated as existing.
-    # 3. the existing rows are updated by ON DUPLICATE KEY UPDATE (unconditional
-    #    update: all of them "updated"), or, with a condition, by one UPDATE each
-    #    whose matched-row count (CLIENT_FOUND_ROWS) says whether it held;
-    # 4. the updated rows are read back for the result.
+    # 1. lock-read: SELECT ... FOR UPDATE the keys, in key order: the existing
+    #    rows are locked exclusively before anything else touches them. (Taking
+    #    the shared lock of a duplicate check first and upgrading it for the
+    #    UPDATE is what deadlocks concurrent upserters of the same keys.)
+    # 2. insert: the guarded INSERT IGNORE above for the keys not found: exactly
+    #    the inserted rows. A row it skips was inserted by someone else meanwhile
+    #    (possible under READ COMMITTED) and is treated as existing; where the
+    #    rows can also hit another unique key, a locking read by the target key
+    #    first tells that from a duplicate of the other key (then raised).
+    # 3. update: the existing rows, by one ON DUPLICATE KEY UPDATE with a
+    #    multi-row VALUES list (unconditional update: all of them "updated"),
+    #    or, with a condition or another reachable unique key, by one UPDATE
+    #    ... WHERE target = key each, whose matched-row count
+    #    (CLIENT_FOUND_ROWS) says whether it held;
+    # 4. read-back: the updated rows are read for the result.
 
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         table = plan.table
         plan.extra["returning"] = bool(dialect.insert_returning)
         plan.statement = self.insert_ignore(table, plan.target, plan.extra["returning"])
-        if plan.where is None:
+        if plan.where is None and not plan.extra.get("other_keys"):
             odku = mysql.insert(table)
 
             def incoming(col: sa.Column[Any]) -> Any:
                 return odku.inserted[col.key]
 
             set_ = {col: substitute(v, table, incoming) for col, v in plan.set_.items()}
+            # given its VALUES rows when it runs (a multi-row VALUES list: the
+            # drivers' executemany cannot send bound values of the UPDATE part)
             plan.extra["update_all"] = odku.on_duplicate_key_update(set_)
             return
 
@@ -139,44 +145,21 @@ class MySQL(DialectSupport):
 
         key = [table.c[c] == sa.bindparam(f"oc_key_{c}", type_=table.c[c].type) for c in plan.match]
         set_ = {col: substitute(v, table, param) for col, v in plan.set_.items()}
-        plan.extra["update_one"] = (
-            sa.update(table).where(*key).where(substitute(plan.where, table, param)).values(set_)
-        )
+        update = sa.update(table).where(*key).values(set_)
+        if plan.where is not None:
+            update = update.where(substitute(plan.where, table, param))
+        plan.extra["update_one"] = update
 
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         keyed = bool(plan.target.columns) and plan.match == plan.target.columns
-        found: set[tuple[Any, ...]] = set()
-        if keyed:
-            lock = select_by_keys(plan, rows, key_only=True)
-            lock = lock.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
-            found = {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
-        fresh = [i for i, row in enumerate(rows) if plan.keys.of(row, plan.match) not in found]
-        inserted: list[Row | None] = [None] * len(rows)
-        if fresh:
-            batch = [rows[i] for i in fresh]
-            if plan.extra["returning"]:
-                returned = self.write_many(conn, plan.statement, batch)
-                done = align(plan.keys, plan.table, batch, returned, plan.match)
-            else:
-                done = [self.write_one(conn, plan.statement, row) for row in batch]
-            for i, one in zip(fresh, done, strict=True):
-                inserted[i] = one
+        found = self._lock_keys(conn, plan, rows) if keyed else set()
+        inserted = self._insert_new(conn, plan, rows, found)
         existing = [row for row, ins in zip(rows, inserted, strict=True) if ins is None]
-        updated: list[Row] = []
-        if existing and "update_all" in plan.extra:
-            conn.execute(plan.extra["update_all"], existing)
-            updated = existing
-        elif existing:
-            update = plan.extra["update_one"]
-            for row in existing:
-                params = {f"oc_new_{c}": v for c, v in row.items()}
-                params.update({f"oc_key_{c}": row[c] for c in plan.match})
-                if conn.execute(update, params).rowcount:
-                    updated.append(row)
-        stored: dict[tuple[Any, ...], Row] = {}
-        if updated:
-            for now in conn.execute(select_by_keys(plan, updated)).mappings():
-                stored[plan.keys.of(dict(now), plan.match)] = dict(now)
+        if existing and plan.extra.get("other_keys"):
+            skipped = [r for r in existing if plan.keys.of(r, plan.match) not in found]
+            self._check_skipped(conn, plan, skipped, keyed)
+        updated = self._update_existing(conn, plan, existing) if existing else []
+        stored = self._read_back(conn, plan, updated)
         out: list[Outcome] = []
         for row, ins in zip(rows, inserted, strict=True):
             if ins is not None:
@@ -186,6 +169,89 @@ class MySQL(DialectSupport):
             else:
                 out.append(("unchanged", None))
         return out
+
+    def _lock_keys(
+        self, conn: Connection, plan: UpsertPlan, rows: list[Row]
+    ) -> set[tuple[Any, ...]]:
+        """Phase 1: the keys of ``rows`` that exist, their rows locked FOR UPDATE."""
+        lock = select_by_keys(plan, rows, key_only=True)
+        lock = lock.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
+        return {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
+
+    def _insert_new(
+        self, conn: Connection, plan: UpsertPlan, rows: list[Row], found: set[tuple[Any, ...]]
+    ) -> list[Row | None]:
+        """Phase 2: the guarded INSERT IGNORE of the rows whose key was not found;
+        the stored row of each input row it inserted, else None."""
+        fresh = [i for i, row in enumerate(rows) if plan.keys.of(row, plan.match) not in found]
+        inserted: list[Row | None] = [None] * len(rows)
+        if not fresh:
+            return inserted
+        batch = [rows[i] for i in fresh]
+        if plan.extra["returning"]:
+            returned = self.write_many(conn, plan.statement, batch)
+            done = align(plan.keys, plan.table, batch, returned, plan.match)
+        else:
+            done = [self.write_one(conn, plan.statement, row) for row in batch]
+        for i, one in zip(fresh, done, strict=True):
+            inserted[i] = one
+        return inserted
+
+    def _check_skipped(
+        self, conn: Connection, plan: UpsertPlan, skipped: list[Row], keyed: bool
+    ) -> None:
+        """Rows INSERT IGNORE skipped though their target key was not found: a
+        duplicate of the target key made meanwhile is an existing row; anything
+        else is a duplicate of another unique key, raised as the server raises
+        it (a plain INSERT of those rows, always rolled back), as PostgreSQL
+        and SQLite do for a conflict outside their target."""
+        if not skipped:
+            return
+        now: set[tuple[Any, ...]] = set()
+        if keyed:  # (rows without the target key can only be duplicates of another)
+            lock = select_by_keys(plan, skipped, key_only=True).with_for_update()
+            now = {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
+        others = [r for r in skipped if plan.keys.of(r, plan.match) not in now]
+        if not others:
+            return
+        probe = conn.begin_nested()
+        try:
+            conn.execute(sa.insert(plan.table), others)
+        finally:
+            probe.rollback()
+        keys = ", ".join(k.describe() for k in plan.extra["other_keys"])
+        raise OutcomeMismatchError(
+            f"{len(others)} row(s) of the upsert into {plan.table.name!r} were skipped as"
+            f" duplicates though no row has their {plan.target.describe()}: a duplicate"
+            f" of {keys} that is gone again; nothing was stored"
+        )
+
+    def _update_existing(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Row]:
+        """Phase 3: update the existing rows; the rows an update held for."""
+        update_all = plan.extra.get("update_all")
+        if update_all is not None:
+            # one statement whose VALUES rows carry every row's own values (and
+            # SQL expressions as they are); the UPDATE part's values bound once
+            conn.execute(update_all.values(rows))
+            return rows
+        update = plan.extra["update_one"]
+        updated: list[Row] = []
+        for row in rows:
+            params = {f"oc_new_{c}": v for c, v in row.items()}
+            params.update({f"oc_key_{c}": row[c] for c in plan.match})
+            if conn.execute(update, params).rowcount:
+                updated.append(row)
+        return updated
+
+    def _read_back(
+        self, conn: Connection, plan: UpsertPlan, updated: list[Row]
+    ) -> dict[tuple[Any, ...], Row]:
+        """Phase 4: the updated rows as stored, by key."""
+        stored: dict[tuple[Any, ...], Row] = {}
+        if updated:
+            for now in conn.execute(select_by_keys(plan, updated)).mappings():
+                stored[plan.keys.of(dict(now), plan.match)] = dict(now)
+        return stored
 
     @contextmanager
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
