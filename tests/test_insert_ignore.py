@@ -656,3 +656,57 @@ async def test_a_column_whose_only_unique_index_is_partial(
     assert target.key is not None
     assert target.key.name == "uq_subscriptions_active_email"
     assert target.key.where is not None
+
+
+# -- SQL expressions as row values ---------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["auto", "classify"])
+async def test_sql_expressions_as_values_of_other_columns(
+    front: Front, aengine: AsyncEngine, strategy: Any
+) -> None:
+    """MariaDB stored func.lower("X") as the text 'lower(:lower_1)'; the value
+    now goes in the statement itself, on every database."""
+    one = await front.insert_ignore(
+        users, [{"email": "a@x", "name": sa.func.lower("ALICE")}], strategy=strategy
+    )
+    assert one.inserted[0]["name"] == "alice"
+    rows = [
+        {"email": "a@x", "name": sa.func.lower("OTHER")},  # a duplicate: existing
+        {"email": "b@x", "name": sa.func.lower("BOB")},
+        {"email": "c@x", "name": sa.func.upper("carl")},
+    ]
+    result = await front.insert_ignore(users, rows, strategy=strategy)
+    assert result.existing == [rows[0]]
+    assert [(r["email"], r["name"]) for r in result.inserted] == [("b@x", "bob"), ("c@x", "CARL")]
+    stored = [(r["email"], r["name"]) for r in await rows_of(aengine, users)]
+    assert stored == [("a@x", "alice"), ("b@x", "bob"), ("c@x", "CARL")]
+
+
+async def test_sql_expression_values_still_get_the_guard(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """A value the expression makes too long (or NULL) still raises, nothing stored."""
+    with pytest.raises(sa.exc.DBAPIError):
+        await front.insert_ignore(
+            users,
+            [{"email": "a@x", "name": "ok"}, {"email": "b@x", "name": sa.null()}],
+        )
+    assert await rows_of(aengine, users) == []
+
+
+@pytest.mark.parametrize(
+    ("on", "row"),
+    [
+        ("email", {"email": sa.func.lower("A@X"), "name": "a"}),
+        (["email"], {"email": sa.literal("a@x"), "name": "a"}),
+        (onconflict.ANY_KEY, {"email": "a@x", "name": sa.func.lower("A")}),
+    ],
+    ids=["key", "key_literal", "any_key"],
+)
+async def test_sql_expressions_where_rows_are_paired_by_value_are_refused(
+    front: Front, aengine: AsyncEngine, on: Any, row: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="SQL expression"):
+        await front.insert_ignore(users, [row], on=on)
+    assert await rows_of(aengine, users) == []

@@ -497,3 +497,29 @@ async def test_a_column_with_only_a_partial_unique_index(
     # an inactive row is outside the index: never a conflict, always inserted
     assert (again.updated_count, again.inserted_count) == (1, 1)
     assert again.updated[0]["email"] == "a@x"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"where": docs.c.version <= onconflict.excluded("version")}],
+    ids=["update_all", "where"],
+)
+async def test_sql_expressions_as_values_of_other_columns(
+    front: Front, aengine: AsyncEngine, kw: dict[str, Any]
+) -> None:
+    first = await front.upsert([row("a", title=sa.func.lower("ONE"))], **kw)
+    assert first.inserted[0]["title"] == "one"
+    result = await front.upsert(
+        [row("a", title=sa.func.upper("two")), row("b", title=sa.func.lower("NEW")), row("c")],
+        **kw,
+    )
+    assert [(r["slug"], r["title"]) for r in result.updated] == [("a", "TWO")]
+    assert [(r["slug"], r["title"]) for r in result.inserted] == [("b", "new"), ("c", "t")]
+    now = await stored(aengine)
+    assert {k: v["title"] for k, v in now.items()} == {"a": "TWO", "b": "new", "c": "t"}
+
+
+async def test_sql_expression_in_the_key_is_refused(front: Front, aengine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match=r"key columns .* need plain values"):
+        await front.upsert([row("a"), {**row("b"), "slug": sa.func.lower("B")}])
+    assert await stored(aengine) == {}

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from onconflict._core import PreparedInsert, _group, budgets, read_rows
-from onconflict._expr import excluded, excluded_names
+from onconflict._expr import excluded, excluded_names, refuse_key_expressions
 from onconflict._gc import paused
 from onconflict._match import align
 from onconflict._target import (
@@ -72,6 +72,7 @@ def prepare_upsert(
     support = native_support(dialect)
     prepared = PreparedUpsert(tbl, target, data, support, given=given, outmap=outmap)
     _check_names(tbl, where, "where")
+    refuse_key_expressions(tbl, data, prepared.keyed)
     spec = _update_spec(tbl, keymap, update)
     with paused(len(data)):
         _group(prepared, keep=duplicates)

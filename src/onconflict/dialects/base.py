@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from onconflict._expr import substitute
+from onconflict._expr import has_expressions, rows_statement, substitute
 from onconflict._match import Keys, align
 from onconflict._target import ConflictTarget, UniqueKey
 from onconflict.exceptions import NotSupportedError
@@ -121,7 +121,7 @@ class DialectSupport:
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         """Upsert rows sharing one key set as ONE statement; the outcome of each
         row, in order. Default: RETURNING carries an "inserted" flag (PostgreSQL)."""
-        returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+        returned = [dict(m) for m in execute_rows(conn, plan.statement, rows).mappings()]
         out: list[Outcome] = []
         for stored in align(plan.keys, plan.table, rows, returned, plan.match):
             if stored is None:
@@ -181,8 +181,8 @@ class DialectSupport:
         if not prepared.native or len(prepared.groups) != 1:
             return None
         (group,) = prepared.groups
-        if len(group.indexes) != 1:
-            return None
+        if len(group.indexes) != 1 or has_expressions([prepared.rows[group.indexes[0]]]):
+            return None  # (a SQL expression as a value goes in the statement: the usual path)
         table, target, dialect = prepared.table, prepared.target, engine.dialect
         cache = self._one_row_inserts
         shape = (dialect, table, target, group.columns)
@@ -213,7 +213,7 @@ class DialectSupport:
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
         """Execute ``stmt`` (with RETURNING) for rows sharing one key set, as ONE
         statement; return the rows the database reports as inserted."""
-        return [dict(m) for m in conn.execute(stmt, rows).mappings()]
+        return [dict(m) for m in execute_rows(conn, stmt, rows).mappings()]
 
     def bulk_rows(self, dialect: Dialect) -> int | None:
         """The group size from which ``write_bulk`` takes a group (and puts its
@@ -237,10 +237,24 @@ class DialectSupport:
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         """Without RETURNING: insert one row, the stored row or None if it was a duplicate."""
-        result = conn.execute(stmt, row)
+        result = execute_row(conn, stmt, row)
         if result.rowcount != 1:
             return None
         return with_primary_key(stmt.table, row, result)  # type: ignore[arg-type]
+
+
+def execute_rows(conn: Connection, stmt: Any, rows: list[Row]) -> sa.CursorResult[Any]:
+    """Run ``stmt`` for rows of one shape: bound parameters, or, where a row
+    gives a SQL expression, a multi-row VALUES list that carries it."""
+    stmt, params = rows_statement(stmt, rows)
+    return conn.execute(stmt, params)
+
+
+def execute_row(conn: Connection, stmt: Any, row: Row) -> sa.CursorResult[Any]:
+    """Run ``stmt`` for one row (SQL expressions in the row's VALUES)."""
+    if has_expressions([row]):
+        return conn.execute(stmt.values(row))
+    return conn.execute(stmt, row)
 
 
 def in_autocommit(conn: Connection) -> bool:
@@ -396,7 +410,7 @@ def upsert_reading_keys_first(
         read = select_by_keys(plan, rows, key_only=True)
         found = conn.execute(read.with_for_update() if for_update else read).mappings()
         before = {plan.keys.of(dict(r), plan.match) for r in found}
-    returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+    returned = [dict(m) for m in execute_rows(conn, plan.statement, rows).mappings()]
     aligned = align(plan.keys, plan.table, rows, returned, plan.match)
     out: list[Outcome] = []
     for row, stored in zip(rows, aligned, strict=True):
@@ -433,7 +447,7 @@ def _upsert_partial(
     read = _partial_holders(plan, rows, pk)
     found = conn.execute(read.with_for_update() if for_update else read).mappings()
     before = {plan.keys.of(dict(r), pk) for r in found}
-    returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+    returned = [dict(m) for m in execute_rows(conn, plan.statement, rows).mappings()]
     out: list[Outcome] = []
     for stored in align(plan.keys, plan.table, rows, returned, plan.match):
         if stored is None:

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._expr import substitute
+from onconflict._expr import has_expressions, substitute
 from onconflict._match import align
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
@@ -54,6 +54,8 @@ from onconflict.dialects.base import (
     UpsertPlan,
     checkout,
     connection_lost,
+    execute_row,
+    execute_rows,
     in_autocommit,
     plain_engine,
     select_by_keys,
@@ -216,7 +218,7 @@ class MySQL(DialectSupport):
             return
         probe = conn.begin_nested()
         try:
-            conn.execute(sa.insert(plan.table), others)
+            execute_rows(conn, sa.insert(plan.table), others)
         finally:
             probe.rollback()
         keys = ", ".join(k.describe() for k in plan.extra["other_keys"])
@@ -237,9 +239,13 @@ class MySQL(DialectSupport):
         update = plan.extra["update_one"]
         updated: list[Row] = []
         for row in rows:
-            params = {f"oc_new_{c}": v for c, v in row.items()}
-            params.update({f"oc_key_{c}": row[c] for c in plan.match})
-            if conn.execute(update, params).rowcount:
+            if has_expressions([row]):
+                done = conn.execute(_update_with_expressions(plan, row))
+            else:
+                params = {f"oc_new_{c}": v for c, v in row.items()}
+                params.update({f"oc_key_{c}": row[c] for c in plan.match})
+                done = conn.execute(update, params)
+            if done.rowcount:
                 updated.append(row)
         return updated
 
@@ -306,6 +312,8 @@ class MySQL(DialectSupport):
         ordinary path runs. None whenever it does not apply."""
         if not plain_engine(engine, "aiomysql") or not engine.dialect.insert_returning:
             return None
+        if has_expressions([plan.params]):
+            return None  # a SQL expression would be sent as its text: the usual path
         by_dialect: dict[Any, _FetchStatements] = plan.statements.setdefault("aiomysql", {})
         statements = by_dialect.get(engine.dialect)
         if statements is None:
@@ -328,7 +336,7 @@ class MySQL(DialectSupport):
 
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
         def run() -> tuple[list[Row], sa.CursorResult[Any]]:
-            result = conn.execute(stmt, rows)
+            result = execute_rows(conn, stmt, rows)
             return [dict(m) for m in result.mappings()], result
 
         try:
@@ -370,7 +378,7 @@ class MySQL(DialectSupport):
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         def run() -> tuple[Row | None, sa.CursorResult[Any]]:
-            result = conn.execute(stmt, row)
+            result = execute_row(conn, stmt, row)
             if result.rowcount != 1:
                 return None, result
             return with_primary_key(stmt.table, row, result), result  # type: ignore[arg-type]
@@ -455,9 +463,28 @@ class MySQL(DialectSupport):
         error for them (in strict mode), or returns."""
         probe = conn.begin_nested()
         try:
-            conn.execute(self.duplicate_noop(table), rows)
+            execute_rows(conn, self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+def _update_with_expressions(plan: UpsertPlan, row: Row) -> sa.Update:
+    """The UPDATE of one existing row whose values include SQL expressions:
+    those stand in the statement as they are, the others are bound."""
+    table = plan.table
+
+    def incoming(col: sa.Column[Any]) -> Any:
+        value = row[col.key]
+        if isinstance(value, sa.sql.ClauseElement):
+            return value
+        return sa.bindparam(None, value, type_=col.type)
+
+    key = [table.c[c] == row[c] for c in plan.match]
+    set_ = {col: substitute(v, table, incoming) for col, v in plan.set_.items()}
+    update = sa.update(table).where(*key).values(set_)
+    if plan.where is not None:
+        update = update.where(substitute(plan.where, table, incoming))
+    return update
 
 
 class _Driver:
