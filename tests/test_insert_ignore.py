@@ -710,3 +710,23 @@ async def test_sql_expressions_where_rows_are_paired_by_value_are_refused(
     with pytest.raises(ValueError, match="SQL expression"):
         await front.insert_ignore(users, [row], on=on)
     assert await rows_of(aengine, users) == []
+
+
+async def test_sql_expressions_in_get_or_create_defaults(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """PostgreSQL's one-statement get_or_create bound the expression as a
+    parameter (asyncpg refused it); MariaDB's driver-level path sent its text."""
+
+    async def call(fn: str, defaults: dict[str, Any]) -> Any:
+        if front.kind == "async":
+            return await getattr(onconflict, fn)(front.aengine, users, {"email": "a@x"}, defaults)
+        return getattr(onconflict.sync, fn)(front.sengine, users, {"email": "a@x"}, defaults)
+
+    row, created = await call("get_or_create", {"name": sa.func.lower("ALICE")})
+    assert (row["name"], created) == ("alice", True)
+    row, created = await call("get_or_create", {"name": sa.func.lower("OTHER")})
+    assert (row["name"], created) == ("alice", False)
+    row, created = await call("update_or_create", {"name": sa.func.upper("bob")})
+    assert (row["name"], created) == ("BOB", False)
+    assert [r["name"] for r in await rows_of(aengine, users)] == ["BOB"]

@@ -523,3 +523,24 @@ async def test_sql_expression_in_the_key_is_refused(front: Front, aengine: Async
     with pytest.raises(ValueError, match=r"key columns .* need plain values"):
         await front.upsert([row("a"), {**row("b"), "slug": sa.func.lower("B")}])
     assert await stored(aengine) == {}
+
+
+async def test_concurrent_upserts_of_rows_with_two_unique_keys(aengine: AsyncEngine) -> None:
+    """8 coroutines upsert the same rows (primary key and email) 3 times each:
+    every key is inserted exactly once, every other write is an update."""
+    rows = [{"id": i, "email": f"u{i}@x", "name": "n"} for i in range(1, 11)]
+    results: list[onconflict.UpsertResult] = []
+
+    async def writer(w: int) -> None:
+        for n in range(3):
+            mine = [{**r, "name": f"w{w}r{n}"} for r in rows]
+            results.append(await onconflict.upsert(aengine, users, mine))
+
+    async with anyio.create_task_group() as tg:
+        for w in range(8):
+            tg.start_soon(writer, w)
+    inserted = sorted(r["id"] for res in results for r in res.inserted)
+    assert inserted == list(range(1, 11))
+    assert sum(res.updated_count for res in results) == 8 * 3 * 10 - 10
+    async with aengine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar() == 10
