@@ -544,3 +544,28 @@ async def test_concurrent_upserts_of_rows_with_two_unique_keys(aengine: AsyncEng
     assert sum(res.updated_count for res in results) == 8 * 3 * 10 - 10
     async with aengine.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar() == 10
+
+
+async def test_two_unique_keys_on_mysql_without_returning(backend: Backend) -> None:
+    if backend.name != "mariadb":
+        pytest.skip("the one-row-per-statement path of MySQL 8")
+    engine = backend.async_engine()
+    try:
+        async with engine.connect():
+            pass
+        engine.dialect.insert_returning = False
+        await onconflict.upsert(engine, users, [{"id": 1, "email": "a@x", "name": "a"}])
+        result = await onconflict.upsert(
+            engine,
+            users,
+            [{"id": 1, "email": "a@x", "name": "a2"}, {"id": 2, "email": "b@x", "name": "b"}],
+        )
+        assert [(r["id"], r["name"]) for r in result.updated] == [(1, "a2")]
+        assert [r["id"] for r in result.inserted] == [2]
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.upsert(engine, users, [{"id": 3, "email": "b@x", "name": "c"}])
+        async with engine.connect() as conn:
+            stmt = sa.select(users.c.id, users.c.name).order_by(users.c.id)
+            assert [tuple(r) for r in await conn.execute(stmt)] == [(1, "a2"), (2, "b")]
+    finally:
+        await engine.dispose()

@@ -144,11 +144,15 @@ def _unique_keys(table: sa.Table, *shape: int) -> tuple[UniqueKey, ...]:
         cols = tuple(c.key for c in cons.columns)
         keys.append(UniqueKey("unique constraint", _name(cons.name), cols, tuple(cons.columns)))
     for idx in sorted((i for i in table.indexes if i.unique), key=lambda i: _name(i.name) or ""):
-        exprs = tuple(idx.expressions)
-        plain = [e.key for e in exprs if isinstance(e, sa.Column)]
-        cols = tuple(plain) if len(plain) == len(exprs) else ()
-        keys.append(UniqueKey("unique index", _name(idx.name), cols, exprs, _index_where(idx)))
+        keys.append(_index_key(idx))
     return tuple(keys)
+
+
+def _index_key(idx: sa.Index) -> UniqueKey:
+    exprs = tuple(idx.expressions)
+    plain = [e.key for e in exprs if isinstance(e, sa.Column)]
+    cols = tuple(plain) if len(plain) == len(exprs) else ()
+    return UniqueKey("unique index", _name(idx.name), cols, exprs, _index_where(idx))
 
 
 def _name(name: Any) -> str | None:
