@@ -39,6 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
@@ -137,9 +138,10 @@ class MySQL(DialectSupport):
                 return odku.inserted[col.key]
 
             set_ = {col: substitute(v, table, incoming) for col, v in plan.set_.items()}
-            # given its VALUES rows when it runs (a multi-row VALUES list: the
-            # drivers' executemany cannot send bound values of the UPDATE part)
             plan.extra["update_all"] = odku.on_duplicate_key_update(set_)
+            # the drivers' executemany cannot send bound values of the UPDATE
+            # part: with any, the rows go in a multi-row VALUES list instead
+            plan.extra["update_binds"] = any(map(_binds, set_.values()))
             return
 
         def param(col: sa.Column[Any]) -> Any:
@@ -232,9 +234,12 @@ class MySQL(DialectSupport):
         """Phase 3: update the existing rows; the rows an update held for."""
         update_all = plan.extra.get("update_all")
         if update_all is not None:
-            # one statement whose VALUES rows carry every row's own values (and
-            # SQL expressions as they are); the UPDATE part's values bound once
-            conn.execute(update_all.values(rows))
+            if plan.extra["update_binds"] or has_expressions(rows):
+                # one statement whose VALUES rows carry every row's own values
+                # (and SQL expressions as they are); the UPDATE's values bound once
+                conn.execute(update_all.values(rows))
+            else:  # executemany: the driver batches it, no compile per row count
+                conn.execute(update_all, rows)
             return rows
         update = plan.extra["update_one"]
         updated: list[Row] = []
@@ -466,6 +471,13 @@ class MySQL(DialectSupport):
             execute_rows(conn, self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+def _binds(value: Any) -> bool:
+    """Whether a SET value has a bound parameter (a plain value is one)."""
+    if not isinstance(value, sa.sql.ClauseElement):
+        return True
+    return any(isinstance(e, sa.sql.elements.BindParameter) for e in visitors.iterate(value))
 
 
 def _update_with_expressions(plan: UpsertPlan, row: Row) -> sa.Update:
