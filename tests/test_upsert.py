@@ -569,3 +569,53 @@ async def test_two_unique_keys_on_mysql_without_returning(backend: Backend) -> N
             assert [tuple(r) for r in await conn.execute(stmt)] == [(1, "a2"), (2, "b")]
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("handle", ["async_connection", "async_session", "connection", "session"])
+async def test_two_keys_and_bound_updates_in_the_callers_transaction(
+    aengine: AsyncEngine, sengine: Engine, handle: str
+) -> None:
+    """The MariaDB paths above (bound values in update=, a second unique key,
+    an other-key duplicate raised) inside the caller's transaction, on every
+    handle: the caller commits what worked and rolls back what raised."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    new = [{"id": 1, "email": "a@x", "name": "a"}, {"id": 2, "email": "b@x", "name": "b"}]
+    again = [{"id": 1, "email": "a@x", "name": "x"}, {"id": 2, "email": "b@x", "name": "x"}]
+    clash = [{"id": 3, "email": "a@x", "name": "c"}]
+    update = {"name": sa.func.upper(users.c.name), "note": "seen"}
+
+    async def run_async(conn: Any) -> None:
+        await onconflict.upsert(conn, users, new)
+        result = await onconflict.upsert(conn, users, again, update=update)
+        assert [(r["name"], r["note"]) for r in result.updated] == [("A", "seen"), ("B", "seen")]
+        await conn.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.upsert(conn, users, clash)
+        await conn.rollback()
+
+    def run_sync(conn: Any) -> None:
+        onconflict.sync.upsert(conn, users, new)
+        result = onconflict.sync.upsert(conn, users, again, update=update)
+        assert [(r["name"], r["note"]) for r in result.updated] == [("A", "seen"), ("B", "seen")]
+        conn.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            onconflict.sync.upsert(conn, users, clash)
+        conn.rollback()
+
+    if handle == "async_connection":
+        async with aengine.connect() as aconn:
+            await run_async(aconn)
+    elif handle == "async_session":
+        async with AsyncSession(aengine) as asession:
+            await run_async(asession)
+    elif handle == "connection":
+        with sengine.connect() as conn:
+            run_sync(conn)
+    else:
+        with Session(sengine) as session:
+            run_sync(session)
+    async with aengine.connect() as conn:
+        stmt = sa.select(users.c.id, users.c.name, users.c.note).order_by(users.c.id)
+        assert [tuple(r) for r in await conn.execute(stmt)] == [(1, "A", "seen"), (2, "B", "seen")]
