@@ -497,6 +497,14 @@ async def test_a_column_with_only_a_partial_unique_index(
     # an inactive row is outside the index: never a conflict, always inserted
     assert (again.updated_count, again.inserted_count) == (1, 1)
     assert again.updated[0]["email"] == "a@x"
+    # a primary key the rows carry is not written into an existing row, and
+    # the rows are still paired with what the database returned
+    kept = again.updated[0]["id"]
+    with_id = await call(
+        [{"id": 99, "email": "a@x", "active": True}, {"id": 98, "email": "c@x", "active": True}]
+    )
+    assert [(r["id"], r["email"]) for r in with_id.updated] == [(kept, "a@x")]
+    assert [(r["id"], r["email"]) for r in with_id.inserted] == [(98, "c@x")]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
 from onconflict._core import PreparedInsert, _group, budgets, read_rows
-from onconflict._expr import excluded, excluded_names, refuse_key_expressions
+from onconflict._expr import Excluded, excluded, excluded_names, refuse_key_expressions
 from onconflict._gc import paused
 from onconflict._match import align
 from onconflict._target import (
@@ -78,19 +78,35 @@ def prepare_upsert(
         _group(prepared, keep=duplicates)
     for group in prepared.groups:
         set_ = _set_for(tbl, target, spec, group.columns, update is None)
-        cond = where
-        if skip_unchanged and set_:
-            changed = sa.or_(*(tbl.c[col].is_distinct_from(_expr(v)) for col, v in set_.items()))
-            cond = changed if cond is None else sa.and_(cond, changed)
-        if set_:  # after skip_unchanged's test: a new updated_at is not a change
-            set_.update(on_update(tbl, target, set_))
-        plan = UpsertPlan(tbl, target, prepared.keys, group.match, set_, cond)
-        if not support.targets_conflicts:
-            # MySQL/MariaDB: a row may also hit another unique key; the dialect
-            # then tells a duplicate of the target from one of those
-            plan.extra["other_keys"] = _other_keys(tbl, target, group.columns)
+        plan = _plan(prepared, group.columns, group.match, set_, where, skip_unchanged)
         prepared.plans[group.columns] = plan
     return prepared
+
+
+def _plan(
+    prepared: PreparedUpsert,
+    columns: tuple[str, ...],
+    match: tuple[str, ...],
+    set_: dict[str, Any],
+    where: Any,
+    skip_unchanged: bool,
+) -> UpsertPlan:
+    """The plan of one group: its SET (with onupdate columns), its condition."""
+    tbl, target, support = prepared.table, prepared.target, prepared.support
+    assert support is not None
+    cond = where
+    if skip_unchanged and set_:
+        changed = sa.or_(*(tbl.c[col].is_distinct_from(_expr(v)) for col, v in set_.items()))
+        cond = changed if cond is None else sa.and_(cond, changed)
+    if set_:  # after skip_unchanged's test: a new updated_at is not a change
+        set_.update(on_update(tbl, target, set_))
+    match = _partial_match(target, columns, set_) or match
+    plan = UpsertPlan(tbl, target, prepared.keys, match, set_, cond)
+    if not support.targets_conflicts:
+        # MySQL/MariaDB: a row may also hit another unique key; the dialect
+        # then tells a duplicate of the target from one of those
+        plan.extra["other_keys"] = _other_keys(tbl, target, columns)
+    return plan
 
 
 def _other_keys(
@@ -99,6 +115,24 @@ def _other_keys(
     """The unique keys besides the target that rows with these columns can hit."""
     wanted = set(target.columns)
     return [k for k in reachable_keys(table, columns) if set(k.columns) != wanted]
+
+
+def _partial_match(
+    target: ConflictTarget, columns: tuple[str, ...], set_: dict[str, Any]
+) -> tuple[str, ...]:
+    """For a partial unique index (rows are paired with the returned rows by
+    their values, not a key): the columns an updated row stores as given, the
+    index's and those the update sets to the incoming value. A primary key
+    the update leaves alone would not match. Empty: pair by all columns."""
+    key = target.key
+    if key is None or key.where is None or not set_:
+        return ()
+    same = [
+        c
+        for c in columns
+        if c in key.columns or (isinstance(v := set_.get(c), Excluded) and v.name == c)
+    ]
+    return tuple(same)
 
 
 def _check_names(table: sa.Table, expr: Any, what: str) -> None:
