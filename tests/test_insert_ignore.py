@@ -720,3 +720,116 @@ async def test_joined_table_inheritance_is_refused_before_sql(
     with pytest.raises(onconflict.NotSupportedError, match="joined-table inheritance"):
         onconflict.sync.insert_ignore(sengine, Car, rows)
     assert statements == []
+
+
+# -- conflict targets no unique key covers -------------------------------------
+
+
+@pytest.mark.parametrize("on", ["name", ["name"], ["email", "name"], [users.c.note]])
+async def test_a_target_no_unique_key_covers_is_refused_before_sql(
+    front: Front, aengine: AsyncEngine, statements: list[str], on: Any
+) -> None:
+    """MariaDB (no conflict target) stored the first of two rows sharing a
+    non-unique value and reported the other as existing; PostgreSQL and SQLite
+    refused only after sending the statement."""
+    rows = [{"email": "a@x", "name": "same"}, {"email": "b@x", "name": "same"}]
+    with pytest.raises(
+        ValueError, match=r"no primary key, unique constraint or unique index"
+    ) as info:
+        await front.insert_ignore(users, rows, on=on)
+    assert "uq_users_email (email)" in str(info.value)  # the unique keys it could use
+    assert not [s for s in statements if "oc_users" in s]
+    assert await rows_of(aengine, users) == []
+
+
+async def test_a_column_whose_only_unique_index_is_partial(
+    front: Front, aengine: AsyncEngine, backend: Backend
+) -> None:
+    if backend.name == "mariadb":
+        pytest.skip("MariaDB has no partial indexes")
+    rows = [
+        {"email": "a@x", "active": True},
+        {"email": "a@x", "active": False},
+        {"email": "a@x", "active": True},
+    ]
+    result = await front.insert_ignore(subscriptions, rows, on="email")
+    assert [r["active"] for r in result.inserted] == [True, False]
+    assert result.existing == [rows[2]]
+    target = onconflict._target.resolve_target(subscriptions, ["email"], {"email", "active"})
+    assert target.key is not None
+    assert target.key.name == "uq_subscriptions_active_email"
+    assert target.key.where is not None
+
+
+# -- SQL expressions as row values ---------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["auto", "classify"])
+async def test_sql_expressions_as_values_of_other_columns(
+    front: Front, aengine: AsyncEngine, strategy: Any
+) -> None:
+    """MariaDB stored func.lower("X") as the text 'lower(:lower_1)'; the value
+    now goes in the statement itself, on every database."""
+    one = await front.insert_ignore(
+        users, [{"email": "a@x", "name": sa.func.lower("ALICE")}], strategy=strategy
+    )
+    assert one.inserted[0]["name"] == "alice"
+    rows = [
+        {"email": "a@x", "name": sa.func.lower("OTHER")},  # a duplicate: existing
+        {"email": "b@x", "name": sa.func.lower("BOB")},
+        {"email": "c@x", "name": sa.func.upper("carl")},
+    ]
+    result = await front.insert_ignore(users, rows, strategy=strategy)
+    assert result.existing == [rows[0]]
+    assert [(r["email"], r["name"]) for r in result.inserted] == [("b@x", "bob"), ("c@x", "CARL")]
+    stored = [(r["email"], r["name"]) for r in await rows_of(aengine, users)]
+    assert stored == [("a@x", "alice"), ("b@x", "bob"), ("c@x", "CARL")]
+
+
+async def test_sql_expression_values_still_get_the_guard(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """A value the expression makes too long (or NULL) still raises, nothing stored."""
+    with pytest.raises(sa.exc.DBAPIError):
+        await front.insert_ignore(
+            users,
+            [{"email": "a@x", "name": "ok"}, {"email": "b@x", "name": sa.null()}],
+        )
+    assert await rows_of(aengine, users) == []
+
+
+@pytest.mark.parametrize(
+    ("on", "row"),
+    [
+        ("email", {"email": sa.func.lower("A@X"), "name": "a"}),
+        (["email"], {"email": sa.literal("a@x"), "name": "a"}),
+        (onconflict.ANY_KEY, {"email": "a@x", "name": sa.func.lower("A")}),
+    ],
+    ids=["key", "key_literal", "any_key"],
+)
+async def test_sql_expressions_where_rows_are_paired_by_value_are_refused(
+    front: Front, aengine: AsyncEngine, on: Any, row: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="SQL expression"):
+        await front.insert_ignore(users, [row], on=on)
+    assert await rows_of(aengine, users) == []
+
+
+async def test_sql_expressions_in_get_or_create_defaults(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """PostgreSQL's one-statement get_or_create bound the expression as a
+    parameter (asyncpg refused it); MariaDB's driver-level path sent its text."""
+
+    async def call(fn: str, defaults: dict[str, Any]) -> Any:
+        if front.kind == "async":
+            return await getattr(onconflict, fn)(front.aengine, users, {"email": "a@x"}, defaults)
+        return getattr(onconflict.sync, fn)(front.sengine, users, {"email": "a@x"}, defaults)
+
+    row, created = await call("get_or_create", {"name": sa.func.lower("ALICE")})
+    assert (row["name"], created) == ("alice", True)
+    row, created = await call("get_or_create", {"name": sa.func.lower("OTHER")})
+    assert (row["name"], created) == ("alice", False)
+    row, created = await call("update_or_create", {"name": sa.func.upper("bob")})
+    assert (row["name"], created) == ("BOB", False)
+    assert [r["name"] for r in await rows_of(aengine, users)] == ["BOB"]

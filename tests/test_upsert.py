@@ -16,7 +16,7 @@ import onconflict.sync
 from onconflict._upsert import prepare_upsert
 from onconflict.dialects.mysql import MySQL
 from tests.conftest import Backend
-from tests.schema import Item, metadata, parent
+from tests.schema import Item, metadata, parent, subscriptions, users
 
 pytestmark = pytest.mark.usefixtures("tables")
 
@@ -508,3 +508,326 @@ async def test_partitioned_table_refuses_excluded_of_a_column_not_carried(
         await onconflict.upsert(
             aengine, parts, rows, update={"version": onconflict.excluded("version")}
         )
+
+
+# -- issue items: bound values in update=, key columns, onupdate, two keys ----
+
+
+def _greatest(backend: Backend) -> Any:
+    # SQLite's two-argument max() is its greatest()
+    return sa.func.max if backend.name == "sqlite" else sa.func.greatest
+
+
+@pytest.mark.parametrize("kind", ["scalar", "column_expression", "function"])
+async def test_bound_values_in_update_for_many_existing_rows(
+    front: Front, aengine: AsyncEngine, backend: Backend, kind: str
+) -> None:
+    """MariaDB ran ON DUPLICATE KEY UPDATE as executemany, whose drivers cannot
+    send the UPDATE part's bound values (TypeError with 2 rows or more)."""
+    await front.upsert([row("a", hits=1), row("b", hits=1), row("c", hits=1)])
+    update = {
+        "scalar": {"version": 7},
+        "column_expression": {"hits": docs.c.hits + 1},
+        "function": {"version": _greatest(backend)(docs.c.version, 7)},
+    }[kind]
+    result = await front.upsert([row("a"), row("b"), row("c"), row("d")], update=update)
+    assert [r["slug"] for r in result.updated] == ["a", "b", "c"]
+    assert [r["slug"] for r in result.inserted] == ["d"]
+    now = await stored(aengine)
+    if kind == "column_expression":
+        assert [now[k]["hits"] for k in "abc"] == [2, 2, 2]
+        assert [r["hits"] for r in result.updated] == [2, 2, 2]
+    else:
+        assert [now[k]["version"] for k in "abc"] == [7, 7, 7]
+        assert [r["version"] for r in result.updated] == [7, 7, 7]
+
+
+async def test_default_update_leaves_the_primary_key_alone(
+    front: Front, aengine: AsyncEngine
+) -> None:
+    """on= another unique key: the rows' primary key is not written into an
+    existing row (Rails and Django never update primary keys)."""
+    first = await front.upsert([row("a", title="one")])
+    kept = first.inserted[0]["id"]
+    result = await front.upsert([{**row("a", title="two"), "id": kept + 100}], on="slug")
+    assert result.updated[0]["id"] == kept
+    assert result.updated[0]["title"] == "two"
+    now = await stored(aengine)
+    assert (now["a"]["id"], now["a"]["title"]) == (kept, "two")
+
+
+stamped = sa.Table(
+    "oc_stamped",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("k", sa.String(20), nullable=False, unique=True),
+    sa.Column("v", sa.String(20), nullable=True),
+    sa.Column("by_scalar", sa.Integer, nullable=True, onupdate=7),
+    sa.Column("by_callable", sa.Integer, nullable=True, onupdate=lambda: 8),
+    sa.Column("by_expression", sa.Integer, nullable=True, onupdate=sa.func.abs(-9)),
+)
+STAMPS = ("by_scalar", "by_callable", "by_expression")
+
+
+async def _upsert_stamped(
+    kind: str, aengine: AsyncEngine, sengine: Engine, rows: Any, **kw: Any
+) -> Any:
+    if kind == "async":
+        return await onconflict.upsert(aengine, stamped, rows, **kw)
+    return onconflict.sync.upsert(sengine, stamped, rows, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"update": ["v"]},
+        {"update": {"v": onconflict.excluded("v")}},
+        {"where": stamped.c.v != onconflict.excluded("v")},
+        {"skip_unchanged": True},
+    ],
+    ids=["default", "names", "mapping", "where", "skip_unchanged"],
+)
+async def test_onupdate_is_applied_to_every_update(
+    front: Front, aengine: AsyncEngine, sengine: Engine, kw: dict[str, Any]
+) -> None:
+    await _upsert_stamped(
+        front.kind, aengine, sengine, [{"k": "a", "v": "1"}, {"k": "b", "v": "1"}]
+    )
+    rows = [{"k": "a", "v": "2"}, {"k": "b", "v": "1"}, {"k": "c", "v": "1"}]
+    result = await _upsert_stamped(front.kind, aengine, sengine, rows, **kw)
+    assert [r["k"] for r in result.inserted] == ["c"]
+    assert [r[s] for r in result.inserted for s in STAMPS] == [None, None, None]
+    changed = ["a"] if "where" in kw or "skip_unchanged" in kw else ["a", "b"]
+    assert [r["k"] for r in result.updated] == changed
+    assert [[r[s] for s in STAMPS] for r in result.updated] == [[7, 8, 9]] * len(changed)
+    async with aengine.connect() as conn:
+        now = {r["k"]: r for r in (await conn.execute(sa.select(stamped))).mappings()}
+    for k in "abc":
+        want = [7, 8, 9] if k in changed else [None, None, None]
+        assert [now[k][s] for s in STAMPS] == want, k
+
+
+async def test_onupdate_yields_to_update_naming_the_column(
+    front: Front, aengine: AsyncEngine, sengine: Engine
+) -> None:
+    await _upsert_stamped(front.kind, aengine, sengine, [{"k": "a", "v": "1"}])
+    result = await _upsert_stamped(
+        front.kind,
+        aengine,
+        sengine,
+        [{"k": "a", "v": "2"}],
+        update={"v": onconflict.excluded("v"), "by_scalar": 1, "by_expression": sa.func.abs(-2)},
+    )
+    (a,) = result.updated
+    assert [a[s] for s in STAMPS] == [1, 8, 2]
+    carried = await _upsert_stamped(
+        front.kind, aengine, sengine, [{"k": "a", "v": "3", "by_callable": 5}]
+    )
+    (a,) = carried.updated
+    assert [a[s] for s in STAMPS] == [7, 5, 9]
+
+
+async def _upsert_users(front: Front, rows: Any, **kw: Any) -> Any:
+    if front.kind == "async":
+        return await onconflict.upsert(front.aengine, users, rows, **kw)
+    return onconflict.sync.upsert(front.sengine, users, rows, **kw)
+
+
+async def _users(aengine: AsyncEngine) -> list[tuple[Any, ...]]:
+    async with aengine.connect() as conn:
+        stmt = sa.select(users.c.id, users.c.email, users.c.name).order_by(users.c.id)
+        return [tuple(r) for r in await conn.execute(stmt)]
+
+
+async def test_rows_that_can_hit_two_unique_keys(front: Front, aengine: AsyncEngine) -> None:
+    """Primary key and email: the target is the primary key, and a row's email
+    may be taken by another row. MariaDB has no conflict target, and used to
+    refuse the call; now every database gives the same exact outcomes."""
+    await _upsert_users(front, [{"id": 1, "email": "a@x", "name": "a"}])
+    result = await _upsert_users(
+        front,
+        [
+            {"id": 1, "email": "a@x", "name": "a2"},  # same key: updated
+            {"id": 2, "email": "b@x", "name": "b"},  # new: inserted
+        ],
+    )
+    assert [(r["id"], r["name"]) for r in result.updated] == [(1, "a2")]
+    assert [(r["id"], r["email"]) for r in result.inserted] == [(2, "b@x")]
+    moved = await _upsert_users(front, [{"id": 1, "email": "c@x", "name": "a3"}])
+    assert [(r["id"], r["email"]) for r in moved.updated] == [(1, "c@x")]
+    before = [(1, "c@x", "a3"), (2, "b@x", "b")]
+    assert await _users(aengine) == before
+    # a new key whose email another row has: a duplicate outside the target
+    with pytest.raises(sa.exc.IntegrityError):
+        await _upsert_users(
+            front, [{"id": 3, "email": "d@x", "name": "d"}, {"id": 4, "email": "b@x", "name": "e"}]
+        )
+    assert await _users(aengine) == before
+    # an existing key updated to an email another row has
+    with pytest.raises(sa.exc.IntegrityError):
+        await _upsert_users(
+            front, [{"id": 5, "email": "e@x", "name": "e"}, {"id": 1, "email": "b@x", "name": "f"}]
+        )
+    assert await _users(aengine) == before
+
+
+async def test_a_target_no_unique_key_covers_is_refused(front: Front, aengine: AsyncEngine) -> None:
+    """MariaDB stored the first of two rows sharing a non-unique value and
+    reported the second as existing; PostgreSQL and SQLite refused the statement
+    only once it was sent. Now refused before SQL, on every database."""
+    for on in ("title", ["title", "version"], [docs.c.version]):
+        with pytest.raises(ValueError, match=r"no primary key, unique constraint or unique index"):
+            await front.upsert([row("a"), row("b")], on=on)
+    assert await stored(aengine) == {}
+
+
+async def test_a_column_with_only_a_partial_unique_index(
+    front: Front, aengine: AsyncEngine, sengine: Engine, backend: Backend
+) -> None:
+    """on="email" where the only unique index on email is partial: that index,
+    with its WHERE (as naming the index does)."""
+    if backend.name == "mariadb":
+        pytest.skip("MariaDB has no partial indexes")
+
+    async def call(rows: Any) -> Any:
+        if front.kind == "async":
+            return await onconflict.upsert(aengine, subscriptions, rows, on="email")
+        return onconflict.sync.upsert(sengine, subscriptions, rows, on="email")
+
+    first = await call([{"email": "a@x", "active": True}, {"email": "b@x", "active": False}])
+    assert first.inserted_count == 2
+    again = await call([{"email": "a@x", "active": True}, {"email": "b@x", "active": False}])
+    # an inactive row is outside the index: never a conflict, always inserted
+    assert (again.updated_count, again.inserted_count) == (1, 1)
+    assert again.updated[0]["email"] == "a@x"
+    # a primary key the rows carry is not written into an existing row, and
+    # the rows are still paired with what the database returned
+    kept = again.updated[0]["id"]
+    with_id = await call(
+        [{"id": 99, "email": "a@x", "active": True}, {"id": 98, "email": "c@x", "active": True}]
+    )
+    assert [(r["id"], r["email"]) for r in with_id.updated] == [(kept, "a@x")]
+    assert [(r["id"], r["email"]) for r in with_id.inserted] == [(98, "c@x")]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"where": docs.c.version <= onconflict.excluded("version")}],
+    ids=["update_all", "where"],
+)
+async def test_sql_expressions_as_values_of_other_columns(
+    front: Front, aengine: AsyncEngine, kw: dict[str, Any]
+) -> None:
+    first = await front.upsert([row("a", title=sa.func.lower("ONE"))], **kw)
+    assert first.inserted[0]["title"] == "one"
+    result = await front.upsert(
+        [row("a", title=sa.func.upper("two")), row("b", title=sa.func.lower("NEW")), row("c")],
+        **kw,
+    )
+    assert [(r["slug"], r["title"]) for r in result.updated] == [("a", "TWO")]
+    assert [(r["slug"], r["title"]) for r in result.inserted] == [("b", "new"), ("c", "t")]
+    now = await stored(aengine)
+    assert {k: v["title"] for k, v in now.items()} == {"a": "TWO", "b": "new", "c": "t"}
+
+
+async def test_sql_expression_in_the_key_is_refused(front: Front, aengine: AsyncEngine) -> None:
+    with pytest.raises(ValueError, match=r"key columns .* need plain values"):
+        await front.upsert([row("a"), {**row("b"), "slug": sa.func.lower("B")}])
+    assert await stored(aengine) == {}
+
+
+async def test_concurrent_upserts_of_rows_with_two_unique_keys(aengine: AsyncEngine) -> None:
+    """8 coroutines upsert the same rows (primary key and email) 3 times each:
+    every key is inserted exactly once, every other write is an update."""
+    rows = [{"id": i, "email": f"u{i}@x", "name": "n"} for i in range(1, 11)]
+    results: list[onconflict.UpsertResult] = []
+
+    async def writer(w: int) -> None:
+        for n in range(3):
+            mine = [{**r, "name": f"w{w}r{n}"} for r in rows]
+            results.append(await onconflict.upsert(aengine, users, mine))
+
+    async with anyio.create_task_group() as tg:
+        for w in range(8):
+            tg.start_soon(writer, w)
+    inserted = sorted(r["id"] for res in results for r in res.inserted)
+    assert inserted == list(range(1, 11))
+    assert sum(res.updated_count for res in results) == 8 * 3 * 10 - 10
+    async with aengine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar() == 10
+
+
+async def test_two_unique_keys_on_mysql_without_returning(backend: Backend) -> None:
+    if backend.name != "mariadb":
+        pytest.skip("the one-row-per-statement path of MySQL 8")
+    engine = backend.async_engine()
+    try:
+        async with engine.connect():
+            pass
+        engine.dialect.insert_returning = False
+        await onconflict.upsert(engine, users, [{"id": 1, "email": "a@x", "name": "a"}])
+        result = await onconflict.upsert(
+            engine,
+            users,
+            [{"id": 1, "email": "a@x", "name": "a2"}, {"id": 2, "email": "b@x", "name": "b"}],
+        )
+        assert [(r["id"], r["name"]) for r in result.updated] == [(1, "a2")]
+        assert [r["id"] for r in result.inserted] == [2]
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.upsert(engine, users, [{"id": 3, "email": "b@x", "name": "c"}])
+        async with engine.connect() as conn:
+            stmt = sa.select(users.c.id, users.c.name).order_by(users.c.id)
+            assert [tuple(r) for r in await conn.execute(stmt)] == [(1, "a2"), (2, "b")]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("handle", ["async_connection", "async_session", "connection", "session"])
+async def test_two_keys_and_bound_updates_in_the_callers_transaction(
+    aengine: AsyncEngine, sengine: Engine, handle: str
+) -> None:
+    """The MariaDB paths above (bound values in update=, a second unique key,
+    an other-key duplicate raised) inside the caller's transaction, on every
+    handle: the caller commits what worked and rolls back what raised."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    new = [{"id": 1, "email": "a@x", "name": "a"}, {"id": 2, "email": "b@x", "name": "b"}]
+    again = [{"id": 1, "email": "a@x", "name": "x"}, {"id": 2, "email": "b@x", "name": "x"}]
+    clash = [{"id": 3, "email": "a@x", "name": "c"}]
+    update = {"name": sa.func.upper(users.c.name), "note": "seen"}
+
+    async def run_async(conn: Any) -> None:
+        await onconflict.upsert(conn, users, new)
+        result = await onconflict.upsert(conn, users, again, update=update)
+        assert [(r["name"], r["note"]) for r in result.updated] == [("A", "seen"), ("B", "seen")]
+        await conn.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.upsert(conn, users, clash)
+        await conn.rollback()
+
+    def run_sync(conn: Any) -> None:
+        onconflict.sync.upsert(conn, users, new)
+        result = onconflict.sync.upsert(conn, users, again, update=update)
+        assert [(r["name"], r["note"]) for r in result.updated] == [("A", "seen"), ("B", "seen")]
+        conn.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            onconflict.sync.upsert(conn, users, clash)
+        conn.rollback()
+
+    if handle == "async_connection":
+        async with aengine.connect() as aconn:
+            await run_async(aconn)
+    elif handle == "async_session":
+        async with AsyncSession(aengine) as asession:
+            await run_async(asession)
+    elif handle == "connection":
+        with sengine.connect() as conn:
+            run_sync(conn)
+    else:
+        with Session(sengine) as session:
+            run_sync(session)
+    async with aengine.connect() as conn:
+        stmt = sa.select(users.c.id, users.c.name, users.c.note).order_by(users.c.id)
+        assert [tuple(r) for r in await conn.execute(stmt)] == [(1, "A", "seen"), (2, "B", "seen")]

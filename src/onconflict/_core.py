@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._expr import refuse_key_expressions
 from onconflict._gc import paused
 from onconflict._match import (
     Keys,
@@ -42,7 +43,7 @@ from onconflict._target import (
     unique_keys,
 )
 from onconflict.dialects import DialectSupport, native_support, support_for
-from onconflict.dialects.base import evaluate_keys, with_primary_key
+from onconflict.dialects.base import evaluate_keys, execute_row, with_primary_key
 from onconflict.errors import unique_violation
 from onconflict.exceptions import NotSupportedError
 from onconflict.result import InsertResult
@@ -159,6 +160,7 @@ def _prepare_insert_ignore(
         tbl, target, data, support, given=given, outmap=outmap, dialect=dialect
     )
     prepared.native = native
+    refuse_key_expressions(tbl, data, prepared.keyed)
     # groups the dialect writes with its bulk path are put in key order there
     _group(prepared, bulk_from=support.bulk_rows(dialect) if native else None)
     if native and not support.targets_conflicts and not target.any_key:
@@ -452,7 +454,7 @@ def _write_classify(
         for i in group.indexes:
             try:
                 with support.savepoint(conn):
-                    result = conn.execute(stmt, rows[i])
+                    result = execute_row(conn, stmt, rows[i])
                     one = _stored_row(result, rows[i], prepared)
             except sa.exc.DBAPIError as exc:
                 if _duplicate_of_target(exc, prepared):

@@ -8,7 +8,8 @@ replaces it with what its database calls the incoming row: ``EXCLUDED.col``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -66,3 +67,58 @@ def substitute(expr: Any, table: sa.Table, incoming: Callable[[sa.Column[Any]], 
         return None
 
     return visitors.replacement_traverse(expr, {}, replace)  # type: ignore[call-overload]
+
+
+# -- SQL expressions given as row values ---------------------------------------
+#
+# A row may give a SQL expression (``func.lower("X")``, ``func.now()``) as the
+# value of a column that is not its key: the statement then carries it in its
+# VALUES list (SQLAlchemy's multi-row ``insert().values([...])``), never as a
+# bound parameter (a driver would send its repr: MariaDB stored the text
+# 'lower(:lower_1)'). Key columns are refused: the rows the database returns
+# are paired with the input rows by their key values, which an expression
+# does not have before the statement runs.
+
+
+def has_expressions(rows: Iterable[dict[str, Any]]) -> bool:
+    """Whether any value of the rows is a SQL expression (a C-level scan)."""
+    values = itertools.chain.from_iterable(map(dict.values, rows))
+    kinds = set(map(type, values))  # a few distinct types: checked once each
+    return any(issubclass(kind, sa.sql.ClauseElement) for kind in kinds)
+
+
+def refuse_key_expressions(
+    table: sa.Table, rows: list[dict[str, Any]], keyed: tuple[str, ...]
+) -> None:
+    """ValueError, before any SQL, for a row giving a SQL expression where the
+    call pairs rows by value: in a key column, or in any column when the rows
+    are not paired by a key (ANY_KEY, a partial index, rows without the key)."""
+    if not has_expressions(rows):
+        return
+    for i, row in enumerate(rows):
+        named = [c for c, v in row.items() if isinstance(v, sa.sql.ClauseElement)]
+        if not named:
+            continue
+        in_key = [c for c in named if c in keyed]
+        if in_key:
+            raise ValueError(
+                f"row {i}: {', '.join(in_key)} is given a SQL expression, but key columns"
+                f" of {table.name!r} need plain values (the outcome of a row is known"
+                " by its key); compute the value first, e.g. with SELECT"
+            )
+        if not keyed or not set(keyed) <= row.keys():
+            raise ValueError(
+                f"row {i}: {', '.join(named)} is given a SQL expression, but rows of"
+                f" {table.name!r} without a key of plain values are paired with the"
+                " stored rows by all their values; give plain values, or rows that"
+                " carry the conflict target's columns (not ANY_KEY or a partial index)"
+            )
+
+
+def rows_statement(stmt: Any, rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+    """(statement, parameters) to execute ``stmt`` for ``rows``: the rows as
+    bound parameters (executemany), or, when a row gives a SQL expression, in
+    the statement's own VALUES list (no parameters)."""
+    if has_expressions(rows):
+        return stmt.values(rows), None
+    return stmt, rows

@@ -231,11 +231,15 @@ def _unique_keys(table: sa.Table, *shape: int) -> tuple[UniqueKey, ...]:
         cols = tuple(c.key for c in cons.columns)
         keys.append(UniqueKey("unique constraint", _name(cons.name), cols, tuple(cons.columns)))
     for idx in sorted((i for i in table.indexes if i.unique), key=lambda i: _name(i.name) or ""):
-        exprs = tuple(idx.expressions)
-        plain = [e.key for e in exprs if isinstance(e, sa.Column)]
-        cols = tuple(plain) if len(plain) == len(exprs) else ()
-        keys.append(UniqueKey("unique index", _name(idx.name), cols, exprs, _index_where(idx)))
+        keys.append(_index_key(idx))
     return tuple(keys)
+
+
+def _index_key(idx: sa.Index) -> UniqueKey:
+    exprs = tuple(idx.expressions)
+    plain = [e.key for e in exprs if isinstance(e, sa.Column)]
+    cols = tuple(plain) if len(plain) == len(exprs) else ()
+    return UniqueKey("unique index", _name(idx.name), cols, exprs, _index_where(idx))
 
 
 def _name(name: Any) -> str | None:
@@ -264,30 +268,39 @@ def resolve_target(table: sa.Table, on: OnTarget, carried: set[str]) -> Conflict
                 return ConflictTarget(key)
         raise ValueError(f"{on!r} is not a unique constraint or unique index of {table.name!r}")
     if isinstance(on, str):
-        named = [k for k in keys if k.name == on]
-        if named:
-            return ConflictTarget(named[0])
-        if on in table.c:
-            return _columns_target(table, keys, (on,))
-        raise ValueError(
-            f"on={on!r} is neither a column nor a constraint or index of {table.name!r}"
-            f" (its unique keys: {_listing(keys)})"
-        )
+        return _named_target(table, keys, on)
     if isinstance(on, Sequence) and on:
-        names: list[str] = []
-        for item in on:
-            if isinstance(item, sa.Column):
-                if item.table is not table:
-                    raise ValueError(f"column {item} is not a column of {table.name!r}")
-                names.append(item.key)
-            elif isinstance(item, str):
-                if item not in table.c:
-                    raise ValueError(f"on: {item!r} is not a column of {table.name!r}")
-                names.append(item)
-            else:
-                raise TypeError(f"on: expected column names, got {item!r}")
-        return _columns_target(table, keys, tuple(names))
+        return _columns_target(table, keys, _column_keys(table, on))
     raise TypeError(f"on must be column names, a constraint, an index or ANY_KEY, not {on!r}")
+
+
+def _named_target(table: sa.Table, keys: list[UniqueKey], on: str) -> ConflictTarget:
+    """on="name": a constraint or index of that name, else a column."""
+    named = [k for k in keys if k.name == on]
+    if named:
+        return ConflictTarget(named[0])
+    if on in table.c:
+        return _columns_target(table, keys, (on,))
+    raise ValueError(
+        f"on={on!r} is neither a column nor a constraint or index of {table.name!r}"
+        f" (its unique keys: {_listing(keys)})"
+    )
+
+
+def _column_keys(table: sa.Table, on: Sequence[Any]) -> tuple[str, ...]:
+    names: list[str] = []
+    for item in on:
+        if isinstance(item, sa.Column):
+            if item.table is not table:
+                raise ValueError(f"column {item} is not a column of {table.name!r}")
+            names.append(item.key)
+        elif isinstance(item, str):
+            if item not in table.c:
+                raise ValueError(f"on: {item!r} is not a column of {table.name!r}")
+            names.append(item)
+        else:
+            raise TypeError(f"on: expected column names, got {item!r}")
+    return tuple(names)
 
 
 def _same(obj: sa.UniqueConstraint | sa.Index | sa.PrimaryKeyConstraint, key: UniqueKey) -> bool:
@@ -301,13 +314,33 @@ def _same(obj: sa.UniqueConstraint | sa.Index | sa.PrimaryKeyConstraint, key: Un
 def _columns_target(
     table: sa.Table, keys: list[UniqueKey], cols: tuple[str, ...]
 ) -> ConflictTarget:
-    for key in keys:
-        if key.where is None and key.columns and set(key.columns) == set(cols):
-            return ConflictTarget(key)
-    # Not declared in the metadata: the database itself will check that a unique
-    # index matches (PostgreSQL and SQLite refuse the statement otherwise).
-    elements = tuple(table.c[c] for c in cols)
-    return ConflictTarget(UniqueKey("columns", None, cols, elements))
+    """The unique key declared on exactly these columns.
+
+    A full key (primary key, unique constraint, unique index without WHERE)
+    first; else the one partial unique index on them (its WHERE goes with it).
+    Columns no declared key covers are refused: the conflict target must be
+    unique, or MySQL/MariaDB would skip rows that are not duplicates and
+    PostgreSQL/SQLite would refuse the statement after it was sent.
+    """
+    wanted = set(cols)
+    exact = [k for k in keys if k.columns and set(k.columns) == wanted]
+    full = [k for k in exact if k.where is None]
+    if full:
+        return ConflictTarget(full[0])
+    if len(exact) == 1:
+        return ConflictTarget(exact[0])
+    shown = ", ".join(cols)
+    if exact:
+        raise ValueError(
+            f"on=({shown}) fits several partial unique indexes of {table.name!r}:"
+            f" {_listing(exact)}; pass the index (or its name) to choose one"
+        )
+    raise ValueError(
+        f"on=({shown}): no primary key, unique constraint or unique index of"
+        f" {table.name!r} is on exactly these columns, so they cannot tell a duplicate"
+        f" (its unique keys: {_listing(keys)}). Name a unique key, or declare the"
+        " unique constraint or index in the table's metadata."
+    )
 
 
 def _default_target(table: sa.Table, keys: list[UniqueKey], carried: set[str]) -> ConflictTarget:

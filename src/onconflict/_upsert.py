@@ -7,6 +7,7 @@ one call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,18 +19,19 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from onconflict._core import (
     PreparedInsert,
-    _check_reachable,
     _group,
     budgets,
     read_rows,
     server_identity,
 )
-from onconflict._expr import excluded, excluded_names
+from onconflict._expr import Excluded, excluded, excluded_names, refuse_key_expressions
 from onconflict._gc import paused
 from onconflict._target import (
     ANY_KEY,
     ConflictTarget,
     OnTarget,
+    UniqueKey,
+    reachable_keys,
     resolve_table,
 )
 from onconflict.dialects import native_support
@@ -78,21 +80,67 @@ def prepare_upsert(
         tbl, target, data, support, given=given, outmap=outmap, dialect=dialect
     )
     _check_names(tbl, where, "where")
+    refuse_key_expressions(tbl, data, prepared.keyed)
     spec = _update_spec(tbl, keymap, update)
     with paused(len(data)):
         _group(prepared, keep=duplicates)
-    if not support.targets_conflicts:
-        _check_reachable(prepared)
     for group in prepared.groups:
         set_ = _set_for(tbl, target, spec, group.columns, update is None)
-        cond = where
-        if skip_unchanged and set_:
-            changed = sa.or_(*(tbl.c[col].is_distinct_from(_expr(v)) for col, v in set_.items()))
-            cond = changed if cond is None else sa.and_(cond, changed)
-        prepared.plans[group.columns] = UpsertPlan(
-            tbl, target, prepared.keys, group.match, set_, cond
-        )
+        plan = _plan(prepared, group.columns, group.match, set_, where, skip_unchanged)
+        prepared.plans[group.columns] = plan
     return prepared
+
+
+def _plan(
+    prepared: PreparedUpsert,
+    columns: tuple[str, ...],
+    match: tuple[str, ...],
+    set_: dict[str, Any],
+    where: Any,
+    skip_unchanged: bool,
+) -> UpsertPlan:
+    """The plan of one group: its SET (with onupdate columns), its condition."""
+    tbl, target, support = prepared.table, prepared.target, prepared.support
+    assert support is not None
+    cond = where
+    if skip_unchanged and set_:
+        changed = sa.or_(*(tbl.c[col].is_distinct_from(_expr(v)) for col, v in set_.items()))
+        cond = changed if cond is None else sa.and_(cond, changed)
+    if set_:  # after skip_unchanged's test: a new updated_at is not a change
+        set_.update(on_update(tbl, target, set_))
+    match = _partial_match(target, columns, set_) or match
+    plan = UpsertPlan(tbl, target, prepared.keys, match, set_, cond)
+    if not support.targets_conflicts:
+        # MySQL/MariaDB: a row may also hit another unique key; the dialect
+        # then tells a duplicate of the target from one of those
+        plan.extra["other_keys"] = _other_keys(tbl, target, columns)
+    return plan
+
+
+def _other_keys(
+    table: sa.Table, target: ConflictTarget, columns: tuple[str, ...]
+) -> list[UniqueKey]:
+    """The unique keys besides the target that rows with these columns can hit."""
+    wanted = set(target.columns)
+    return [k for k in reachable_keys(table, columns) if set(k.columns) != wanted]
+
+
+def _partial_match(
+    target: ConflictTarget, columns: tuple[str, ...], set_: dict[str, Any]
+) -> tuple[str, ...]:
+    """For a partial unique index (rows are paired with the returned rows by
+    their values, not a key): the columns an updated row stores as given, the
+    index's and those the update sets to the incoming value. A primary key
+    the update leaves alone would not match. Empty: pair by all columns."""
+    key = target.key
+    if key is None or key.where is None or not set_:
+        return ()
+    same = [
+        c
+        for c in columns
+        if c in key.columns or (isinstance(v := set_.get(c), Excluded) and v.name == c)
+    ]
+    return tuple(same)
 
 
 def _check_names(table: sa.Table, expr: Any, what: str) -> None:
@@ -130,8 +178,9 @@ def _set_for(
     default: bool,
 ) -> dict[str, Any]:
     """The SET clause for rows carrying ``columns``."""
-    if default:  # every non-key column the rows carry
-        return {c: excluded(c) for c in columns if c not in target.columns}
+    if default:  # every column the rows carry but the target's and the primary key's
+        keys = set(target.columns).union(c.key for c in table.primary_key.columns)
+        return {c: excluded(c) for c in columns if c not in keys}
     set_: dict[str, Any] = {}
     for col, value in spec.items():
         if value is None:  # a bare name: the incoming value
@@ -143,6 +192,32 @@ def _set_for(
             value = excluded(col)
         set_[col] = value
     return set_
+
+
+def on_update(table: sa.Table, target: ConflictTarget, set_: dict[str, Any]) -> dict[str, Any]:
+    """The ``Column(onupdate=...)`` values of the columns ``set_`` leaves out.
+
+    SQLAlchemy applies them to an UPDATE but not to the update part of an
+    upsert (ON CONFLICT DO UPDATE, ON DUPLICATE KEY UPDATE), so every update an
+    upsert performs gets them here: a scalar as a bound value, a SQL expression
+    (``func.now()``) as it is, a Python callable called once per statement
+    (with no execution context). Server-side ``server_onupdate`` is the
+    database's own business.
+    """
+    out: dict[str, Any] = {}
+    for col in table.c:
+        default = col.onupdate
+        if default is None or col.key in set_ or col.key in target.columns:
+            continue
+        if default.is_clause_element or default.is_scalar:
+            out[col.key] = default.arg  # type: ignore[attr-defined]
+        elif default.is_callable:
+            out[col.key] = sa.bindparam(
+                f"oc_onupdate_{col.key}",
+                type_=col.type,
+                callable_=functools.partial(default.arg, None),  # type: ignore[attr-defined]
+            )
+    return out
 
 
 def _expr(value: Any) -> Any:

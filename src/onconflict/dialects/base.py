@@ -22,7 +22,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from onconflict._expr import substitute
+from onconflict._expr import has_expressions, rows_statement, substitute
 from onconflict._match import (
     Keys,
     align,
@@ -228,7 +228,7 @@ class DialectSupport:
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         """Upsert rows sharing one key set as ONE statement; the outcome of each
         row, in order. Default: RETURNING carries an "inserted" flag (PostgreSQL)."""
-        returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+        returned = [dict(m) for m in execute_rows(conn, plan.statement, rows).mappings()]
         out: list[Outcome] = []
         for stored in align_rows(conn, plan, rows, returned):
             if stored is None:
@@ -299,8 +299,8 @@ class DialectSupport:
         if not prepared.native or len(prepared.groups) != 1 or expression_key(prepared.target):
             return None
         (group,) = prepared.groups
-        if len(group.indexes) != 1:
-            return None
+        if len(group.indexes) != 1 or has_expressions([prepared.rows[group.indexes[0]]]):
+            return None  # (a SQL expression as a value goes in the statement: the usual path)
         table, target, dialect = prepared.table, prepared.target, engine.dialect
         cache = self._one_row_inserts
         shape = (dialect, table, target, group.columns)
@@ -331,7 +331,7 @@ class DialectSupport:
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
         """Execute ``stmt`` (with RETURNING) for rows sharing one key set, as ONE
         statement; return the rows the database reports as inserted."""
-        return [dict(m) for m in conn.execute(stmt, rows).mappings()]
+        return [dict(m) for m in execute_rows(conn, stmt, rows).mappings()]
 
     def bulk_rows(self, dialect: Dialect) -> int | None:
         """The group size from which ``write_bulk`` takes a group (and puts its
@@ -355,10 +355,24 @@ class DialectSupport:
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         """Without RETURNING: insert one row, the stored row or None if it was a duplicate."""
-        result = conn.execute(stmt, row)
+        result = execute_row(conn, stmt, row)
         if result.rowcount != 1:
             return None
         return with_primary_key(stmt.table, row, result)  # type: ignore[arg-type]
+
+
+def execute_rows(conn: Connection, stmt: Any, rows: list[Row]) -> sa.CursorResult[Any]:
+    """Run ``stmt`` for rows of one shape: bound parameters, or, where a row
+    gives a SQL expression, a multi-row VALUES list that carries it."""
+    stmt, params = rows_statement(stmt, rows)
+    return conn.execute(stmt, params)
+
+
+def execute_row(conn: Connection, stmt: Any, row: Row) -> sa.CursorResult[Any]:
+    """Run ``stmt`` for one row (SQL expressions in the row's VALUES)."""
+    if has_expressions([row]):
+        return conn.execute(stmt.values(row))
+    return conn.execute(stmt, row)
 
 
 def in_autocommit(conn: Connection) -> bool:
@@ -527,7 +541,7 @@ def upsert_reading_keys_first(
     insert one of the keys in between: the caller holds the write lock (SQLite)
     or the transaction is serializable, reading with ``for_update``."""
     existed, wanted = _existed(conn, plan, rows, for_update)
-    returned = [dict(m) for m in conn.execute(plan.statement, rows).mappings()]
+    returned = [dict(m) for m in execute_rows(conn, plan.statement, rows).mappings()]
     aligned = align_rows(conn, plan, rows, returned, wanted)
     out: list[Outcome] = []
     for there, stored in zip(existed, aligned, strict=True):

@@ -40,10 +40,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._expr import substitute
+from onconflict._expr import has_expressions, substitute
 from onconflict._match import Keys, align, by_key
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
@@ -55,12 +56,19 @@ from onconflict.dialects.base import (
     UpsertPlan,
     checkout,
     connection_lost,
+    execute_row,
+    execute_rows,
     in_autocommit,
     plain_engine,
     select_by_keys,
     with_primary_key,
 )
-from onconflict.exceptions import NotSupportedError, SeedLockTimeout, UnsafeInsertError
+from onconflict.exceptions import (
+    NotSupportedError,
+    OutcomeMismatchError,
+    SeedLockTimeout,
+    UnsafeInsertError,
+)
 
 DUPLICATE_KEY = 1062
 SHOW_WARNINGS = sa.text("SHOW WARNINGS")
@@ -188,23 +196,27 @@ class MySQL(DialectSupport):
         return mysql.insert(table).on_duplicate_key_update({col: col})  # by Column: key != name
 
     # -- upsert ------------------------------------------------------------------
-    # 1. SELECT ... FOR UPDATE the keys, in key order: the existing rows are
-    #    locked exclusively before anything else touches them. (Taking the shared
-    #    lock of a duplicate check first and upgrading it for the UPDATE is what
-    #    deadlocks concurrent upserters of the same keys.)
-    # 2. the guarded INSERT IGNORE above for the keys not found: exactly the
-    #    inserted rows. A row it skips was inserted by someone else meanwhile
-    #    (possible under READ COMMITTED) and is treated as existing.
-    # 3. the existing rows are updated by ON DUPLICATE KEY UPDATE (unconditional
-    #    update: all of them "updated"), or, with a condition, by one UPDATE each
-    #    whose matched-row count (CLIENT_FOUND_ROWS) says whether it held;
-    # 4. the updated rows are read back for the result.
+    # 1. lock-read: SELECT ... FOR UPDATE the keys, in key order: the existing
+    #    rows are locked exclusively before anything else touches them. (Taking
+    #    the shared lock of a duplicate check first and upgrading it for the
+    #    UPDATE is what deadlocks concurrent upserters of the same keys.)
+    # 2. insert: the guarded INSERT IGNORE above for the keys not found: exactly
+    #    the inserted rows. A row it skips was inserted by someone else meanwhile
+    #    (possible under READ COMMITTED) and is treated as existing; where the
+    #    rows can also hit another unique key, a locking read by the target key
+    #    first tells that from a duplicate of the other key (then raised).
+    # 3. update: the existing rows, by one ON DUPLICATE KEY UPDATE with a
+    #    multi-row VALUES list (unconditional update: all of them "updated"),
+    #    or, with a condition or another reachable unique key, by one UPDATE
+    #    ... WHERE target = key each, whose matched-row count
+    #    (CLIENT_FOUND_ROWS) says whether it held;
+    # 4. read-back: the updated rows are read for the result.
 
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         table = plan.table
         plan.extra["returning"] = bool(dialect.insert_returning)
         plan.statement = self.insert_ignore(table, plan.target, plan.extra["returning"])
-        if plan.where is None:
+        if plan.where is None and not plan.extra.get("other_keys"):
             odku = mysql.insert(table)
 
             def incoming(col: sa.Column[Any]) -> Any:
@@ -212,6 +224,9 @@ class MySQL(DialectSupport):
 
             set_ = {col: substitute(v, table, incoming) for col, v in plan.set_.items()}
             plan.extra["update_all"] = odku.on_duplicate_key_update(set_)
+            # the drivers' executemany cannot send bound values of the UPDATE
+            # part: with any, the rows go in a multi-row VALUES list instead
+            plan.extra["update_binds"] = any(map(_binds, set_.values()))
             return
 
         def param(col: sa.Column[Any]) -> Any:
@@ -219,44 +234,21 @@ class MySQL(DialectSupport):
 
         key = [table.c[c] == sa.bindparam(f"oc_key_{c}", type_=table.c[c].type) for c in plan.match]
         set_ = {col: substitute(v, table, param) for col, v in plan.set_.items()}
-        plan.extra["update_one"] = (
-            sa.update(table).where(*key).where(substitute(plan.where, table, param)).values(set_)
-        )
+        update = sa.update(table).where(*key).values(set_)
+        if plan.where is not None:
+            update = update.where(substitute(plan.where, table, param))
+        plan.extra["update_one"] = update
 
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         keyed = bool(plan.target.columns) and plan.match == plan.target.columns
-        found: set[tuple[Any, ...]] = set()
-        if keyed:
-            lock = select_by_keys(plan, rows, key_only=True)
-            lock = lock.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
-            found = {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
-        fresh = [i for i, row in enumerate(rows) if plan.keys.of(row, plan.match) not in found]
-        inserted: list[Row | None] = [None] * len(rows)
-        if fresh:
-            batch = [rows[i] for i in fresh]
-            if plan.extra["returning"]:
-                returned = self.write_many(conn, plan.statement, batch)
-                done = align(plan.keys, plan.table, batch, returned, plan.match)
-            else:
-                done = [self.write_one(conn, plan.statement, row) for row in batch]
-            for i, one in zip(fresh, done, strict=True):
-                inserted[i] = one
+        found = self._lock_keys(conn, plan, rows) if keyed else set()
+        inserted = self._insert_new(conn, plan, rows, found)
         existing = [row for row, ins in zip(rows, inserted, strict=True) if ins is None]
-        updated: list[Row] = []
-        if existing and "update_all" in plan.extra:
-            conn.execute(plan.extra["update_all"], existing)
-            updated = existing
-        elif existing:
-            update = plan.extra["update_one"]
-            for row in existing:
-                params = {f"oc_new_{c}": v for c, v in row.items()}
-                params.update({f"oc_key_{c}": row[c] for c in plan.match})
-                if conn.execute(update, params).rowcount:
-                    updated.append(row)
-        stored: dict[tuple[Any, ...], Row] = {}
-        if updated:
-            for now in conn.execute(select_by_keys(plan, updated)).mappings():
-                stored[plan.keys.of(dict(now), plan.match)] = dict(now)
+        if existing and plan.extra.get("other_keys"):
+            skipped = [r for r in existing if plan.keys.of(r, plan.match) not in found]
+            self._check_skipped(conn, plan, skipped, keyed)
+        updated = self._update_existing(conn, plan, existing) if existing else []
+        stored = self._read_back(conn, plan, updated)
         out: list[Outcome] = []
         for row, ins in zip(rows, inserted, strict=True):
             if ins is not None:
@@ -266,6 +258,96 @@ class MySQL(DialectSupport):
             else:
                 out.append(("unchanged", None))
         return out
+
+    def _lock_keys(
+        self, conn: Connection, plan: UpsertPlan, rows: list[Row]
+    ) -> set[tuple[Any, ...]]:
+        """Phase 1: the keys of ``rows`` that exist, their rows locked FOR UPDATE."""
+        lock = select_by_keys(plan, rows, key_only=True)
+        lock = lock.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
+        return {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
+
+    def _insert_new(
+        self, conn: Connection, plan: UpsertPlan, rows: list[Row], found: set[tuple[Any, ...]]
+    ) -> list[Row | None]:
+        """Phase 2: the guarded INSERT IGNORE of the rows whose key was not found;
+        the stored row of each input row it inserted, else None."""
+        fresh = [i for i, row in enumerate(rows) if plan.keys.of(row, plan.match) not in found]
+        inserted: list[Row | None] = [None] * len(rows)
+        if not fresh:
+            return inserted
+        batch = [rows[i] for i in fresh]
+        if plan.extra["returning"]:
+            returned = self.write_many(conn, plan.statement, batch)
+            done = align(plan.keys, plan.table, batch, returned, plan.match)
+        else:
+            done = [self.write_one(conn, plan.statement, row) for row in batch]
+        for i, one in zip(fresh, done, strict=True):
+            inserted[i] = one
+        return inserted
+
+    def _check_skipped(
+        self, conn: Connection, plan: UpsertPlan, skipped: list[Row], keyed: bool
+    ) -> None:
+        """Rows INSERT IGNORE skipped though their target key was not found: a
+        duplicate of the target key made meanwhile is an existing row; anything
+        else is a duplicate of another unique key, raised as the server raises
+        it (a plain INSERT of those rows, always rolled back), as PostgreSQL
+        and SQLite do for a conflict outside their target."""
+        if not skipped:
+            return
+        now: set[tuple[Any, ...]] = set()
+        if keyed:  # (rows without the target key can only be duplicates of another)
+            lock = select_by_keys(plan, skipped, key_only=True).with_for_update()
+            now = {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
+        others = [r for r in skipped if plan.keys.of(r, plan.match) not in now]
+        if not others:
+            return
+        probe = conn.begin_nested()
+        try:
+            execute_rows(conn, sa.insert(plan.table), others)
+        finally:
+            probe.rollback()
+        keys = ", ".join(k.describe() for k in plan.extra["other_keys"])
+        raise OutcomeMismatchError(
+            f"{len(others)} row(s) of the upsert into {plan.table.name!r} were skipped as"
+            f" duplicates though no row has their {plan.target.describe()}: a duplicate"
+            f" of {keys} that is gone again; nothing was stored"
+        )
+
+    def _update_existing(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Row]:
+        """Phase 3: update the existing rows; the rows an update held for."""
+        update_all = plan.extra.get("update_all")
+        if update_all is not None:
+            if plan.extra["update_binds"] or has_expressions(rows):
+                # one statement whose VALUES rows carry every row's own values
+                # (and SQL expressions as they are); the UPDATE's values bound once
+                conn.execute(update_all.values(rows))
+            else:  # executemany: the driver batches it, no compile per row count
+                conn.execute(update_all, rows)
+            return rows
+        update = plan.extra["update_one"]
+        updated: list[Row] = []
+        for row in rows:
+            if has_expressions([row]):
+                done = conn.execute(_update_with_expressions(plan, row))
+            else:
+                params = {f"oc_new_{c}": v for c, v in row.items()}
+                params.update({f"oc_key_{c}": row[c] for c in plan.match})
+                done = conn.execute(update, params)
+            if done.rowcount:
+                updated.append(row)
+        return updated
+
+    def _read_back(
+        self, conn: Connection, plan: UpsertPlan, updated: list[Row]
+    ) -> dict[tuple[Any, ...], Row]:
+        """Phase 4: the updated rows as stored, by key."""
+        stored: dict[tuple[Any, ...], Row] = {}
+        if updated:
+            for now in conn.execute(select_by_keys(plan, updated)).mappings():
+                stored[plan.keys.of(dict(now), plan.match)] = dict(now)
+        return stored
 
     @contextmanager
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
@@ -320,6 +402,8 @@ class MySQL(DialectSupport):
         ordinary path runs. None whenever it does not apply."""
         if not plain_engine(engine, "aiomysql") or not engine.dialect.insert_returning:
             return None
+        if has_expressions([plan.params]):
+            return None  # a SQL expression would be sent as its text: the usual path
         by_dialect: dict[Any, _FetchStatements] = plan.statements.setdefault("aiomysql", {})
         statements = by_dialect.get(engine.dialect)
         if statements is None:
@@ -342,7 +426,7 @@ class MySQL(DialectSupport):
 
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
         def run() -> tuple[list[Row], sa.CursorResult[Any]]:
-            result = conn.execute(stmt, rows)
+            result = execute_rows(conn, stmt, rows)
             return [dict(m) for m in result.mappings()], result
 
         try:
@@ -384,7 +468,7 @@ class MySQL(DialectSupport):
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         def run() -> tuple[Row | None, sa.CursorResult[Any]]:
-            result = conn.execute(stmt, row)
+            result = execute_row(conn, stmt, row)
             if result.rowcount != 1:
                 return None, result
             return with_primary_key(stmt.table, row, result), result  # type: ignore[arg-type]
@@ -469,9 +553,35 @@ class MySQL(DialectSupport):
         error for them (in strict mode), or returns."""
         probe = conn.begin_nested()
         try:
-            conn.execute(self.duplicate_noop(table), rows)
+            execute_rows(conn, self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+def _binds(value: Any) -> bool:
+    """Whether a SET value has a bound parameter (a plain value is one)."""
+    if not isinstance(value, sa.sql.ClauseElement):
+        return True
+    return any(isinstance(e, sa.sql.elements.BindParameter) for e in visitors.iterate(value))
+
+
+def _update_with_expressions(plan: UpsertPlan, row: Row) -> sa.Update:
+    """The UPDATE of one existing row whose values include SQL expressions:
+    those stand in the statement as they are, the others are bound."""
+    table = plan.table
+
+    def incoming(col: sa.Column[Any]) -> Any:
+        value = row[col.key]
+        if isinstance(value, sa.sql.ClauseElement):
+            return value
+        return sa.bindparam(None, value, type_=col.type)
+
+    key = [table.c[c] == row[c] for c in plan.match]
+    set_ = {col: substitute(v, table, incoming) for col, v in plan.set_.items()}
+    update = sa.update(table).where(*key).values(set_)
+    if plan.where is not None:
+        update = update.where(substitute(plan.where, table, incoming))
+    return update
 
 
 class _Driver:

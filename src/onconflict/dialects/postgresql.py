@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._expr import excluded_names, substitute
+from onconflict._expr import excluded_names, has_expressions, substitute
 from onconflict._gc import paused
 from onconflict._match import Keys, align, by_key, expression_key, returning_columns
 from onconflict._target import ConflictTarget
@@ -217,6 +217,7 @@ class PostgreSQL(DialectSupport):
         INSERT meets the conflict and neither part returns a row: no row means
         "try again" (under READ COMMITTED the next statement sees it).
         """
+        super().prepare_fetch(plan)  # the statement-by-statement form, for SQL expressions
         t = plan.table
         found = sa.select(*by_key(t)).where(lookup_condition(plan)).cte("oc_found")
         values = [sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values]
@@ -236,6 +237,10 @@ class PostgreSQL(DialectSupport):
         )
 
     def get_or_create_once(self, conn: Connection, plan: FetchPlan) -> tuple[Row, bool] | None:
+        if has_expressions([plan.params]):
+            # a SQL expression as a value cannot be a bound parameter of the CTE:
+            # SELECT, then INSERT ... ON CONFLICT DO NOTHING with it in VALUES
+            return super().get_or_create_once(conn, plan)
         got = conn.execute(plan.statements["one"], plan.bound(plan.values)).mappings().first()
         if got is None:
             return None
@@ -270,7 +275,7 @@ class PostgreSQL(DialectSupport):
         which reports any error exactly as SQLAlchemy does. The statement is a
         single autocommitted one, so a failed attempt has written nothing.
         """
-        if not plain_engine(engine, "asyncpg"):
+        if not plain_engine(engine, "asyncpg") or has_expressions([plan.params]):
             return None
         # compiled per dialect: two engines may process the same types differently
         # (json_serializer, say), and the plan's statements are shared by both
