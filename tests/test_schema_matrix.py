@@ -183,6 +183,16 @@ def check_row(what: str, got: Mapping[str, Any], expected: Mapping[str, Any], f:
     assert not wrong, f"{what}: returned row {dict(got)}: " + "; ".join(wrong)
 
 
+def check_given(what: str, got: Mapping[str, Any], f: Feature) -> None:
+    """A row reported as given (existing, unchanged): keyed by the names callers use."""
+    names = set(f.out_names().values())
+    foreign = sorted(set(got) - names)
+    assert not foreign, (
+        f"{what}: reported row keyed by {foreign}, not by column key / attribute name"
+        f" (expected keys among {sorted(names)}); row {dict(got)}"
+    )
+
+
 def check_stored(db: Db, f: Feature, expected: Mapping[str, Any], after: str) -> dict[str, Any]:
     rows = stored_rows(db, f)
     assert len(rows) == 1, f"after {after}: expected 1 stored row {dict(expected)}, got {rows}"
@@ -218,6 +228,7 @@ async def op_insert_ignore(front: Front, db: Db, f: Feature) -> None:
     what = f"insert_ignore({f.repeat()}) with the row stored"
     again = await front.step(what, "insert_ignore", f.target, [f.repeat()], on=f.on)
     check_counts(db, f, what, again, existing=1)
+    check_given(f"{what}, existing", again.existing[0], f)
     check_stored(db, f, f.stored, what)
 
 
@@ -239,6 +250,7 @@ async def op_upsert(front: Front, db: Db, f: Feature) -> None:
     what = f"upsert({row}, where=stored {name} != incoming) with the same values stored"
     third = await front.step(what, "upsert", f.target, [row], on=f.on, where=where)
     check_counts(db, f, what, third, unchanged=1)
+    check_given(f"{what}, unchanged", third.unchanged[0], f)
     check_stored(db, f, f.after_update(), what)
 
 
@@ -313,12 +325,12 @@ async def refused(front: Front, db: Db, f: Feature, op: str, why: str) -> None:
     """The call raises NotSupportedError, before any SQL is sent."""
     args: tuple[Any, ...]
     if op in ("insert_ignore", "upsert"):
-        args = (f.target, [f.row])
+        args, shown = (f.target, [f.row]), f"[{f.row}]"
     elif op == "seed":
-        args = ({f.target: [f.row]},)
+        args, shown = ({f.target: [f.row]},), f"{{{f.table.name}: [{f.row}]}}"
     else:
-        args = (f.target, f.lookup(False), f.rest())
-    what = f"{op}{args[1:] if op != 'seed' else args} (on={f.on!r}) on {db.name} ({why})"
+        args, shown = (f.target, f.lookup(False), f.rest()), f"{f.lookup(False)}, {f.rest()}"
+    what = f"{op}({shown}, on={f.on!r}) on {db.name} ({why})"
     await expect_refusal(front, db, f, what, onconflict.NotSupportedError, op, *args, on=f.on)
 
 
@@ -436,6 +448,63 @@ async def test_onupdate_and_update_argument(db: Db, update: Any, rev: str, front
     check_counts(db, f, what, result, updated=1)
     check_row(f"{what}, updated", result.updated[0], {"rev": rev}, f)
     check_stored(db, f, {"v": "y", "rev": rev}, what)
+
+
+ORM_FEATURES = [f for f in FEATURES if f.instance_of is not None]
+
+
+@pytest.mark.parametrize("session_kind", ["async", "sync"])
+@pytest.mark.parametrize("op", ["get_or_create", "update_or_create"])
+@pytest.mark.parametrize("feature", ORM_FEATURES, ids=[f.name for f in ORM_FEATURES])
+async def test_session_already_holds_the_row(
+    db: Db, feature: Feature, op: str, session_kind: str
+) -> None:
+    """A session holding the row (added and flushed, not committed): the call
+    finds it (created=False) and returns that very instance, with the values
+    stored after the call."""
+    f = feature
+    clear(db, f)
+    assert f.instance_of is not None
+    values = f.after_update() if op == "update_or_create" else f.stored
+    defaults = f.change if op == "update_or_create" else f.rest()
+    look = f.lookup(True)
+    what = f"{op}({look}, {defaults}) in a {session_kind} Session holding the row (flushed)"
+
+    def check(found: Any, created: bool, held: Any, names: list[str]) -> None:
+        assert created is False, f"{what}: expected created=False, got {created!r}"
+        assert found is held, f"{what}: expected the held instance {held!r}, got {found!r}"
+        got = {n: getattr(found, n) for n in names}
+        wrong = mismatches(got, values)
+        assert not wrong, f"{what}: returned instance {got}: " + "; ".join(wrong)
+
+    names = list(f.out_names().values())
+    if session_kind == "sync":
+        with sa.orm.Session(db.sengine) as session:
+            held = f.instance_of(**f.row)
+            session.add(held)
+            session.flush()
+            try:
+                found, created = getattr(onconflict.sync, op)(session, f.target, look, defaults)
+            except Exception as exc:
+                raise AssertionError(
+                    f"{what}: raised {type(exc).__name__}: {_first_line(exc)}"
+                ) from exc
+            check(found, created, held, names)
+            session.commit()
+    else:
+        async with AsyncSession(db.aengine) as asession:
+            held = f.instance_of(**f.row)
+            asession.add(held)
+            await asession.flush()
+            try:
+                found, created = await getattr(onconflict, op)(asession, f.target, look, defaults)
+            except Exception as exc:
+                raise AssertionError(
+                    f"{what}: raised {type(exc).__name__}: {_first_line(exc)}"
+                ) from exc
+            check(found, created, held, names)
+            await asession.commit()
+    check_stored(db, f, values, what)
 
 
 async def test_every_feature_is_declared_once() -> None:
