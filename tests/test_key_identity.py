@@ -565,3 +565,44 @@ async def test_mariadb_accents_and_trailing_spaces(front: Front, backend: Backen
     assert ([r["code"] for r in done.inserted], done.existing) == (["Thé"], [rows[0], rows[2]])
     report = await front.call("seed", {codes: [{"code": "CAFÉ", "n": 2}]}, mode="verify")
     assert len(report.tables[0].existing) == 1
+
+
+async def test_postgresql_nondeterministic_icu_collation(front: Front, backend: Backend) -> None:
+    """A column with a nondeterministic ICU collation (case-insensitive at
+    strength level 2): several rows, so that outcomes and in-call repeats
+    follow the collation read from the catalog (one row pairs by itself)."""
+    if backend.name != "postgresql":
+        pytest.skip("PostgreSQL's ICU collations")
+    icu = sa.MetaData()
+    ci = sa.Table(
+        "oc_ki_icu",
+        icu,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(20, collation="oc_ki_ci"), nullable=False, unique=True),
+        sa.Column("n", sa.Integer, nullable=True),
+    )
+    async with front.aengine.begin() as conn:
+        await conn.execute(
+            sa.DDL(
+                "CREATE COLLATION IF NOT EXISTS oc_ki_ci"
+                " (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+            )
+        )
+        await conn.run_sync(icu.drop_all)
+        await conn.run_sync(icu.create_all)
+    try:
+        await front.add(ci, {"code": "abc", "n": 1})
+        up = await front.call("upsert", ci, [{"code": "ABC", "n": 2}, {"code": "Def", "n": 3}])
+        assert [(r["code"], r["n"]) for r in up.updated] == [("abc", 2)]
+        assert [r["code"] for r in up.inserted] == ["Def"]
+        rows = [{"code": "GHI"}, {"code": "ghi"}, {"code": "DEF"}]
+        done = await front.call("insert_ignore", ci, rows)
+        assert ([r["code"] for r in done.inserted], done.existing) == (["GHI"], rows[1:])
+        assert sorted(r["code"] for r in (await front.rows(ci, "id")).values()) == [
+            "Def",
+            "GHI",
+            "abc",
+        ]
+    finally:
+        async with front.aengine.begin() as conn:
+            await conn.run_sync(icu.drop_all)

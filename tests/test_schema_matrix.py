@@ -156,7 +156,8 @@ def stored_rows(db: Db, feature: Feature) -> list[dict[str, Any]]:
     names = feature.out_names()
     with db.sengine.connect() as conn:
         rows = conn.execute(sa.select(feature.table)).mappings().all()
-    return [{names[k]: v for k, v in r.items()} for r in rows]
+    # by Column object: a SELECT's own keys are database names (user_email)
+    return [{names[c.key]: r[c] for c in feature.table.c} for r in rows]
 
 
 def mismatches(got: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -45,7 +44,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._expr import has_expressions, substitute
-from onconflict._match import Keys, align, by_key
+from onconflict._match import Keys, align, by_key, fold_text
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
@@ -93,18 +92,6 @@ READ_COLLATIONS = sa.text(
 )
 
 
-def _fold(value: str, pad: bool, ci: bool, ai: bool) -> str:
-    if pad:
-        value = value.rstrip(" ")
-    if ci:
-        value = value.casefold()
-    if ai:
-        value = "".join(
-            ch for ch in unicodedata.normalize("NFKD", value) if not unicodedata.combining(ch)
-        )
-    return value
-
-
 def _is_string(col: sa.Column[Any]) -> bool:
     try:
         return col.type.python_type is str
@@ -127,7 +114,7 @@ def collation_fold(collation: str | None) -> Callable[[str], str] | None:
     ai = ci and "as" not in parts
     if not (pad or ci):
         return None
-    return functools.partial(_fold, pad=pad, ci=ci, ai=ai)
+    return functools.partial(fold_text, pad=pad, ci=ci, ai=ai)
 
 
 # Errors after which InnoDB has rolled back the whole transaction, savepoints

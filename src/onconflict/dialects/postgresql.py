@@ -7,7 +7,9 @@ NOT NULL (23502), CHECK (23514), foreign key (23503) and too-long values
 
 from __future__ import annotations
 
+import functools
 import operator
+import unicodedata
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._expr import excluded_names, has_expressions, substitute
 from onconflict._gc import paused
-from onconflict._match import Keys, align, by_key, expression_key, returning_columns
+from onconflict._match import Keys, align, by_key, expression_key, fold_text, returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     INSERTED,
@@ -122,9 +124,17 @@ class PostgreSQL(DialectSupport):
     def key_identity(
         self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
     ) -> bool:
-        """``citext`` key columns compare case-insensitively (``lower()``; known
-        from the metadata: no SQL)."""
-        folds = {c: str.lower for c in columns if isinstance(table.c[c].type, pg.CITEXT)}
+        """``citext`` key columns compare case-insensitively (known from the
+        metadata), and so do columns with a nondeterministic ICU collation
+        (``CREATE COLLATION ... (provider = icu, locale = 'und-u-ks-level2',
+        deterministic = false)``), read from the catalog once per connection and
+        table, and only for keys with a string column."""
+        folds: dict[str, Any] = {
+            c: str.lower for c in columns if isinstance(table.c[c].type, pg.CITEXT)
+        }
+        if any(_is_string(table.c[c]) for c in columns if c not in folds):
+            found = _collation_folds(conn, table)
+            folds.update({c: found[c] for c in columns if c in found and c not in folds})
         keys.set_folds(folds)
         return bool(folds)
 
@@ -500,3 +510,51 @@ def _fetch_fast(
     finally:
         raw.close()
     return None
+
+
+COLLATIONS = "onconflict.pg_collations"  # conn.info: (schema, table) -> column key -> fold
+# the nondeterministic collations of a table's columns; the whole pg_collation
+# row as JSON, since its locale column is named differently across versions
+_READ_COLLATIONS = sa.text(
+    "SELECT a.attname, row_to_json(c) FROM pg_catalog.pg_attribute a"
+    " JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation"
+    " WHERE a.attrelid = to_regclass(:name) AND a.attnum > 0 AND NOT c.collisdeterministic"
+)
+
+
+def _is_string(col: sa.Column[Any]) -> bool:
+    try:
+        return col.type.python_type is str
+    except NotImplementedError:
+        return False
+
+
+def _collation_folds(conn: Connection, table: sa.Table) -> dict[str, Any]:
+    """Column key -> fold for the table's columns whose collation is
+    nondeterministic (cached on the connection)."""
+    cache: dict[tuple[str | None, str], dict[str, Any]] = conn.info.setdefault(COLLATIONS, {})
+    where = (table.schema, table.name)
+    folds = cache.get(where)
+    if folds is None:
+        keys = {c.name: c.key for c in table.c}
+        name = conn.dialect.identifier_preparer.format_table(table)
+        folds = {}
+        for column, row in conn.execute(_READ_COLLATIONS, {"name": name}):
+            fold = icu_fold(row)
+            if fold is not None and column in keys:
+                folds[keys[column]] = fold
+        cache[where] = folds
+    return folds
+
+
+def icu_fold(collation: dict[str, Any]) -> Any:
+    """How a nondeterministic ICU collation compares strings, as a Python fold:
+    strength level 1 (``ks-level1``) ignores case and accents, level 2 case;
+    other nondeterministic collations (canonical equivalence only) compare
+    the NFC forms."""
+    locale = str(collation.get("colliculocale") or collation.get("colllocale") or "").lower()
+    if "ks-level1" in locale:
+        return functools.partial(fold_text, ci=True, ai=True)
+    if "ks-level2" in locale:
+        return functools.partial(fold_text, ci=True)
+    return functools.partial(unicodedata.normalize, "NFC")

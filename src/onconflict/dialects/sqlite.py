@@ -92,7 +92,8 @@ class SQLite(DialectSupport):
         (known from the metadata: no SQL)."""
         folds = {}
         for name in columns:
-            collation = getattr(table.c[name].type, "collation", None)
+            # the type as this dialect uses it (a with_variant() type says its collation there)
+            collation = getattr(table.c[name].type.dialect_impl(conn.dialect), "collation", None)
             fold = COLLATION_FOLDS.get(str(collation).upper()) if collation else None
             if fold is not None:
                 folds[name] = fold
