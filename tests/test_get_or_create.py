@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import pytest
@@ -332,3 +334,123 @@ async def test_a_vanished_row_is_retried_not_returned_as_none(
     async with aengine.connect() as conn:
         with pytest.raises(onconflict.OnConflictError, match="could not be read 5 times"):
             await onconflict.get_or_create(conn, users, {"email": "w@x"}, {"name": "w"})
+
+
+# -- Django's get_or_create / update_or_create tests, ported ------------------------
+
+django_metadata = sa.MetaData()
+people = sa.Table(
+    "oc_people",
+    django_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("first", sa.String(20), nullable=False, unique=True),
+    sa.Column("last", sa.String(20), nullable=False),
+    sa.Column("born", sa.Integer, nullable=True),
+    sa.Column("city", sa.String(20), nullable=False),  # no default: given on create only
+    sa.Column("nick", sa.String(20), nullable=True, unique=True),
+)
+stamped = sa.Table(
+    "oc_stamped",
+    django_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(20), nullable=False, unique=True),
+    sa.Column("token", sa.String(32), nullable=False, default=lambda: uuid4().hex),
+    sa.Column("kind", sa.String(10), nullable=False, default="plain"),
+    sa.Column("made_on", sa.String(20), nullable=False, default=lambda ctx: ctx.dialect.name),
+    sa.Column("changed", sa.Integer, nullable=True, onupdate=1),
+)
+
+
+@pytest.fixture
+async def django_tables(aengine: AsyncEngine) -> AsyncIterator[None]:
+    async with aengine.begin() as conn:
+        await conn.run_sync(django_metadata.drop_all)
+        await conn.run_sync(django_metadata.create_all)
+    yield
+    async with aengine.begin() as conn:
+        await conn.run_sync(django_metadata.drop_all)
+
+
+FRONTS = ["async-engine", "async-connection", "async-session", "sync-engine", "sync-connection"]
+
+
+async def via(
+    front: str, aengine: AsyncEngine, sengine: Engine, fn: str, *args: Any, **kw: Any
+) -> Any:
+    """Call onconflict.<fn> (or onconflict.sync.<fn>) through the given front."""
+    if front == "async-engine":
+        return await getattr(onconflict, fn)(aengine, *args, **kw)
+    if front == "async-connection":
+        async with aengine.begin() as conn:
+            return await getattr(onconflict, fn)(conn, *args, **kw)
+    if front == "async-session":
+        async with AsyncSession(aengine) as session:
+            got = await getattr(onconflict, fn)(session, *args, **kw)
+            await session.commit()
+            return got
+    if front == "sync-engine":
+        return await anyio.to_thread.run_sync(
+            lambda: getattr(onconflict.sync, fn)(sengine, *args, **kw)
+        )
+
+    def in_connection() -> Any:
+        with sengine.begin() as conn:
+            return getattr(onconflict.sync, fn)(conn, *args, **kw)
+
+    return await anyio.to_thread.run_sync(in_connection)
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+async def test_python_side_defaults(
+    aengine: AsyncEngine, sengine: Engine, backend: Backend, front: str
+) -> None:
+    """Scalar, callable and context-taking Python-side defaults are computed on
+    every path, the driver-level ones included (a new value per call)."""
+    dialect = "sqlite" if backend.name == "sqlite" else aengine.dialect.name
+    row, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
+    assert created
+    assert len(row["token"]) == 32
+    assert (row["kind"], row["made_on"]) == ("plain", dialect)
+    again, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
+    assert (again, created) == (row, False)
+    other, _ = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "b"})
+    assert other["token"] != row["token"]
+    done = await via(front, aengine, sengine, "insert_ignore", stamped, [{"name": "c"}])
+    (made,) = done.inserted
+    assert len(made["token"]) == 32
+    assert made["kind"] == "plain"
+    async with aengine.connect() as conn:
+        stored = (await conn.execute(sa.select(stamped).order_by(stamped.c.id))).mappings().all()
+    assert [len(r["token"]) for r in stored] == [32, 32, 32]
+    assert len({r["token"] for r in stored}) == 3
+
+
+@pytest.mark.usefixtures("django_tables")
+async def test_python_side_defaults_without_a_context(aengine: AsyncEngine) -> None:
+    """The driver-level paths compute scalar and plain callable defaults themselves
+    (and leave a context-taking one to SQLAlchemy): a table without one."""
+    plain = sa.Table(
+        "oc_plain_defaults",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(20), nullable=False, unique=True),
+        sa.Column("token", sa.String(32), nullable=False, default=lambda: uuid4().hex),
+        sa.Column("kind", sa.String(10), nullable=False, default="plain"),
+    )
+    async with aengine.begin() as conn:
+        await conn.run_sync(plain.create)
+    try:
+        row, created = await onconflict.get_or_create(aengine, plain, {"name": "a"})
+        assert created
+        assert len(row["token"]) == 32
+        assert row["kind"] == "plain"
+        again, created = await onconflict.get_or_create(aengine, plain, {"name": "a"})
+        assert (again, created) == (row, False)
+        done = await onconflict.insert_ignore(aengine, plain, [{"name": "b"}])
+        assert len(done.inserted[0]["token"]) == 32
+        done = await onconflict.insert_ignore(aengine, plain, [{"name": "b"}])
+        assert len(done.existing) == 1
+    finally:
+        async with aengine.begin() as conn:
+            await conn.run_sync(plain.drop)

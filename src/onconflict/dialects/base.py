@@ -193,6 +193,8 @@ class DialectSupport:
             fast = cache[shape] = DriverStatement(stmt, dialect, table.c)
             if len(cache) > 512:
                 cache.pop(next(iter(cache)))
+        if fast.needs_context:
+            return None
         (index,) = group.indexes
         return fast, index, fast.arguments(prepared.rows[index])
 
@@ -303,12 +305,26 @@ class DriverStatement:
         self.params = [
             (name.removeprefix("oc_"), binds[name].type.bind_processor(dialect)) for name in names
         ]
+        # columns the statement fills from their Python-side default (SQLAlchemy
+        # names their parameters by column key), which this path computes itself
+        prefetch = {c.key: c for c in getattr(compiled, "insert_prefetch", ())}
+        made = [python_default(prefetch[n]) for n in names if n in prefetch]
+        self.needs_context = None in made
+        """A default needs SQLAlchemy's execution context (a callable taking one,
+        a sequence): the driver-level path must not run; the ordinary one does."""
+        self.defaults = [
+            (key, make)
+            for key, make in zip((n for n in names if n in prefetch), made, strict=True)
+            if make is not None
+        ]
         cols = stmt.selected_columns if columns is None else columns
         self.columns = [(col.key, col.type.result_processor(dialect, None)) for col in cols]
         self.names = [key for key, _ in self.columns]
         self.plain = not any(proc for _, proc in self.columns)
 
     def arguments(self, values: dict[str, Any]) -> list[Any]:
+        if self.defaults:  # a new value per call, as SQLAlchemy's execution computes it
+            values = {**{k: make() for k, make in self.defaults if k not in values}, **values}
         return [proc(values[k]) if proc else values[k] for k, proc in self.params]
 
     def rows(self, records: list[Any]) -> list[Row]:
@@ -323,6 +339,23 @@ class DriverStatement:
             key: proc(value) if proc else value
             for (key, proc), value in zip(self.columns, record, strict=True)
         }
+
+
+def python_default(column: sa.Column[Any]) -> Callable[[], Any] | None:
+    """How to compute a column's Python-side INSERT default without SQLAlchemy's
+    execution context: a scalar, or a callable taking no argument. None for a
+    callable that takes the context (or anything else): only SQLAlchemy can run it."""
+    default: Any = column.default
+    if default is None:
+        return None
+    if default.is_scalar:
+        value = default.arg
+        return lambda: value
+    original = getattr(default, "_fn", None)  # what the column was given
+    if default.is_callable and original is not None and default.arg is not original:
+        # SQLAlchemy wrapped it: a callable that takes no context
+        return original  # type: ignore[no-any-return]
+    return None
 
 
 def with_primary_key(table: sa.Table, row: Row, result: sa.CursorResult[Any]) -> Row:

@@ -252,6 +252,8 @@ class MySQL(DialectSupport):
                     plan.statements["insert_returning"].values(values), dialect, table.c
                 ),
             )
+        if statements[2].needs_context:
+            return None
         return await greenlet_spawn(
             _get_or_create_aiomysql, engine.sync_engine, statements, plan.params, attempts
         )

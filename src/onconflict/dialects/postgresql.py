@@ -234,6 +234,8 @@ class PostgreSQL(DialectSupport):
         if fast is None:
             fast = DriverStatement(plan.statements["one"], engine.dialect)
             plan.statements["asyncpg"] = fast
+        if fast.needs_context:
+            return None
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
