@@ -454,3 +454,271 @@ async def test_python_side_defaults_without_a_context(aengine: AsyncEngine) -> N
     finally:
         async with aengine.begin() as conn:
             await conn.run_sync(plain.drop)
+
+
+async def lennon(aengine: AsyncEngine) -> dict[str, Any]:
+    async with aengine.begin() as conn:
+        await conn.execute(
+            people.insert(), [{"first": "John", "last": "Lennon", "born": 1940, "city": "Liv"}]
+        )
+        return dict((await conn.execute(sa.select(people))).mappings().one())
+
+
+async def stored_people(aengine: AsyncEngine) -> list[dict[str, Any]]:
+    async with aengine.connect() as conn:
+        got = await conn.execute(sa.select(people).order_by(people.c.id))
+        return [dict(r) for r in got.mappings()]
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
+async def test_lookup_mismatch_raises_at_once(
+    aengine: AsyncEngine,
+    sengine: Engine,
+    front: str,
+    fn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Django's test_update_or_create / get_or_create with a lookup whose unique
+    column matches John Lennon but whose other column does not: raised after one
+    attempt, and Lennon's row is left alone."""
+    from onconflict.dialects import support_for
+
+    before = await lennon(aengine)
+    support = support_for(aengine.dialect)
+    real = support.get_or_create_once
+    calls: list[int] = []
+
+    def counted(conn: Any, plan: Any) -> Any:
+        calls.append(1)
+        return real(conn, plan)
+
+    monkeypatch.setattr(support, "get_or_create_once", counted)
+    with pytest.raises(onconflict.LookupMismatchError, match="last"):
+        await via(
+            front,
+            aengine,
+            sengine,
+            fn,
+            people,
+            {"first": "John", "last": "Other"},
+            {"born": 2000, "city": "NY"},
+        )
+    assert len(calls) <= 1  # (the engine's driver-level paths do not count here)
+    assert await stored_people(aengine) == [before]
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+async def test_update_or_create_by_primary_key_keeps_other_columns(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    """update_or_create(pk=..., defaults=...): the existing row is UPDATEd, so a
+    NOT NULL column not given (city) is not needed; Core applies ``onupdate``."""
+    before = await lennon(aengine)
+    row, created = await via(
+        front, aengine, sengine, "update_or_create", people, {"id": before["id"]}, {"born": 1941}
+    )
+    assert created is False
+    assert row == {**before, "born": 1941}
+    assert await stored_people(aengine) == [row]
+    made, created = await via(
+        front, aengine, sengine, "update_or_create", stamped, {"name": "s"}, {"kind": "k1"}
+    )
+    assert (created, made["kind"], made["changed"]) == (True, "k1", None)
+    changed, created = await via(
+        front, aengine, sengine, "update_or_create", stamped, {"name": "s"}, {"kind": "k2"}
+    )
+    assert (created, changed["kind"], changed["changed"]) == (False, "k2", 1)
+    assert changed["token"] == made["token"]
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+async def test_create_defaults_and_callables(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    """Django 5.0's create_defaults: used only when the row is created (then
+    ``defaults`` are not); callables among the values are called."""
+    create = {"last": lambda: "McCartney", "city": "Liv", "born": 1941}
+    row, created = await via(
+        front,
+        aengine,
+        sengine,
+        "update_or_create",
+        people,
+        {"first": "Paul"},
+        {"born": lambda: 1942},
+        create_defaults=create,
+    )
+    assert created is True
+    assert (row["last"], row["born"], row["city"]) == ("McCartney", 1941, "Liv")
+    row, created = await via(
+        front,
+        aengine,
+        sengine,
+        "update_or_create",
+        people,
+        {"first": "Paul"},
+        {"born": lambda: 1942},
+        create_defaults={**create, "last": "Other"},
+    )
+    assert created is False
+    assert (row["last"], row["born"], row["city"]) == ("McCartney", 1942, "Liv")
+    got, created = await via(
+        front,
+        aengine,
+        sengine,
+        "get_or_create",
+        people,
+        {"first": "George"},
+        {"last": lambda: "Harrison", "city": "Liv"},
+    )
+    assert (got["last"], created) == ("Harrison", True)
+    # nothing to update: a get_or_create that creates from create_defaults
+    got, created = await via(
+        front,
+        aengine,
+        sengine,
+        "update_or_create",
+        people,
+        {"first": "Ringo"},
+        create_defaults={"last": "Starr", "city": "Liv"},
+    )
+    assert (got["last"], created) == ("Starr", True)
+    assert [r["last"] for r in await stored_people(aengine)] == [
+        "McCartney",
+        "Harrison",
+        "Starr",
+    ]
+    with pytest.raises(ValueError, match="both in lookup and in create_defaults"):
+        await via(
+            front,
+            aengine,
+            sengine,
+            "update_or_create",
+            people,
+            {"first": "Paul"},
+            {"born": 1},
+            create_defaults={"first": "x"},
+        )
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
+async def test_null_in_a_key_column_is_refused(
+    aengine: AsyncEngine, sengine: Engine, front: str, fn: str
+) -> None:
+    """NULL never matches in a unique key: refused before any SQL, instead of a
+    new row on every call. NULL in a lookup column outside the key matches."""
+    for _ in range(2):
+        with pytest.raises(ValueError, match="'nick' is None"):
+            await via(front, aengine, sengine, fn, people, {"nick": None}, {"born": 1})
+    assert await stored_people(aengine) == []
+    lookup = {"first": "Pete", "born": None}
+    made, created = await via(
+        front, aengine, sengine, fn, people, lookup, {"last": "B", "city": "L"}
+    )
+    assert created is True
+    again, created = await via(
+        front, aengine, sengine, fn, people, lookup, {"last": "B", "city": "L"}
+    )
+    assert (again, created) == (made, False)
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
+async def test_defaults_colliding_with_another_unique_key_raise_at_once(
+    aengine: AsyncEngine, sengine: Engine, front: str, fn: str
+) -> None:
+    """The values collide with another row on a unique key that is not the
+    lookup's (nick): the database's IntegrityError, at once, nothing stored."""
+    before = await lennon(aengine)
+    async with aengine.begin() as conn:
+        await conn.execute(people.update().values(nick="johnny"))
+    before["nick"] = "johnny"
+    with pytest.raises(sa.exc.IntegrityError) as info:
+        await via(
+            front,
+            aengine,
+            sengine,
+            fn,
+            people,
+            {"first": "Paul"},
+            {"last": "M", "city": "L", "nick": "johnny"},
+        )
+    assert onconflict.is_unique_violation(info.value)
+    assert await stored_people(aengine) == [before]
+
+
+@pytest.mark.usefixtures("django_tables")
+async def test_32_coroutines_update_or_create_one_key(aengine: AsyncEngine) -> None:
+    """32 callers on one new key, each with its own value: one creates (from
+    create_defaults: city, NOT NULL, is never in ``defaults``), the others
+    update; exactly one created, the final row holds one of the values, nothing
+    raised."""
+    got: list[tuple[dict[str, Any], bool]] = []
+    errors: list[BaseException] = []
+
+    async def worker(i: int) -> None:
+        create = {"last": "Starr", "city": "Liv", "born": 1000 + i}
+        try:
+            got.append(
+                await onconflict.update_or_create(
+                    aengine, people, {"first": "Ringo"}, {"born": i}, create_defaults=create
+                )
+            )
+        except Exception as exc:  # collected: a failing task must not cancel the others
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(32):
+            tg.start_soon(worker, i)
+    assert errors == []
+    assert sum(created for _, created in got) == 1
+    (creator,) = [row for row, created in got if created]
+    assert (creator["city"], creator["born"] >= 1000) == ("Liv", True)
+    assert len({row["id"] for row, _ in got}) == 1
+    assert sorted(row["born"] for row, created in got if not created) == sorted(
+        set(range(32)) & {row["born"] for row, _ in got}
+    )
+    (final,) = await stored_people(aengine)
+    assert final["born"] in {row["born"] for row, _ in got}
+    assert final["city"] == "Liv"
+
+
+@pytest.mark.parametrize("front", ["async", "sync"])
+async def test_session_holding_the_row_gets_the_new_values(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    """A session that already holds the instance: update_or_create returns it
+    with the stored values, not the ones the session loaded before."""
+    await onconflict.get_or_create(aengine, Item, {"code": "x"}, {"title": "old"})
+    if front == "async":
+        async with AsyncSession(aengine) as session:
+            (held,) = (await session.execute(sa.select(Item))).scalars().all()
+            assert held.title == "old"
+            item, created = await onconflict.update_or_create(
+                session, Item, {"code": "x"}, {"title": "new"}
+            )
+            assert (item is held, created, item.title) == (True, False, "new")
+            assert not session.dirty
+            await session.commit()
+    else:
+
+        def run() -> None:
+            with sa.orm.Session(sengine) as session:
+                (held,) = session.execute(sa.select(Item)).scalars().all()
+                item, created = onconflict.sync.update_or_create(
+                    session, Item, {"code": "x"}, {"title": "new"}
+                )
+                assert (item is held, created, item.title) == (True, False, "new")
+                session.commit()
+
+        await anyio.to_thread.run_sync(run)
+    async with aengine.connect() as conn:
+        title = (await conn.execute(sa.select(Item.__table__.c.item_title))).scalar_one()
+    assert title == "new"

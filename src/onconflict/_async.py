@@ -23,10 +23,10 @@ from onconflict._core import (
     prepare_insert_ignore,
 )
 from onconflict._fetch import (
-    ATTEMPTS,
     _as_instances,
     _get_or_create_work,
     _update_or_create_work,
+    fast_attempts,
     prepare_get_or_create,
     prepare_update_or_create,
 )
@@ -188,7 +188,8 @@ async def get_or_create(
     """
     prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
     if isinstance(conn, AsyncEngine):
-        got = await prepared.support.get_or_create_fast(conn, prepared.plan, ATTEMPTS)
+        attempts = fast_attempts(prepared)
+        got = await prepared.support.get_or_create_fast(conn, prepared.plan, attempts)
         if got is not None:
             row, created = got
             return prepared.output(row), created
@@ -209,6 +210,7 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[_O, bool]: ...
@@ -219,6 +221,7 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
@@ -229,6 +232,7 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
@@ -238,15 +242,20 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     *,
+    create_defaults: Mapping[str, Any] | None = None,
     on: OnTarget = None,
     retry: Retry | None = DEFAULT_RETRY,
 ) -> tuple[Any, bool]:
     """Create the row from ``lookup`` and ``defaults``, or bring the existing
     one's ``defaults`` columns to these values: ``(row, created)``. Race-safe."""
-    if not defaults:
-        return await get_or_create(conn, table, lookup, on=on, retry=retry)
-    fetch, prepared = prepare_update_or_create(dialect_of(conn), table, lookup, defaults, on)
-    return await _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(fetch))
+    if not defaults:  # nothing to update
+        return await get_or_create(conn, table, lookup, create_defaults, on=on, retry=retry)
+    prepared = prepare_update_or_create(
+        dialect_of(conn), table, lookup, defaults, on, create_defaults
+    )
+    return await _run(
+        conn, _update_or_create_work, prepared, retry, finish=_as_instances(prepared.fetch)
+    )
 
 
 async def seed(

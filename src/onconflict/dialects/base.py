@@ -60,8 +60,15 @@ class FetchPlan:
 
 
 def lookup_condition(plan: FetchPlan) -> ColumnElement[bool]:
-    t = plan.table
-    return sa.and_(*(t.c[k] == sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.lookup))
+    """The lookup as a WHERE clause: ``=`` for the key's columns (never NULL: such
+    a lookup is refused), NULL-safe equality for the other lookup columns."""
+    t, key = plan.table, plan.target.columns
+
+    def match(k: str) -> ColumnElement[bool]:
+        value = sa.bindparam(f"oc_{k}", type_=t.c[k].type)
+        return t.c[k] == value if k in key else t.c[k].is_not_distinct_from(value)
+
+    return sa.and_(*map(match, plan.lookup))
 
 
 class DialectSupport:
@@ -161,6 +168,16 @@ class DialectSupport:
         locked = plan.statements["select_locked"]
         found = conn.execute(locked, plan.bound(plan.lookup)).mappings().first()
         return (dict(found), False) if found is not None else None
+
+    def conflict_elsewhere(self, conn: Connection, plan: FetchPlan) -> None:
+        """After an attempt whose insert was skipped but whose row could not be
+        read: raise the database's error if the duplicate was of another unique
+        key than the target (possible only where the insert cannot name its
+        target: MySQL). Generic: the target is named, nothing to do."""
+
+    def lock_for_update_or_create(self, conn: Connection) -> None:
+        """Before update_or_create's read: take what keeps a concurrent writer from
+        coming between the read and the UPDATE, where row locks do not (SQLite)."""
 
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> AbstractContextManager[Any]:
         """Hold the database-wide lock ``name`` for the rest of the transaction, so

@@ -95,6 +95,11 @@ class SQLite(DialectSupport):
         begun(conn, immediate=True)
         return upsert_reading_keys_first(conn, plan, rows)
 
+    def lock_for_update_or_create(self, conn: Connection) -> None:
+        """The write lock first (BEGIN IMMEDIATE): a read transaction that later
+        writes can fail with SQLITE_BUSY where waiting does not help."""
+        begun(conn, immediate=True)
+
 
 def begun(conn: Connection, immediate: bool = False) -> None:
     """Make sure SQLite itself is inside a transaction before a SAVEPOINT.
