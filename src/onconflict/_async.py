@@ -180,8 +180,11 @@ async def get_or_create(
     at once all get the same row, and exactly one of them ``created=True``.
 
     ``lookup`` must contain exactly one unique key of the table (or name it with
-    ``on``). The row is a mapping with server-generated values; with an ORM class
-    and an ``AsyncSession``, the mapped instance, attached to the session.
+    ``on``), with no ``None`` in that key's columns (refused: NULL never matches
+    there). Callables among the ``defaults`` values are called. The row is a
+    mapping with server-generated values; with an ORM class and an
+    ``AsyncSession``, the mapped instance, attached to the session (an instance
+    the session already holds is brought to the stored values).
 
     On PostgreSQL it is one statement; with an engine it runs in autocommit (no
     BEGIN/COMMIT round trips).
@@ -246,8 +249,15 @@ async def update_or_create(
     on: OnTarget = None,
     retry: Retry | None = DEFAULT_RETRY,
 ) -> tuple[Any, bool]:
-    """Create the row from ``lookup`` and ``defaults``, or bring the existing
-    one's ``defaults`` columns to these values: ``(row, created)``. Race-safe."""
+    """Create the row from ``lookup`` and ``defaults``, or UPDATE the existing
+    one's ``defaults`` columns to these values (its other columns are left
+    alone): ``(row, created)``. Race-safe: exactly one concurrent caller creates.
+
+    ``create_defaults`` (as in Django 5.0): when given, a new row is made from
+    ``lookup`` and ``create_defaults`` only, and ``defaults`` only update an
+    existing row. Callables among the values of ``defaults`` and
+    ``create_defaults`` are called. A lookup whose key exists with other values
+    in its other columns raises ``LookupMismatchError``."""
     if not defaults:  # nothing to update
         return await get_or_create(conn, table, lookup, create_defaults, on=on, retry=retry)
     prepared = prepare_update_or_create(
