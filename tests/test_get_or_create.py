@@ -349,6 +349,13 @@ people = sa.Table(
     sa.Column("city", sa.String(20), nullable=False),  # no default: given on create only
     sa.Column("nick", sa.String(20), nullable=True, unique=True),
 )
+
+
+def made_on(context: Any) -> str:
+    """A default taking SQLAlchemy's context, reading the row's other values."""
+    return f"{context.get_current_parameters()['name']}@{context.dialect.name}"
+
+
 stamped = sa.Table(
     "oc_stamped",
     django_metadata,
@@ -356,7 +363,7 @@ stamped = sa.Table(
     sa.Column("name", sa.String(20), nullable=False, unique=True),
     sa.Column("token", sa.String(32), nullable=False, default=lambda: uuid4().hex),
     sa.Column("kind", sa.String(10), nullable=False, default="plain"),
-    sa.Column("made_on", sa.String(20), nullable=False, default=lambda ctx: ctx.dialect.name),
+    sa.Column("made_on", sa.String(20), nullable=False, default=lambda ctx: made_on(ctx)),
     sa.Column("changed", sa.Integer, nullable=True, onupdate=1),
 )
 
@@ -411,7 +418,7 @@ async def test_python_side_defaults(
     row, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
     assert created
     assert len(row["token"]) == 32
-    assert (row["kind"], row["made_on"]) == ("plain", dialect)
+    assert (row["kind"], row["made_on"]) == ("plain", f"a@{dialect}")
     again, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
     assert (again, created) == (row, False)
     other, _ = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "b"})

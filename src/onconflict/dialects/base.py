@@ -375,6 +375,17 @@ def python_default(column: sa.Column[Any]) -> Callable[[], Any] | None:
     return None
 
 
+def needs_context(table: sa.Table, given: tuple[str, ...]) -> bool:
+    """Whether a row made from the ``given`` columns needs a Python-side default
+    that takes SQLAlchemy's execution context: only a plain INSERT executed by
+    SQLAlchemy gives it a usable one (``get_current_parameters()``)."""
+    return any(
+        c.default is not None and c.default.is_callable and python_default(c) is None
+        for c in table.c
+        if c.key not in given
+    )
+
+
 def with_primary_key(table: sa.Table, row: Row, result: sa.CursorResult[Any]) -> Row:
     """The row as inserted, with the primary key the database generated for it."""
     stored = dict(row)

@@ -35,6 +35,7 @@ from onconflict.dialects.base import (
     do_nothing,
     do_update,
     lookup_condition,
+    needs_context,
     plain_engine,
     upsert_reading_keys_first,
 )
@@ -174,8 +175,15 @@ class PostgreSQL(DialectSupport):
         another transaction commits the row after this statement's snapshot, the
         INSERT meets the conflict and neither part returns a row: no row means
         "try again" (under READ COMMITTED the next statement sees it).
+
+        A table with a column default that takes SQLAlchemy's execution context
+        (and is not given) gets the generic statements instead: SELECT, then a
+        plain INSERT ... ON CONFLICT DO NOTHING, whose context the default can use.
         """
         t = plan.table
+        if needs_context(t, plan.values):
+            super().prepare_fetch(plan)
+            return
         found = sa.select(t).where(lookup_condition(plan)).cte("oc_found")
         values = [sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values]
         source = sa.select(*values).where(~sa.exists().select_from(found))
@@ -194,6 +202,8 @@ class PostgreSQL(DialectSupport):
         )
 
     def get_or_create_once(self, conn: Connection, plan: FetchPlan) -> tuple[Row, bool] | None:
+        if "one" not in plan.statements:  # a default needing SQLAlchemy's context
+            return super().get_or_create_once(conn, plan)
         got = conn.execute(plan.statements["one"], plan.bound(plan.values)).mappings().first()
         if got is None:
             return None
@@ -228,7 +238,7 @@ class PostgreSQL(DialectSupport):
         which reports any error exactly as SQLAlchemy does. The statement is a
         single autocommitted one, so a failed attempt has written nothing.
         """
-        if not plain_engine(engine, "asyncpg"):
+        if not plain_engine(engine, "asyncpg") or "one" not in plan.statements:
             return None
         fast: DriverStatement | None = plan.statements.get("asyncpg")
         if fast is None:
