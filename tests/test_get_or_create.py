@@ -729,3 +729,21 @@ async def test_session_holding_the_row_gets_the_new_values(
     async with aengine.connect() as conn:
         title = (await conn.execute(sa.select(Item.__table__.c.item_title))).scalar_one()
     assert title == "new"
+
+
+@pytest.mark.usefixtures("django_tables")
+async def test_python_side_defaults_on_the_copy_path(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    """insert_ignore's bulk path (PostgreSQL, asyncpg, COPY) leaves a table with
+    Python-side defaults to SQLAlchemy's path, which computes them per row."""
+    if backend.name != "postgresql":
+        pytest.skip("the COPY path is PostgreSQL's")
+    from onconflict.dialects.postgresql import COPY_THRESHOLD
+
+    rows = [{"name": f"n{i}"} for i in range(COPY_THRESHOLD)]
+    done = await onconflict.insert_ignore(aengine, stamped, rows)
+    assert done.inserted_count == COPY_THRESHOLD
+    async with aengine.connect() as conn:
+        tokens = (await conn.execute(sa.select(sa.func.count(stamped.c.token.distinct())))).scalar()
+    assert tokens == COPY_THRESHOLD

@@ -375,6 +375,16 @@ def python_default(column: sa.Column[Any]) -> Callable[[], Any] | None:
     return None
 
 
+def python_defaults(table: sa.Table, given: tuple[str, ...]) -> bool:
+    """Whether a row made from the ``given`` columns gets a Python-side default
+    (a scalar or a callable), which SQLAlchemy computes per row as it executes."""
+    return any(
+        c.default is not None and (c.default.is_scalar or c.default.is_callable)
+        for c in table.c
+        if c.key not in given
+    )
+
+
 def needs_context(table: sa.Table, given: tuple[str, ...]) -> bool:
     """Whether a row made from the ``given`` columns needs a Python-side default
     that takes SQLAlchemy's execution context: only a plain INSERT executed by

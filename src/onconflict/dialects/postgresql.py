@@ -37,6 +37,7 @@ from onconflict.dialects.base import (
     lookup_condition,
     needs_context,
     plain_engine,
+    python_defaults,
     upsert_reading_keys_first,
 )
 from onconflict.errors import error_code
@@ -110,6 +111,8 @@ class PostgreSQL(DialectSupport):
         half way on a conversion; otherwise (or below the threshold) None.
         """
         if conn.dialect.driver != "asyncpg" or len(rows) < COPY_THRESHOLD:
+            return None
+        if python_defaults(table, columns):  # computed per row by SQLAlchemy's path
             return None
         cols = [table.c[c] for c in columns]
         with paused(len(rows)):
