@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import pytest
@@ -431,3 +433,416 @@ async def test_autoincrement_key_given_as_none_in_defaults_is_numbered(
     )
     assert created
     assert isinstance(row["id"], int)
+
+
+# -- Django's get_or_create / update_or_create tests, ported ------------------------
+
+django_metadata = sa.MetaData()
+people = sa.Table(
+    "oc_people",
+    django_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("first", sa.String(20), nullable=False, unique=True),
+    sa.Column("last", sa.String(20), nullable=False),
+    sa.Column("born", sa.Integer, nullable=True),
+    sa.Column("city", sa.String(20), nullable=False),  # no default: given on create only
+    sa.Column("nick", sa.String(20), nullable=True, unique=True),
+)
+
+
+def made_on(context: Any) -> str:
+    """A default taking SQLAlchemy's context, reading the row's other values."""
+    return f"{context.get_current_parameters()['name']}@{context.dialect.name}"
+
+
+stamped = sa.Table(
+    "oc_stamped",
+    django_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(20), nullable=False, unique=True),
+    sa.Column("token", sa.String(32), nullable=False, default=lambda: uuid4().hex),
+    sa.Column("kind", sa.String(10), nullable=False, default="plain"),
+    sa.Column("made_on", sa.String(20), nullable=False, default=lambda ctx: made_on(ctx)),
+    sa.Column("changed", sa.Integer, nullable=True, onupdate=1),
+)
+
+
+@pytest.fixture
+async def django_tables(aengine: AsyncEngine) -> AsyncIterator[None]:
+    async with aengine.begin() as conn:
+        await conn.run_sync(django_metadata.drop_all)
+        await conn.run_sync(django_metadata.create_all)
+    yield
+    async with aengine.begin() as conn:
+        await conn.run_sync(django_metadata.drop_all)
+
+
+FRONTS = ["async-engine", "async-connection", "async-session", "sync-engine", "sync-connection"]
+
+
+async def via(
+    front: str, aengine: AsyncEngine, sengine: Engine, fn: str, *args: Any, **kw: Any
+) -> Any:
+    """Call onconflict.<fn> (or onconflict.sync.<fn>) through the given front."""
+    if front == "async-engine":
+        return await getattr(onconflict, fn)(aengine, *args, **kw)
+    if front == "async-connection":
+        async with aengine.begin() as conn:
+            return await getattr(onconflict, fn)(conn, *args, **kw)
+    if front == "async-session":
+        async with AsyncSession(aengine) as session:
+            got = await getattr(onconflict, fn)(session, *args, **kw)
+            await session.commit()
+            return got
+    if front == "sync-engine":
+        return await anyio.to_thread.run_sync(
+            lambda: getattr(onconflict.sync, fn)(sengine, *args, **kw)
+        )
+
+    def in_connection() -> Any:
+        with sengine.begin() as conn:
+            return getattr(onconflict.sync, fn)(conn, *args, **kw)
+
+    return await anyio.to_thread.run_sync(in_connection)
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+async def test_python_side_defaults(
+    aengine: AsyncEngine, sengine: Engine, backend: Backend, front: str
+) -> None:
+    """Scalar, callable and context-taking Python-side defaults are computed on
+    every path, the driver-level ones included (a new value per call)."""
+    dialect = "sqlite" if backend.name == "sqlite" else aengine.dialect.name
+    row, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
+    assert created
+    assert len(row["token"]) == 32
+    assert (row["kind"], row["made_on"]) == ("plain", f"a@{dialect}")
+    again, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
+    assert (again, created) == (row, False)
+    other, _ = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "b"})
+    assert other["token"] != row["token"]
+    done = await via(front, aengine, sengine, "insert_ignore", stamped, [{"name": "c"}])
+    (made,) = done.inserted
+    assert len(made["token"]) == 32
+    assert made["kind"] == "plain"
+    async with aengine.connect() as conn:
+        stored = (await conn.execute(sa.select(stamped).order_by(stamped.c.id))).mappings().all()
+    assert [len(r["token"]) for r in stored] == [32, 32, 32]
+    assert len({r["token"] for r in stored}) == 3
+
+
+@pytest.mark.usefixtures("django_tables")
+async def test_python_side_defaults_without_a_context(aengine: AsyncEngine) -> None:
+    """The driver-level paths compute scalar and plain callable defaults themselves
+    (and leave a context-taking one to SQLAlchemy): a table without one."""
+    plain = sa.Table(
+        "oc_plain_defaults",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(20), nullable=False, unique=True),
+        sa.Column("token", sa.String(32), nullable=False, default=lambda: uuid4().hex),
+        sa.Column("kind", sa.String(10), nullable=False, default="plain"),
+    )
+    async with aengine.begin() as conn:
+        await conn.run_sync(plain.create)
+    try:
+        row, created = await onconflict.get_or_create(aengine, plain, {"name": "a"})
+        assert created
+        assert len(row["token"]) == 32
+        assert row["kind"] == "plain"
+        again, created = await onconflict.get_or_create(aengine, plain, {"name": "a"})
+        assert (again, created) == (row, False)
+        done = await onconflict.insert_ignore(aengine, plain, [{"name": "b"}])
+        assert len(done.inserted[0]["token"]) == 32
+        done = await onconflict.insert_ignore(aengine, plain, [{"name": "b"}])
+        assert len(done.existing) == 1
+    finally:
+        async with aengine.begin() as conn:
+            await conn.run_sync(plain.drop)
+
+
+async def lennon(aengine: AsyncEngine) -> dict[str, Any]:
+    async with aengine.begin() as conn:
+        await conn.execute(
+            people.insert(), [{"first": "John", "last": "Lennon", "born": 1940, "city": "Liv"}]
+        )
+        return dict((await conn.execute(sa.select(people))).mappings().one())
+
+
+async def stored_people(aengine: AsyncEngine) -> list[dict[str, Any]]:
+    async with aengine.connect() as conn:
+        got = await conn.execute(sa.select(people).order_by(people.c.id))
+        return [dict(r) for r in got.mappings()]
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
+async def test_lookup_mismatch_raises_at_once(
+    aengine: AsyncEngine,
+    sengine: Engine,
+    front: str,
+    fn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Django's test_update_or_create / get_or_create with a lookup whose unique
+    column matches John Lennon but whose other column does not: raised after one
+    attempt, and Lennon's row is left alone."""
+    from onconflict.dialects import support_for
+
+    before = await lennon(aengine)
+    support = support_for(aengine.dialect)
+    real = support.get_or_create_once
+    calls: list[int] = []
+
+    def counted(conn: Any, plan: Any) -> Any:
+        calls.append(1)
+        return real(conn, plan)
+
+    monkeypatch.setattr(support, "get_or_create_once", counted)
+    with pytest.raises(onconflict.LookupMismatchError, match="last"):
+        await via(
+            front,
+            aengine,
+            sengine,
+            fn,
+            people,
+            {"first": "John", "last": "Other"},
+            {"born": 2000, "city": "NY"},
+        )
+    assert len(calls) <= 1  # (the engine's driver-level paths do not count here)
+    assert await stored_people(aengine) == [before]
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+async def test_update_or_create_by_primary_key_keeps_other_columns(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    """update_or_create(pk=..., defaults=...): the existing row is UPDATEd, so a
+    NOT NULL column not given (city) is not needed; Core applies ``onupdate``."""
+    before = await lennon(aengine)
+    row, created = await via(
+        front, aengine, sengine, "update_or_create", people, {"id": before["id"]}, {"born": 1941}
+    )
+    assert created is False
+    assert row == {**before, "born": 1941}
+    assert await stored_people(aengine) == [row]
+    made, created = await via(
+        front, aengine, sengine, "update_or_create", stamped, {"name": "s"}, {"kind": "k1"}
+    )
+    assert (created, made["kind"], made["changed"]) == (True, "k1", None)
+    changed, created = await via(
+        front, aengine, sengine, "update_or_create", stamped, {"name": "s"}, {"kind": "k2"}
+    )
+    assert (created, changed["kind"], changed["changed"]) == (False, "k2", 1)
+    assert changed["token"] == made["token"]
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+async def test_create_defaults_and_callables(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    """Django 5.0's create_defaults: used only when the row is created (then
+    ``defaults`` are not); callables among the values are called."""
+    create = {"last": lambda: "McCartney", "city": "Liv", "born": 1941}
+    row, created = await via(
+        front,
+        aengine,
+        sengine,
+        "update_or_create",
+        people,
+        {"first": "Paul"},
+        {"born": lambda: 1942},
+        create_defaults=create,
+    )
+    assert created is True
+    assert (row["last"], row["born"], row["city"]) == ("McCartney", 1941, "Liv")
+    row, created = await via(
+        front,
+        aengine,
+        sengine,
+        "update_or_create",
+        people,
+        {"first": "Paul"},
+        {"born": lambda: 1942},
+        create_defaults={**create, "last": "Other"},
+    )
+    assert created is False
+    assert (row["last"], row["born"], row["city"]) == ("McCartney", 1942, "Liv")
+    got, created = await via(
+        front,
+        aengine,
+        sengine,
+        "get_or_create",
+        people,
+        {"first": "George"},
+        {"last": lambda: "Harrison", "city": "Liv"},
+    )
+    assert (got["last"], created) == ("Harrison", True)
+    # nothing to update: a get_or_create that creates from create_defaults
+    got, created = await via(
+        front,
+        aengine,
+        sengine,
+        "update_or_create",
+        people,
+        {"first": "Ringo"},
+        create_defaults={"last": "Starr", "city": "Liv"},
+    )
+    assert (got["last"], created) == ("Starr", True)
+    assert [r["last"] for r in await stored_people(aengine)] == [
+        "McCartney",
+        "Harrison",
+        "Starr",
+    ]
+    with pytest.raises(ValueError, match="both in lookup and in create_defaults"):
+        await via(
+            front,
+            aengine,
+            sengine,
+            "update_or_create",
+            people,
+            {"first": "Paul"},
+            {"born": 1},
+            create_defaults={"first": "x"},
+        )
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
+async def test_null_in_a_key_column_is_refused(
+    aengine: AsyncEngine, sengine: Engine, front: str, fn: str
+) -> None:
+    """NULL never matches in a unique key: refused before any SQL, instead of a
+    new row on every call. NULL in a lookup column outside the key matches."""
+    for _ in range(2):
+        with pytest.raises(ValueError, match="'nick' is None"):
+            await via(front, aengine, sengine, fn, people, {"nick": None}, {"born": 1})
+    assert await stored_people(aengine) == []
+    lookup = {"first": "Pete", "born": None}
+    made, created = await via(
+        front, aengine, sengine, fn, people, lookup, {"last": "B", "city": "L"}
+    )
+    assert created is True
+    again, created = await via(
+        front, aengine, sengine, fn, people, lookup, {"last": "B", "city": "L"}
+    )
+    assert (again, created) == (made, False)
+
+
+@pytest.mark.usefixtures("django_tables")
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
+async def test_defaults_colliding_with_another_unique_key_raise_at_once(
+    aengine: AsyncEngine, sengine: Engine, front: str, fn: str
+) -> None:
+    """The values collide with another row on a unique key that is not the
+    lookup's (nick): the database's IntegrityError, at once, nothing stored."""
+    before = await lennon(aengine)
+    async with aengine.begin() as conn:
+        await conn.execute(people.update().values(nick="johnny"))
+    before["nick"] = "johnny"
+    with pytest.raises(sa.exc.IntegrityError) as info:
+        await via(
+            front,
+            aengine,
+            sengine,
+            fn,
+            people,
+            {"first": "Paul"},
+            {"last": "M", "city": "L", "nick": "johnny"},
+        )
+    assert onconflict.is_unique_violation(info.value)
+    assert await stored_people(aengine) == [before]
+
+
+@pytest.mark.usefixtures("django_tables")
+async def test_32_coroutines_update_or_create_one_key(aengine: AsyncEngine) -> None:
+    """32 callers on one new key, each with its own value: one creates (from
+    create_defaults: city, NOT NULL, is never in ``defaults``), the others
+    update; exactly one created, the final row holds one of the values, nothing
+    raised."""
+    got: list[tuple[dict[str, Any], bool]] = []
+    errors: list[BaseException] = []
+
+    async def worker(i: int) -> None:
+        create = {"last": "Starr", "city": "Liv", "born": 1000 + i}
+        try:
+            got.append(
+                await onconflict.update_or_create(
+                    aengine, people, {"first": "Ringo"}, {"born": i}, create_defaults=create
+                )
+            )
+        except Exception as exc:  # collected: a failing task must not cancel the others
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(32):
+            tg.start_soon(worker, i)
+    assert errors == []
+    assert sum(created for _, created in got) == 1
+    (creator,) = [row for row, created in got if created]
+    assert (creator["city"], creator["born"] >= 1000) == ("Liv", True)
+    assert len({row["id"] for row, _ in got}) == 1
+    assert sorted(row["born"] for row, created in got if not created) == sorted(
+        set(range(32)) & {row["born"] for row, _ in got}
+    )
+    (final,) = await stored_people(aengine)
+    assert final["born"] in {row["born"] for row, _ in got}
+    assert final["city"] == "Liv"
+
+
+@pytest.mark.parametrize("front", ["async", "sync"])
+async def test_session_holding_the_row_gets_the_new_values(
+    aengine: AsyncEngine, sengine: Engine, front: str
+) -> None:
+    """A session that already holds the instance: update_or_create returns it
+    with the stored values, not the ones the session loaded before."""
+    await onconflict.get_or_create(aengine, Item, {"code": "x"}, {"title": "old"})
+    if front == "async":
+        async with AsyncSession(aengine) as session:
+            (held,) = (await session.execute(sa.select(Item))).scalars().all()
+            assert held.title == "old"
+            item, created = await onconflict.update_or_create(
+                session, Item, {"code": "x"}, {"title": "new"}
+            )
+            assert (item is held, created, item.title) == (True, False, "new")
+            assert not session.dirty
+            await session.commit()
+    else:
+
+        def run() -> None:
+            with sa.orm.Session(sengine) as session:
+                (held,) = session.execute(sa.select(Item)).scalars().all()
+                item, created = onconflict.sync.update_or_create(
+                    session, Item, {"code": "x"}, {"title": "new"}
+                )
+                assert (item is held, created, item.title) == (True, False, "new")
+                session.commit()
+
+        await anyio.to_thread.run_sync(run)
+    async with aengine.connect() as conn:
+        title = (await conn.execute(sa.select(Item.__table__.c.item_title))).scalar_one()
+    assert title == "new"
+
+
+@pytest.mark.usefixtures("django_tables")
+async def test_python_side_defaults_on_the_copy_path(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    """insert_ignore's bulk path (PostgreSQL, asyncpg, COPY) leaves a table with
+    Python-side defaults to SQLAlchemy's path, which computes them per row."""
+    if backend.name != "postgresql":
+        pytest.skip("the COPY path is PostgreSQL's")
+    from onconflict.dialects.postgresql import COPY_THRESHOLD
+
+    rows = [{"name": f"n{i}"} for i in range(COPY_THRESHOLD)]
+    done = await onconflict.insert_ignore(aengine, stamped, rows)
+    assert done.inserted_count == COPY_THRESHOLD
+    async with aengine.connect() as conn:
+        tokens = (await conn.execute(sa.select(sa.func.count(stamped.c.token.distinct())))).scalar()
+    assert tokens == COPY_THRESHOLD

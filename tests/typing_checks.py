@@ -28,6 +28,12 @@ async def async_fronts(engine: AsyncEngine, session: AsyncSession) -> None:
         await onconflict.update_or_create(session, Item, {"code": "x"}, {"title": "t"}),
         tuple[Item, bool],
     )
+    assert_type(
+        await onconflict.update_or_create(
+            engine, users, {"email": "x"}, {"name": "n"}, create_defaults={"name": "c"}
+        ),
+        tuple[dict[str, Any], bool],
+    )
 
 
 def sync_fronts(engine: Engine, session: Session) -> None:
@@ -37,6 +43,12 @@ def sync_fronts(engine: Engine, session: Session) -> None:
         onconflict.sync.get_or_create(engine, users, {"email": "x"}), tuple[dict[str, Any], bool]
     )
     assert_type(onconflict.sync.upsert(engine, users, []), onconflict.UpsertResult)
+    assert_type(
+        onconflict.sync.update_or_create(
+            session, Item, {"code": "x"}, {"title": "t"}, create_defaults={"title": "c"}
+        ),
+        tuple[Item, bool],
+    )
 
 
 def classifier(exc: Exception) -> None:

@@ -23,10 +23,10 @@ from onconflict._core import (
     prepare_insert_ignore,
 )
 from onconflict._fetch import (
-    ATTEMPTS,
     _as_instances,
     _get_or_create_work,
     _update_or_create_work,
+    fast_attempts,
     prepare_get_or_create,
     prepare_update_or_create,
 )
@@ -180,15 +180,19 @@ async def get_or_create(
     at once all get the same row, and exactly one of them ``created=True``.
 
     ``lookup`` must contain exactly one unique key of the table (or name it with
-    ``on``). The row is a mapping with server-generated values; with an ORM class
-    and an ``AsyncSession``, the mapped instance, attached to the session.
+    ``on``), with no ``None`` in that key's columns (refused: NULL never matches
+    there). Callables among the ``defaults`` values are called. The row is a
+    mapping with server-generated values; with an ORM class and an
+    ``AsyncSession``, the mapped instance, attached to the session (an instance
+    the session already holds is brought to the stored values).
 
     On PostgreSQL it is one statement; with an engine it runs in autocommit (no
     BEGIN/COMMIT round trips).
     """
     prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
     if isinstance(conn, AsyncEngine):
-        got = await prepared.support.get_or_create_fast(conn, prepared.plan, ATTEMPTS)
+        attempts = fast_attempts(prepared)
+        got = await prepared.support.get_or_create_fast(conn, prepared.plan, attempts)
         if got is not None:
             row, created = got
             return prepared.output(row), created
@@ -209,6 +213,7 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[_O, bool]: ...
@@ -219,6 +224,7 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
@@ -229,6 +235,7 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
@@ -238,15 +245,27 @@ async def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     *,
+    create_defaults: Mapping[str, Any] | None = None,
     on: OnTarget = None,
     retry: Retry | None = DEFAULT_RETRY,
 ) -> tuple[Any, bool]:
-    """Create the row from ``lookup`` and ``defaults``, or bring the existing
-    one's ``defaults`` columns to these values: ``(row, created)``. Race-safe."""
-    if not defaults:
-        return await get_or_create(conn, table, lookup, on=on, retry=retry)
-    fetch, prepared = prepare_update_or_create(dialect_of(conn), table, lookup, defaults, on)
-    return await _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(fetch))
+    """Create the row from ``lookup`` and ``defaults``, or UPDATE the existing
+    one's ``defaults`` columns to these values (its other columns are left
+    alone): ``(row, created)``. Race-safe: exactly one concurrent caller creates.
+
+    ``create_defaults`` (as in Django 5.0): when given, a new row is made from
+    ``lookup`` and ``create_defaults`` only, and ``defaults`` only update an
+    existing row. Callables among the values of ``defaults`` and
+    ``create_defaults`` are called. A lookup whose key exists with other values
+    in its other columns raises ``LookupMismatchError``."""
+    if not defaults:  # nothing to update
+        return await get_or_create(conn, table, lookup, create_defaults, on=on, retry=retry)
+    prepared = prepare_update_or_create(
+        dialect_of(conn), table, lookup, defaults, on, create_defaults
+    )
+    return await _run(
+        conn, _update_or_create_work, prepared, retry, finish=_as_instances(prepared.fetch)
+    )
 
 
 async def seed(

@@ -15,7 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
+from onconflict._match import by_key
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
@@ -27,9 +29,8 @@ from onconflict._target import (
     with_fixed,
     without_numbered,
 )
-from onconflict._upsert import PreparedUpsert, execute_upsert, prepare_upsert
 from onconflict.dialects import native_support
-from onconflict.dialects.base import DialectSupport, FetchPlan, Row
+from onconflict.dialects.base import DialectSupport, FetchPlan, Row, lookup_condition
 from onconflict.exceptions import OnConflictError
 
 ATTEMPTS = 5  # a row that vanishes between the conflict and the read, again and again
@@ -58,26 +59,58 @@ def prepare_get_or_create(
     defaults: Mapping[str, Any] | None,
     on: OnTarget = None,
 ) -> PreparedFetch:
-    """Validate and plan a get_or_create call. Pure: no I/O."""
+    """Validate and plan a get_or_create call. Pure: no I/O (callables given as
+    values in ``defaults`` are called, once)."""
+    return _prepare_fetch(dialect, table, lookup, called(defaults, "defaults"), on)
+
+
+def called(values: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """The values, callables among them called (as Django does with ``defaults``)."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{what} must be a mapping, not {type(values).__name__}")
+    return {k: v() if callable(v) else v for k, v in values.items()}
+
+
+def _prepare_fetch(
+    dialect: Dialect,
+    table: Any,
+    lookup: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    on: OnTarget,
+    what: str = "defaults",
+) -> PreparedFetch:
     tbl, keymap, outmap = resolve_table(table)
     if not isinstance(lookup, Mapping) or not lookup:
         raise ValueError("lookup must be a non-empty mapping of column to value")
-    defaults = defaults or {}
-    if not isinstance(defaults, Mapping):
-        raise TypeError(f"defaults must be a mapping, not {type(defaults).__name__}")
     # a class with a polymorphic identity (single-table inheritance): looked up and made as it
     look = with_fixed(fixed_values(table), _columns(tbl, keymap, lookup, "lookup"), "lookup")
-    more = without_numbered(tbl, _columns(tbl, keymap, defaults, "defaults"))
+    more = without_numbered(tbl, _columns(tbl, keymap, defaults, what))
     clash = sorted(set(look) & set(more))
     if clash:
-        raise ValueError(f"{clash[0]!r} is both in lookup and in defaults")
+        raise ValueError(f"{clash[0]!r} is both in lookup and in {what}")
     target = _target(tbl, on, set(look))
+    _refuse_null_keys(tbl, target, look)
     support = native_support(dialect)
     support.check_target(tbl, target)
     plan = _plan(support, tbl, target, tuple(sorted(look)), tuple(sorted(more)))
     plan.params = {**look, **more}
     mapper = None if isinstance(table, sa.Table) else sa.inspect(table)
     return PreparedFetch(plan, support, outmap, mapper)
+
+
+def _refuse_null_keys(table: sa.Table, target: ConflictTarget, lookup: Mapping[str, Any]) -> None:
+    """NULL never equals NULL in a unique key: such a lookup would never find its
+    row, and every call would create a new one. Refused before any SQL."""
+    nulls = [k for k in target.columns if lookup[k] is None]
+    if nulls:
+        raise ValueError(
+            f"lookup: {nulls[0]!r} is None, but it is a column of the key the call relies"
+            f" on ({target.describe()} of {table.name!r}) and NULL never matches there:"
+            " every call would create a new row. Give a value, or look the row up by a"
+            " key whose columns are not NULL (on=...)"
+        )
 
 
 def _columns(
@@ -121,6 +154,12 @@ def _shape(
 ) -> FetchPlan:
     plan = FetchPlan(table, target, lookup, tuple(sorted(lookup + values)))
     support.prepare_fetch(plan)
+    if target.key is not None and set(target.columns) != set(lookup):
+        # which row holds the key, when the lookup's other columns did not match
+        key = sa.and_(
+            *(table.c[k] == sa.bindparam(f"oc_{k}", type_=table.c[k].type) for k in target.columns)
+        )
+        plan.statements["select_key"] = sa.select(table).where(key).with_for_update(read=True)
     return plan
 
 
@@ -143,14 +182,39 @@ def execute_get_or_create(conn: Connection, prepared: PreparedFetch) -> tuple[Ro
         if got is not None:
             row, created = got
             return prepared.output(row), created
-    if set(plan.lookup) != set(plan.target.columns):
-        raise LookupMismatchError(
-            f"get_or_create on {plan.table.name!r}: a row with this"
-            f" {plan.target.describe()} exists, but its other lookup columns"
-            f" ({', '.join(sorted(set(plan.lookup) - set(plan.target.columns)))}) differ"
-        )
-    raise OnConflictError(
-        f"get_or_create on {plan.table.name!r}: the row conflicted but could not be read"
+        check_miss(conn, prepared)
+    raise _vanished(plan, "get_or_create")
+
+
+def fast_attempts(prepared: PreparedFetch) -> int:
+    """Attempts of a driver-level path: one where a miss may be a lookup mismatch
+    (the ordinary path then says so at once), else the usual bound."""
+    plan = prepared.plan
+    return ATTEMPTS if set(plan.lookup) == set(plan.target.columns) else 1
+
+
+def check_miss(conn: Connection, prepared: PreparedFetch) -> None:
+    """An attempt met a conflict and found no row with the lookup. Raise at once
+    when that is not a row deleted meanwhile: the key's row differs in the other
+    lookup columns (LookupMismatchError), or the database reports a duplicate of
+    another unique key (MySQL; its IntegrityError)."""
+    plan = prepared.plan
+    select_key = plan.statements.get("select_key")
+    if select_key is not None:
+        stored = conn.execute(select_key, plan.bound(plan.target.columns)).mappings().first()
+        if stored is not None:
+            other = sorted(set(plan.lookup) - set(plan.target.columns))
+            raise LookupMismatchError(
+                f"get_or_create on {plan.table.name!r}: a row with this"
+                f" {plan.target.describe()} exists, but its other lookup columns"
+                f" ({', '.join(other)}) differ"
+            )
+    prepared.support.conflict_elsewhere(conn, plan)
+
+
+def _vanished(plan: FetchPlan, what: str) -> OnConflictError:
+    return OnConflictError(
+        f"{what} on {plan.table.name!r}: the row conflicted but could not be read"
         f" {ATTEMPTS} times in a row (deleted as fast as it is created?)"
     )
 
@@ -164,6 +228,14 @@ def as_instance(session: Session, prepared: PreparedFetch, row: Row) -> Any:
     key = mapper.identity_key_from_primary_key(pk)
     existing = session.identity_map.get(key)
     if existing is not None:
+        # the session may hold older values (an update, another writer): the row wins
+        held = sa.inspect(existing).mapper
+        for name, value in row.items():
+            try:
+                prop = held.get_property_by_column(by_column[name])
+            except sa.orm.exc.UnmappedColumnError:
+                continue
+            set_committed_value(existing, prop.key, value)
         return existing
     sa.orm.configure_mappers()  # instrumentation is complete once mappers are configured
     instance = mapper.class_manager.new_instance()
@@ -177,26 +249,91 @@ def as_instance(session: Session, prepared: PreparedFetch, row: Row) -> Any:
     return session.merge(instance, load=False)
 
 
+@dataclass
+class PreparedUpdate:
+    """update_or_create: the get_or_create that creates the row, and the UPDATE of
+    the ``defaults`` columns that runs when it exists."""
+
+    fetch: PreparedFetch
+    statements: dict[str, Any]
+    params: dict[str, Any]  # oc_new_<column> -> value
+
+
 def prepare_update_or_create(
     dialect: Dialect,
     table: Any,
     lookup: Mapping[str, Any],
-    defaults: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None,
     on: OnTarget = None,
-) -> tuple[PreparedFetch, PreparedUpsert]:
-    """update_or_create is an upsert of one row, updating the ``defaults`` columns."""
-    fetch = prepare_get_or_create(dialect, table, lookup, defaults, on)
-    upsert = prepare_upsert(
-        dialect,
-        table,
-        [{**lookup, **defaults}],
-        on=on if on is not None else list(fetch.plan.target.columns),
-        update=sorted(set(fetch.plan.values) - set(fetch.plan.lookup)),
-        where=None,
-        skip_unchanged=False,
-        duplicates="last",
-    )
-    return fetch, upsert
+    create_defaults: Mapping[str, Any] | None = None,
+) -> PreparedUpdate:
+    """Validate and plan an update_or_create call. Pure: no I/O. The row is created
+    from ``lookup`` and ``create_defaults`` (``defaults`` when that is None); an
+    existing row gets the ``defaults`` columns. Callables among the values are called."""
+    update = called(defaults, "defaults")
+    if create_defaults is None:
+        fetch = _prepare_fetch(dialect, table, lookup, update, on)
+    else:
+        create = called(create_defaults, "create_defaults")
+        fetch = _prepare_fetch(dialect, table, lookup, create, on, "create_defaults")
+    plan = fetch.plan
+    tbl, keymap, _ = resolve_table(table)
+    new = without_numbered(tbl, _columns(tbl, keymap, update, "defaults"))
+    clash = sorted(set(plan.lookup) & set(new))
+    if clash:
+        raise ValueError(f"{clash[0]!r} is both in lookup and in defaults")
+    statements = _update_shape(tbl, plan.target, plan.lookup, tuple(sorted(new)))
+    return PreparedUpdate(fetch, statements, {f"oc_new_{k}": v for k, v in new.items()})
+
+
+@lru_cache(maxsize=512)
+def _update_shape(
+    table: sa.Table, target: ConflictTarget, lookup: tuple[str, ...], columns: tuple[str, ...]
+) -> dict[str, Any]:
+    """The UPDATE of one update_or_create shape (Core applies the columns'
+    ``onupdate``), with RETURNING and without, and the read of the row after it."""
+    where = lookup_condition(FetchPlan(table, target, lookup, ()))
+    values = {c: sa.bindparam(f"oc_new_{c}", type_=table.c[c].type) for c in columns}
+    update = sa.update(table).where(where).values(values)
+    return {
+        "update": update,
+        "update_returning": update.returning(*by_key(table)),
+        "select_locked": sa.select(*by_key(table)).where(where).with_for_update(read=True),
+    }
+
+
+def execute_update_or_create(conn: Connection, prepared: PreparedUpdate) -> tuple[Row, bool]:
+    """get_or_create; when the row existed, the UPDATE of its ``defaults`` columns
+    (which waits for, and then holds, the row's lock). A row deleted in between
+    is made again by the next attempt (bounded)."""
+    fetch = prepared.fetch
+    support, plan = fetch.support, fetch.plan
+    support.lock_for_update_or_create(conn)
+    for _ in range(ATTEMPTS):
+        got = support.get_or_create_once(conn, plan)
+        if got is None:
+            check_miss(conn, fetch)
+            continue
+        row, created = got
+        if not created:
+            updated = _update_row(conn, prepared) if prepared.params else row
+            if updated is None:  # deleted since it was read: make it again
+                continue
+            row = updated
+        return fetch.output(row), created
+    raise _vanished(plan, "update_or_create")
+
+
+def _update_row(conn: Connection, prepared: PreparedUpdate) -> Row | None:
+    plan, statements = prepared.fetch.plan, prepared.statements
+    params = {**plan.bound(plan.lookup), **prepared.params}
+    if conn.dialect.update_returning:
+        got = conn.execute(statements["update_returning"], params).mappings().first()
+        return None if got is None else dict(got)
+    if conn.execute(statements["update"], params).rowcount == 0:
+        return None  # (MySQL counts matched rows: CLIENT_FOUND_ROWS)
+    got = conn.execute(statements["select_locked"], plan.bound(plan.lookup)).mappings().first()
+    return None if got is None else dict(got)
 
 
 def _get_or_create_work(conn: Connection, prepared: PreparedFetch, owned: bool) -> tuple[Row, bool]:
@@ -205,12 +342,10 @@ def _get_or_create_work(conn: Connection, prepared: PreparedFetch, owned: bool) 
 
 
 def _update_or_create_work(
-    conn: Connection, prepared: PreparedUpsert, owned: bool
+    conn: Connection, prepared: PreparedUpdate, owned: bool
 ) -> tuple[Row, bool]:
-    result = execute_upsert(conn, prepared, owned)
-    if result.inserted:
-        return dict(result.inserted[0]), True
-    return dict(result.updated[0]), False
+    with prepared.fetch.support.scope(conn, owned):
+        return execute_update_or_create(conn, prepared)
 
 
 def _as_instances(

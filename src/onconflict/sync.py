@@ -174,6 +174,7 @@ def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[_O, bool]: ...
@@ -184,6 +185,7 @@ def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
@@ -194,6 +196,7 @@ def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = ...,
     *,
+    create_defaults: Mapping[str, Any] | None = ...,
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
@@ -203,14 +206,17 @@ def update_or_create(
     lookup: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
     *,
+    create_defaults: Mapping[str, Any] | None = None,
     on: OnTarget = None,
     retry: Retry | None = DEFAULT_RETRY,
 ) -> tuple[Any, bool]:
     """See :func:`onconflict.update_or_create`, of which this is the synchronous twin."""
-    if not defaults:
-        return get_or_create(conn, table, lookup, on=on, retry=retry)
-    fetch, prepared = prepare_update_or_create(dialect_of(conn), table, lookup, defaults, on)
-    return _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(fetch))
+    if not defaults:  # nothing to update
+        return get_or_create(conn, table, lookup, create_defaults, on=on, retry=retry)
+    prepared = prepare_update_or_create(
+        dialect_of(conn), table, lookup, defaults, on, create_defaults
+    )
+    return _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(prepared.fetch))
 
 
 def seed(

@@ -73,7 +73,8 @@ class FetchPlan:
 def lookup_condition(plan: FetchPlan) -> ColumnElement[bool]:
     """The lookup as the database sees the key: an expression target (an index
     on ``lower(ext)``) is compared by its expressions, evaluated on the stored
-    row and on the bound lookup values alike; other lookup columns as they are."""
+    row and on the bound lookup values alike; the key's columns by ``=`` (never
+    NULL: such a lookup is refused); the other lookup columns NULL-safe."""
     t = plan.table
     key = plan.target.key
     in_expr: set[str] = set()
@@ -83,11 +84,13 @@ def lookup_condition(plan: FetchPlan) -> ColumnElement[bool]:
             used = {c.key for c in _columns_in(element, t)}
             in_expr |= used
             conds.append(element == with_values(element, t, _lookup_param))
-    conds += [
-        t.c[k] == sa.bindparam(f"oc_{k}", type_=t.c[k].type)
-        for k in plan.lookup
-        if k not in in_expr
-    ]
+    keyed = set(plan.target.columns)
+
+    def match(k: str) -> ColumnElement[bool]:
+        value = sa.bindparam(f"oc_{k}", type_=t.c[k].type)
+        return t.c[k] == value if k in keyed else t.c[k].is_not_distinct_from(value)
+
+    conds += [match(k) for k in plan.lookup if k not in in_expr]
     return sa.and_(*conds)
 
 
@@ -280,6 +283,16 @@ class DialectSupport:
         installed something. Generic: nothing to add."""
         return False
 
+    def conflict_elsewhere(self, conn: Connection, plan: FetchPlan) -> None:
+        """After an attempt whose insert was skipped but whose row could not be
+        read: raise the database's error if the duplicate was of another unique
+        key than the target (possible only where the insert cannot name its
+        target: MySQL). Generic: the target is named, nothing to do."""
+
+    def lock_for_update_or_create(self, conn: Connection) -> None:
+        """Before update_or_create's read: take what keeps a concurrent writer from
+        coming between the read and the UPDATE, where row locks do not (SQLite)."""
+
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> AbstractContextManager[Any]:
         """Hold the database-wide lock ``name`` for the rest of the transaction, so
         that replicas seeding at once take turns. Generic: no lock."""
@@ -311,6 +324,8 @@ class DialectSupport:
             fast = cache[shape] = DriverStatement(stmt, dialect, table.c)
             if len(cache) > 512:
                 cache.pop(next(iter(cache)))
+        if fast.needs_context:
+            return None
         (index,) = group.indexes
         return fast, index, fast.arguments(prepared.rows[index])
 
@@ -435,12 +450,26 @@ class DriverStatement:
         self.params = [
             (name.removeprefix("oc_"), binds[name].type.bind_processor(dialect)) for name in names
         ]
+        # columns the statement fills from their Python-side default (SQLAlchemy
+        # names their parameters by column key), which this path computes itself
+        prefetch = {c.key: c for c in getattr(compiled, "insert_prefetch", ())}
+        made = [python_default(prefetch[n]) for n in names if n in prefetch]
+        self.needs_context = None in made
+        """A default needs SQLAlchemy's execution context (a callable taking one,
+        a sequence): the driver-level path must not run; the ordinary one does."""
+        self.defaults = [
+            (key, make)
+            for key, make in zip((n for n in names if n in prefetch), made, strict=True)
+            if make is not None
+        ]
         cols = stmt.selected_columns if columns is None else columns
         self.columns = [(col.key, col.type.result_processor(dialect, None)) for col in cols]
         self.names = [key for key, _ in self.columns]
         self.plain = not any(proc for _, proc in self.columns)
 
     def arguments(self, values: dict[str, Any]) -> list[Any]:
+        if self.defaults:  # a new value per call, as SQLAlchemy's execution computes it
+            values = {**{k: make() for k, make in self.defaults if k not in values}, **values}
         return [proc(values[k]) if proc else values[k] for k, proc in self.params]
 
     def rows(self, records: list[Any]) -> list[Row]:
@@ -455,6 +484,44 @@ class DriverStatement:
             key: proc(value) if proc else value
             for (key, proc), value in zip(self.columns, record, strict=True)
         }
+
+
+def python_default(column: sa.Column[Any]) -> Callable[[], Any] | None:
+    """How to compute a column's Python-side INSERT default without SQLAlchemy's
+    execution context: a scalar, or a callable taking no argument. None for a
+    callable that takes the context (or anything else): only SQLAlchemy can run it."""
+    default: Any = column.default
+    if default is None:
+        return None
+    if default.is_scalar:
+        value = default.arg
+        return lambda: value
+    original = getattr(default, "_fn", None)  # what the column was given
+    if default.is_callable and original is not None and default.arg is not original:
+        # SQLAlchemy wrapped it: a callable that takes no context
+        return original  # type: ignore[no-any-return]
+    return None
+
+
+def python_defaults(table: sa.Table, given: tuple[str, ...]) -> bool:
+    """Whether a row made from the ``given`` columns gets a Python-side default
+    (a scalar or a callable), which SQLAlchemy computes per row as it executes."""
+    return any(
+        c.default is not None and (c.default.is_scalar or c.default.is_callable)
+        for c in table.c
+        if c.key not in given
+    )
+
+
+def needs_context(table: sa.Table, given: tuple[str, ...]) -> bool:
+    """Whether a row made from the ``given`` columns needs a Python-side default
+    that takes SQLAlchemy's execution context: only a plain INSERT executed by
+    SQLAlchemy gives it a usable one (``get_current_parameters()``)."""
+    return any(
+        c.default is not None and c.default.is_callable and python_default(c) is None
+        for c in table.c
+        if c.key not in given
+    )
 
 
 def with_primary_key(table: sa.Table, row: Row, result: sa.CursorResult[Any]) -> Row:

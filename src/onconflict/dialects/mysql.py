@@ -403,9 +403,34 @@ class MySQL(DialectSupport):
                     plan.statements["insert_returning"].values(values), dialect, table.c
                 ),
             )
+        if statements[2].needs_context:
+            return None
         return await greenlet_spawn(
             _get_or_create_aiomysql, engine.sync_engine, statements, plan.params, attempts
         )
+
+    def conflict_elsewhere(self, conn: Connection, plan: FetchPlan) -> None:
+        """INSERT IGNORE skips a duplicate of ANY unique key, so a get_or_create
+        whose values collide with another unique key than the lookup's (a
+        ``defaults`` column, say) finds no row, again and again. The same INSERT
+        without IGNORE, in a savepoint always rolled back, raises the server's own
+        IntegrityError for it, unless the lookup key's row exists by then (a race:
+        the caller's next attempt reads it)."""
+        values = {k: plan.params[k] for k in plan.values}
+        probe = conn.begin_nested()
+        try:
+            conn.execute(mysql.insert(plan.table), values)
+        except sa.exc.DBAPIError as exc:
+            if self.transaction_lost(exc) or exc.connection_invalidated:
+                raise
+            probe.rollback()
+            select_key = plan.statements.get("select_key", plan.statements["select_locked"])
+            if isinstance(exc, sa.exc.IntegrityError):
+                found = conn.execute(select_key, plan.bound(plan.lookup)).first()
+                if found is not None:
+                    return
+            raise
+        probe.rollback()  # the row had been deleted: the next attempt makes it
 
     def transaction_lost(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
@@ -665,38 +690,35 @@ def _get_or_create_aiomysql(
     engine: Engine, statements: _FetchStatements, params: dict[str, Any], attempts: int
 ) -> tuple[Row, bool] | None:
     """MySQL.get_or_create_fast's work: (row, created), or None to take the
-    ordinary path (which then reports any error as SQLAlchemy does)."""
+    ordinary path (which then reports any error as SQLAlchemy does, and says
+    why a duplicate's row could not be read: a lookup mismatch, a duplicate of
+    another unique key, or a row deleted meanwhile)."""
     select, locked, insert = statements
     with _driver(engine) as conn:
         if conn is None:
             return None
         look, values = select.arguments(params), insert.arguments(params)
-        for _ in range(attempts):
-            made: list[Any] = []
-            clean = duplicate = False
-            try:  # nothing is committed in here: any error is rolled back
-                found, _, _ = conn.run(select, look)
-                if not found:
-                    made, count, shown = conn.run(insert, values)
-                    clean = count == 0 and len(made) == 1
-                    codes = [w[1] for w in shown]
-                    duplicate = not made and count == 1 and codes == [DUPLICATE_KEY]
-                    if duplicate:  # made by another caller after this transaction's
-                        # snapshot: a locking read sees the latest committed row
-                        found, _, _ = conn.run(locked, look)
-            except Exception as exc:
-                conn.roll_back(exc)
-                return None
-            if not found and clean:
-                # outside the try: a lost COMMIT is raised, never run again
-                return (insert.row(made[0]), True) if conn.commit(insert, values) else None
-            if not conn.roll_back():  # a read, or nothing to keep
-                return None
-            if found:
-                return select.row(found[0]), False
-            if not duplicate:  # not (only) a duplicate: the ordinary path raises
-                return None
-        return None  # deleted as fast as it is made, or a lookup mismatch: the ordinary path says
+        made: list[Any] = []
+        clean = duplicate = False
+        try:  # nothing is committed in here: any error is rolled back
+            found, _, _ = conn.run(select, look)
+            if not found:
+                made, count, shown = conn.run(insert, values)
+                clean = count == 0 and len(made) == 1
+                codes = [w[1] for w in shown]
+                duplicate = not made and count == 1 and codes == [DUPLICATE_KEY]
+                if duplicate:  # made by another caller after this transaction's
+                    # snapshot: a locking read sees the latest committed row
+                    found, _, _ = conn.run(locked, look)
+        except Exception as exc:
+            conn.roll_back(exc)
+            return None
+        if not found and clean:
+            # outside the try: a lost COMMIT is raised, never run again
+            return (insert.row(made[0]), True) if conn.commit(insert, values) else None
+        if not conn.roll_back() or not found:  # a read, or nothing to keep
+            return None
+        return select.row(found[0]), False
 
 
 def _server_refused(exc: BaseException) -> bool:

@@ -40,7 +40,9 @@ from onconflict.dialects.base import (
     do_nothing,
     do_update,
     lookup_condition,
+    needs_context,
     plain_engine,
+    python_defaults,
     select_by_keys,
     upsert_reading_keys_first,
 )
@@ -162,6 +164,8 @@ class PostgreSQL(DialectSupport):
             return None
         if expression_key(target) is not None:  # rows are paired by evaluated keys
             return None
+        if python_defaults(table, columns):  # computed per row by SQLAlchemy's path
+            return None
         cols = [table.c[c] for c in columns]
         with paused(len(rows)):
             records = _copyable(cols, rows, conn.dialect)
@@ -226,9 +230,15 @@ class PostgreSQL(DialectSupport):
         another transaction commits the row after this statement's snapshot, the
         INSERT meets the conflict and neither part returns a row: no row means
         "try again" (under READ COMMITTED the next statement sees it).
+
+        A table with a column default that takes SQLAlchemy's execution context
+        (and is not given) gets the generic statements instead: SELECT, then a
+        plain INSERT ... ON CONFLICT DO NOTHING, whose context the default can use.
         """
         super().prepare_fetch(plan)  # the statement-by-statement form, for SQL expressions
         t = plan.table
+        if needs_context(t, plan.values):
+            return
         found = sa.select(*by_key(t)).where(lookup_condition(plan)).cte("oc_found")
         values = [sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values]
         source = sa.select(*values).where(~sa.exists().select_from(found))
@@ -247,9 +257,10 @@ class PostgreSQL(DialectSupport):
         )
 
     def get_or_create_once(self, conn: Connection, plan: FetchPlan) -> tuple[Row, bool] | None:
-        if has_expressions([plan.params]):
-            # a SQL expression as a value cannot be a bound parameter of the CTE:
-            # SELECT, then INSERT ... ON CONFLICT DO NOTHING with it in VALUES
+        if "one" not in plan.statements or has_expressions([plan.params]):
+            # a default needing SQLAlchemy's context, or a SQL expression as a value
+            # (it cannot be a bound parameter of the CTE): SELECT, then INSERT ...
+            # ON CONFLICT DO NOTHING
             return super().get_or_create_once(conn, plan)
         got = conn.execute(plan.statements["one"], plan.bound(plan.values)).mappings().first()
         if got is None:
@@ -285,7 +296,11 @@ class PostgreSQL(DialectSupport):
         which reports any error exactly as SQLAlchemy does. The statement is a
         single autocommitted one, so a failed attempt has written nothing.
         """
-        if not plain_engine(engine, "asyncpg") or has_expressions([plan.params]):
+        if (
+            not plain_engine(engine, "asyncpg")
+            or "one" not in plan.statements
+            or has_expressions([plan.params])
+        ):
             return None
         # compiled per dialect: two engines may process the same types differently
         # (json_serializer, say), and the plan's statements are shared by both
@@ -295,6 +310,8 @@ class PostgreSQL(DialectSupport):
             fast = by_dialect[engine.dialect] = DriverStatement(
                 plan.statements["one"], engine.dialect
             )
+        if fast.needs_context:
+            return None
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)

@@ -114,6 +114,11 @@ class SQLite(DialectSupport):
         begun(conn, immediate=True)
         return upsert_reading_keys_first(conn, plan, rows)
 
+    def lock_for_update_or_create(self, conn: Connection) -> None:
+        """The write lock first (BEGIN IMMEDIATE): a read transaction that later
+        writes can fail with SQLITE_BUSY where waiting does not help."""
+        begun(conn, immediate=True)
+
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
