@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -110,7 +108,7 @@ class Employee(InheritanceBase):
     email: Mapped[str] = mapped_column(sa.String(50), unique=True)
     name: Mapped[str] = mapped_column(sa.String(20))
     kind: Mapped[str] = mapped_column(sa.String(20))
-    __mapper_args__: ClassVar[dict[str, Any]] = {
+    __mapper_args__ = {  # noqa: RUF012
         "polymorphic_on": "kind",
         "polymorphic_identity": "employee",
     }
@@ -118,12 +116,12 @@ class Employee(InheritanceBase):
 
 class Manager(Employee):
     budget: Mapped[int | None] = mapped_column(nullable=True)
-    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "manager"}
+    __mapper_args__ = {"polymorphic_identity": "manager"}  # noqa: RUF012
 
 
 class Engineer(Employee):
     language: Mapped[str | None] = mapped_column(sa.String(20), nullable=True)
-    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "engineer"}
+    __mapper_args__ = {"polymorphic_identity": "engineer"}  # noqa: RUF012
 
 
 class Vehicle(InheritanceBase):
@@ -131,7 +129,7 @@ class Vehicle(InheritanceBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     plate: Mapped[str] = mapped_column(sa.String(20), unique=True)
     kind: Mapped[str] = mapped_column(sa.String(20))
-    __mapper_args__: ClassVar[dict[str, Any]] = {
+    __mapper_args__ = {  # noqa: RUF012
         "polymorphic_on": "kind",
         "polymorphic_identity": "vehicle",
     }
@@ -141,4 +139,4 @@ class Car(Vehicle):
     __tablename__ = "oc_cars"
     id: Mapped[int] = mapped_column(sa.ForeignKey("oc_vehicles.id"), primary_key=True)
     seats: Mapped[int] = mapped_column()
-    __mapper_args__: ClassVar[dict[str, Any]] = {"polymorphic_identity": "car"}
+    __mapper_args__ = {"polymorphic_identity": "car"}  # noqa: RUF012
