@@ -831,3 +831,20 @@ async def test_two_keys_and_bound_updates_in_the_callers_transaction(
     async with aengine.connect() as conn:
         stmt = sa.select(users.c.id, users.c.name, users.c.note).order_by(users.c.id)
         assert [tuple(r) for r in await conn.execute(stmt)] == [(1, "A", "seen"), (2, "B", "seen")]
+
+
+async def test_upsert_through_a_subclass_leaves_another_class_row_alone(
+    aengine: AsyncEngine, inheritance_tables: None
+) -> None:
+    """The default update leaves the discriminator alone: an upsert through
+    Manager of a key stored as an Engineer updates its columns, not its class."""
+    from tests.schema import Employee, Engineer, Manager
+
+    await onconflict.insert_ignore(aengine, Engineer, [{"email": "e@x", "name": "e"}])
+    done = await onconflict.upsert(aengine, Manager, [{"email": "e@x", "name": "renamed"}])
+    assert [(r["email"], r["name"], r["kind"]) for r in done.updated] == [
+        ("e@x", "renamed", "engineer")
+    ]
+    async with aengine.connect() as conn:
+        kinds = dict((await conn.execute(sa.select(Employee.email, Employee.kind))).all())
+    assert kinds == {"e@x": "engineer"}

@@ -31,6 +31,7 @@ from onconflict._target import (
     ConflictTarget,
     OnTarget,
     UniqueKey,
+    fixed_values,
     reachable_keys,
     resolve_table,
 )
@@ -84,8 +85,9 @@ def prepare_upsert(
     spec = _update_spec(tbl, keymap, update)
     with paused(len(data)):
         _group(prepared, keep=duplicates)
+    kept = frozenset(fixed_values(table))
     for group in prepared.groups:
-        set_ = _set_for(tbl, target, spec, group.columns, update is None)
+        set_ = _set_for(tbl, target, spec, group.columns, update is None, kept)
         plan = _plan(prepared, group.columns, group.match, set_, where, skip_unchanged)
         prepared.plans[group.columns] = plan
     return prepared
@@ -176,10 +178,13 @@ def _set_for(
     spec: dict[str, Any],
     columns: tuple[str, ...],
     default: bool,
+    kept: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """The SET clause for rows carrying ``columns``."""
+    """The SET clause for rows carrying ``columns``. ``kept``: columns the default
+    update leaves alone besides the keys (a single-table inheritance
+    discriminator: an upsert through one class never turns another's row into it)."""
     if default:  # every column the rows carry but the target's and the primary key's
-        keys = set(target.columns).union(c.key for c in table.primary_key.columns)
+        keys = set(target.columns).union(kept, (c.key for c in table.primary_key.columns))
         return {c: excluded(c) for c in columns if c not in keys}
     set_: dict[str, Any] = {}
     for col, value in spec.items():
