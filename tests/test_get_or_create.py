@@ -456,7 +456,7 @@ def made_on(context: Any) -> str:
 
 
 stamped = sa.Table(
-    "oc_stamped",
+    "oc_goc_stamped",  # (test_upsert.py has an oc_stamped of its own)
     django_metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("name", sa.String(20), nullable=False, unique=True),

@@ -70,7 +70,12 @@ def called(values: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
         return {}
     if not isinstance(values, Mapping):
         raise TypeError(f"{what} must be a mapping, not {type(values).__name__}")
-    return {k: v() if callable(v) else v for k, v in values.items()}
+    # (a SQL expression is a value as it is: some, such as func.lower("X"), are callable)
+    return {k: v() if _plain_callable(v) else v for k, v in values.items()}
+
+
+def _plain_callable(value: Any) -> bool:
+    return callable(value) and not isinstance(value, sa.sql.ClauseElement)
 
 
 def _prepare_fetch(
@@ -282,20 +287,42 @@ def prepare_update_or_create(
     clash = sorted(set(plan.lookup) & set(new))
     if clash:
         raise ValueError(f"{clash[0]!r} is both in lookup and in defaults")
-    statements = _update_shape(tbl, plan.target, plan.lookup, tuple(sorted(new)))
-    return PreparedUpdate(fetch, statements, {f"oc_new_{k}": v for k, v in new.items()})
+    # SQL expressions (sa.func.upper("x")) go in the statement as they are
+    inline = {k: v for k, v in new.items() if isinstance(v, sa.sql.ClauseElement)}
+    bound = {k: v for k, v in new.items() if k not in inline}
+    if inline:
+        statements = _update_statements(tbl, plan.target, plan.lookup, tuple(sorted(bound)), inline)
+    else:
+        statements = _update_shape(tbl, plan.target, plan.lookup, tuple(sorted(bound)))
+    return PreparedUpdate(fetch, statements, {f"oc_new_{k}": v for k, v in bound.items()})
 
 
 @lru_cache(maxsize=512)
 def _update_shape(
     table: sa.Table, target: ConflictTarget, lookup: tuple[str, ...], columns: tuple[str, ...]
 ) -> dict[str, Any]:
-    """The UPDATE of one update_or_create shape (Core applies the columns'
-    ``onupdate``), with RETURNING and without, and the read of the row after it."""
+    """The statements of one update_or_create shape, built once."""
+    return _update_statements(table, target, lookup, columns)
+
+
+def _update_statements(
+    table: sa.Table,
+    target: ConflictTarget,
+    lookup: tuple[str, ...],
+    columns: tuple[str, ...],
+    inline: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The UPDATE of the ``columns`` (bound) and ``inline`` values (SQL expressions;
+    Core applies the columns' ``onupdate``), with RETURNING and without, and the
+    read of the row after it."""
     where = lookup_condition(FetchPlan(table, target, lookup, ()))
-    values = {c: sa.bindparam(f"oc_new_{c}", type_=table.c[c].type) for c in columns}
+    values: dict[str, Any] = {
+        c: sa.bindparam(f"oc_new_{c}", type_=table.c[c].type) for c in columns
+    }
+    values.update(inline or {})
     update = sa.update(table).where(where).values(values)
     return {
+        "nothing": not values,  # no defaults: an existing row is returned as it is
         "update": update,
         "update_returning": update.returning(*by_key(table)),
         "select_locked": sa.select(*by_key(table)).where(where).with_for_update(read=True),
@@ -316,7 +343,7 @@ def execute_update_or_create(conn: Connection, prepared: PreparedUpdate) -> tupl
             continue
         row, created = got
         if not created:
-            updated = _update_row(conn, prepared) if prepared.params else row
+            updated = row if prepared.statements["nothing"] else _update_row(conn, prepared)
             if updated is None:  # deleted since it was read: make it again
                 continue
             row = updated
