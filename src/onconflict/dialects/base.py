@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -388,6 +388,33 @@ def execute_row(conn: Connection, stmt: Any, row: Row) -> sa.CursorResult[Any]:
     if has_expressions([row]):
         return conn.execute(stmt.values(row))
     return conn.execute(stmt, row)
+
+
+def is_string(col: sa.Column[Any]) -> bool:
+    """A column whose values are strings (a collation may fold them)."""
+    try:
+        return col.type.python_type is str
+    except NotImplementedError:
+        return False
+
+
+def collation_folds(
+    conn: Connection,
+    table: sa.Table,
+    slot: str,
+    read: Callable[[], Iterable[tuple[str, Callable[[str], str] | None]]],
+) -> dict[str, Callable[[str], str]]:
+    """Column key -> fold for the table's columns whose collation folds strings,
+    from ``read()`` (database column name, fold or None), cached per connection
+    (in ``conn.info[slot]``) and table: a dialect reads its catalog once."""
+    cache: dict[tuple[str | None, str], dict[str, Any]] = conn.info.setdefault(slot, {})
+    where = (table.schema, table.name)
+    folds = cache.get(where)
+    if folds is None:
+        keys = {c.name: c.key for c in table.c}
+        folds = {keys[name]: fold for name, fold in read() if fold is not None and name in keys}
+        cache[where] = folds
+    return folds
 
 
 def in_autocommit(conn: Connection) -> bool:

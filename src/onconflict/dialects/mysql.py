@@ -54,10 +54,12 @@ from onconflict.dialects.base import (
     Row,
     UpsertPlan,
     checkout,
+    collation_folds,
     connection_lost,
     execute_row,
     execute_rows,
     in_autocommit,
+    is_string,
     plain_engine,
     select_by_keys,
     with_primary_key,
@@ -90,13 +92,6 @@ READ_COLLATIONS = sa.text(
     "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS"
     " WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :name"
 )
-
-
-def _is_string(col: sa.Column[Any]) -> bool:
-    try:
-        return col.type.python_type is str
-    except NotImplementedError:
-        return False
 
 
 def collation_fold(collation: str | None) -> Callable[[str], str] | None:
@@ -158,20 +153,14 @@ class MySQL(DialectSupport):
         PAD SPACE ignores trailing spaces). The collations are read from
         information_schema once per connection and table, and only for keys
         with a string column."""
-        if not any(_is_string(table.c[c]) for c in columns):
+        if not any(is_string(table.c[c]) for c in columns):
             return False
-        cache: dict[tuple[str | None, str], dict[str, Any]] = conn.info.setdefault(COLLATIONS, {})
-        where = (table.schema, table.name)
-        folds = cache.get(where)
-        if folds is None:
-            names = {c.name: c.key for c in table.c}
+
+        def read() -> Iterator[tuple[str, Any]]:
             found = conn.execute(READ_COLLATIONS, {"schema": table.schema, "name": table.name})
-            folds = {}
-            for column, collation in found:
-                fold = collation_fold(collation)
-                if fold is not None and column in names:
-                    folds[names[column]] = fold
-            cache[where] = folds
+            return ((column, collation_fold(collation)) for column, collation in found)
+
+        folds = collation_folds(conn, table, COLLATIONS, read)
         keys.set_folds(folds)
         return bool(folds)
 

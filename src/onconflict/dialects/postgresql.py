@@ -36,9 +36,11 @@ from onconflict.dialects.base import (
     Row,
     UpsertPlan,
     checkout,
+    collation_folds,
     connection_lost,
     do_nothing,
     do_update,
+    is_string,
     lookup_condition,
     needs_context,
     plain_engine,
@@ -134,7 +136,7 @@ class PostgreSQL(DialectSupport):
         folds: dict[str, Any] = {
             c: str.lower for c in columns if isinstance(table.c[c].type, pg.CITEXT)
         }
-        if any(_is_string(table.c[c]) for c in columns if c not in folds):
+        if any(is_string(table.c[c]) for c in columns if c not in folds):
             found = _collation_folds(conn, table)
             folds.update({c: found[c] for c in columns if c in found and c not in folds})
         keys.set_folds(folds)
@@ -539,29 +541,16 @@ _READ_COLLATIONS = sa.text(
 )
 
 
-def _is_string(col: sa.Column[Any]) -> bool:
-    try:
-        return col.type.python_type is str
-    except NotImplementedError:
-        return False
-
-
 def _collation_folds(conn: Connection, table: sa.Table) -> dict[str, Any]:
     """Column key -> fold for the table's columns whose collation is
-    nondeterministic (cached on the connection)."""
-    cache: dict[tuple[str | None, str], dict[str, Any]] = conn.info.setdefault(COLLATIONS, {})
-    where = (table.schema, table.name)
-    folds = cache.get(where)
-    if folds is None:
-        keys = {c.name: c.key for c in table.c}
+    nondeterministic (read once per connection and table)."""
+
+    def read() -> Iterator[tuple[str, Any]]:
         name = conn.dialect.identifier_preparer.format_table(table)
-        folds = {}
-        for column, row in conn.execute(_READ_COLLATIONS, {"name": name}):
-            fold = icu_fold(row)
-            if fold is not None and column in keys:
-                folds[keys[column]] = fold
-        cache[where] = folds
-    return folds
+        found = conn.execute(_READ_COLLATIONS, {"name": name})
+        return ((column, icu_fold(row)) for column, row in found)
+
+    return collation_folds(conn, table, COLLATIONS, read)
 
 
 def icu_fold(collation: dict[str, Any]) -> Any:
