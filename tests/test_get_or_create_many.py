@@ -487,3 +487,31 @@ async def test_postgresql_one_statement_and_no_sequence_values_burnt(
     )
     assert more.created == [False, False, False, True]
     assert await last_value() == before + 1
+
+
+@pytest.mark.usefixtures("inheritance_tables")
+async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -> None:
+    """Through a subclass: the discriminator is written, instances are of the
+    subclass, and a key stored as another class's row is a mismatch."""
+    from tests.schema import Engineer, Manager
+
+    async with AsyncSession(aengine) as session:
+        rows = [{"email": "m1@x", "name": "m1", "budget": 3}, {"email": "m2@x", "name": "m2"}]
+        made = await onconflict.get_or_create_many(session, Manager, rows)
+        assert made.created == [True, True]
+        assert all(type(m) is Manager and m.kind == "manager" for m in made.rows)
+        await session.commit()
+    got = onconflict.sync.get_or_create_many(sengine, Manager, [{"email": "m1@x", "name": "x"}])
+    assert (got.created, got.rows[0]["kind"], got.rows[0]["budget"]) == ([False], "manager", 3)
+    with pytest.raises(onconflict.LookupMismatchError, match="kind"):
+        await onconflict.get_or_create_many(
+            aengine, Engineer, [{"email": "e@x", "name": "e"}, {"email": "m2@x", "name": "x"}]
+        )
+    async with aengine.connect() as conn:  # in the caller's transaction: undone too
+        with pytest.raises(onconflict.LookupMismatchError, match="kind"):
+            await onconflict.get_or_create_many(
+                conn, Engineer, [{"email": "e@x", "name": "e"}, {"email": "m2@x", "name": "x"}]
+            )
+        await conn.commit()
+        emails = (await conn.execute(sa.select(Engineer.__table__.c.email))).scalars().all()
+    assert sorted(emails) == ["m1@x", "m2@x"]  # nothing of the refused calls stored

@@ -235,6 +235,8 @@ async def get_or_create_many(
     On PostgreSQL the usual call is one statement (autocommitted with an
     engine), and keys that exist burn no sequence value. With an ORM class and
     an ``AsyncSession``, the rows are mapped instances attached to the session.
+    ``retry``: how to retry transient errors when the call owns the transaction
+    (an engine); ``None`` never retries.
     """
     prepared = prepare_get_or_create_many(dialect_of(conn), table, rows, on)
     if prepared is None:

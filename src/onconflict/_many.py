@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +30,9 @@ from sqlalchemy.orm import Session
 
 from onconflict._core import read_rows
 from onconflict._expr import has_expressions, refuse_key_expressions
-from onconflict._fetch import ATTEMPTS, PreparedFetch, as_instance
+from onconflict._fetch import ATTEMPTS, LookupMismatchError, PreparedFetch, as_instance
 from onconflict._match import Keys, by_key
-from onconflict._target import ConflictTarget, OnTarget, resolve_table
+from onconflict._target import ConflictTarget, OnTarget, fixed_values, resolve_table
 from onconflict.dialects import native_support
 from onconflict.dialects.base import DialectSupport, FetchPlan, execute_rows
 from onconflict.exceptions import NotSupportedError, OnConflictError, OutcomeMismatchError
@@ -96,6 +96,7 @@ class PreparedMany:
     support: DialectSupport
     outmap: dict[str, str]
     mapper: Any = None
+    fixed: dict[str, Any] = field(default_factory=dict)  # single-table inheritance: kind=...
     max_params: int = 0  # the driver's bound-parameter budget of one statement
     one_statement: bool = False  # the whole call is one statement (PostgreSQL, one chunk)
 
@@ -127,7 +128,7 @@ def prepare_get_or_create_many(
     support = native_support(dialect)
     support.check_target(tbl, target)
     mapper = None if isinstance(table, sa.Table) else sa.inspect(table)
-    prepared = PreparedMany(tbl, target, data, support, outmap, mapper)
+    prepared = PreparedMany(tbl, target, data, support, outmap, mapper, fixed_values(table))
     prepared.max_params = support.max_params(dialect)
     shapes = {tuple(sorted(r)) for r in data}
     prepared.one_statement = (
@@ -135,6 +136,7 @@ def prepare_get_or_create_many(
         and len(shapes) == 1
         and len(data) <= prepared.rows_per_statement(len(data[0]))
         and not has_expressions(data)
+        and not prepared.fixed  # a row of another class is refused: in a transaction
     )
     return prepared
 
@@ -226,15 +228,41 @@ def execute_get_or_create_many(
         for i, key in enumerate(call.row_keys):
             first.setdefault(key, i)
         support.lock_for_update_or_create(conn)  # SQLite: the write lock first
-        atomic = not owned and not prepared.one_statement
-        with support.atomic(conn) if atomic else nullcontext():
+        with _all_or_nothing(conn, prepared, owned):
             _attempts(call, sorted(first.values(), key=lambda i: _order(call.row_keys[i])))
+            for row, _ in call.done.values():
+                _check_class(prepared, row)  # (undone with the rest: inside the scope)
     stored = {i: prepared.output(row) for i, (row, _) in call.done.items()}
     out: list[tuple[Row, bool]] = []
     for i, key in enumerate(call.row_keys):
         winner = first[key]
         out.append((stored[winner], call.done[winner][1] and winner == i))
     return out
+
+
+def _all_or_nothing(
+    conn: Connection, prepared: PreparedMany, owned: bool
+) -> AbstractContextManager[Any]:
+    """In the caller's transaction, the call's rows are undone when it raises:
+    the dialect's way for a database error (PostgreSQL: the error aborts the
+    transaction), a SAVEPOINT for a row of another class, found after writing."""
+    if owned:
+        return nullcontext()
+    if prepared.fixed:
+        return prepared.support.savepoint(conn)
+    return prepared.support.atomic(conn) if not prepared.one_statement else nullcontext()
+
+
+def _check_class(prepared: PreparedMany, row: Row) -> None:
+    """A class of single-table inheritance gets only rows of its own kind: a row
+    with the key stored as another class's is a mismatch, not this class's row."""
+    for column, value in prepared.fixed.items():
+        if row.get(column) != value:
+            key = ", ".join(f"{c}={row.get(c)!r}" for c in prepared.key)
+            raise LookupMismatchError(
+                f"get_or_create_many on {prepared.table.name!r}: the row with {key} is"
+                f" stored with {column}={row.get(column)!r}, not {value!r} (another class)"
+            )
 
 
 def _order(key: Key) -> tuple[Any, ...]:
