@@ -222,6 +222,7 @@ def test_both_fronts_export_the_same_calls_with_the_same_signatures() -> None:
     )
     assert calls == [
         "get_or_create",
+        "get_or_create_many",
         "insert_ignore",
         "retrying",
         "seed",

@@ -20,6 +20,10 @@ async def async_fronts(engine: AsyncEngine, session: AsyncSession) -> None:
     assert_type(await onconflict.insert_ignore(engine, users, []), onconflict.InsertResult)
     assert_type(await onconflict.upsert(engine, users, []), onconflict.UpsertResult)
     assert_type(await onconflict.seed(engine, {}), onconflict.SeedReport)
+    assert_type(
+        await onconflict.get_or_create_many(session, Item, [{"code": "x"}]),
+        onconflict.GetOrCreateResult,
+    )
     assert_type(await onconflict.get_or_create(session, Item, {"code": "x"}), tuple[Item, bool])
     assert_type(
         await onconflict.get_or_create(engine, users, {"email": "x"}), tuple[dict[str, Any], bool]
@@ -38,6 +42,10 @@ async def async_fronts(engine: AsyncEngine, session: AsyncSession) -> None:
 
 def sync_fronts(engine: Engine, session: Session) -> None:
     assert_type(onconflict.sync.insert_ignore(engine, users, []), onconflict.InsertResult)
+    assert_type(
+        onconflict.sync.get_or_create_many(engine, users, [{"email": "x"}]),
+        onconflict.GetOrCreateResult,
+    )
     assert_type(onconflict.sync.get_or_create(session, Item, {"code": "x"}), tuple[Item, bool])
     assert_type(
         onconflict.sync.get_or_create(engine, users, {"email": "x"}), tuple[dict[str, Any], bool]

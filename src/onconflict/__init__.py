@@ -11,6 +11,7 @@ and ``onconflict.sync`` has the same names for ``Connection``, ``Session`` and
 from onconflict.__about__ import __version__
 from onconflict._async import (
     get_or_create,
+    get_or_create_many,
     insert_ignore,
     retrying,
     seed,
@@ -19,6 +20,7 @@ from onconflict._async import (
 )
 from onconflict._expr import excluded
 from onconflict._fetch import LookupMismatchError
+from onconflict._many import GetOrCreateResult
 from onconflict._seed import SeedReport, TableReport
 from onconflict._target import ANY_KEY
 from onconflict.errors import UniqueViolation, is_transient, is_unique_violation, unique_violation
@@ -34,6 +36,7 @@ from onconflict.retry import Retry
 
 __all__ = [
     "ANY_KEY",
+    "GetOrCreateResult",
     "InsertResult",
     "LookupMismatchError",
     "NotSupportedError",
@@ -49,6 +52,7 @@ __all__ = [
     "__version__",
     "excluded",
     "get_or_create",
+    "get_or_create_many",
     "insert_ignore",
     "is_transient",
     "is_unique_violation",

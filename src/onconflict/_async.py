@@ -36,6 +36,13 @@ from onconflict._front import (
     session_connection,
     transaction_options,
 )
+from onconflict._many import (
+    GetOrCreateResult,
+    _get_or_create_many_work,
+    as_result,
+    instances,
+    prepare_get_or_create_many,
+)
 from onconflict._seed import (
     DEFAULT_LOCK,
     Mode,
@@ -204,6 +211,45 @@ async def get_or_create(
         autocommit=prepared.support.fetch_in_one_statement,
         finish=_as_instances(prepared),
     )
+
+
+async def get_or_create_many(
+    conn: AsyncHandle,
+    table: Any,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    on: OnTarget = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> GetOrCreateResult:
+    """get_or_create for a batch: the stored row for every input row, in input
+    order, and whether this call created it (``GetOrCreateResult``).
+
+    Rows are got or created by a unique key (``on``, as for
+    :func:`insert_ignore`; not ``ANY_KEY``, an expression or a partial index),
+    which every row must give, without ``None``. A row whose key exists is
+    returned as stored, whatever its other columns hold (no mismatch, no
+    update). Rows repeating a key in the call get the same stored row; only
+    the first can be ``created``. Race-safe: callers asking for the same keys
+    at once each get every row, and each key is created by one of them.
+
+    On PostgreSQL the usual call is one statement (autocommitted with an
+    engine), and keys that exist burn no sequence value. With an ORM class and
+    an ``AsyncSession``, the rows are mapped instances attached to the session.
+    ``retry``: how to retry transient errors when the call owns the transaction
+    (an engine); ``None`` never retries.
+    """
+    prepared = prepare_get_or_create_many(dialect_of(conn), table, rows, on)
+    if prepared is None:
+        return GetOrCreateResult()
+    got = await _run(
+        conn,
+        _get_or_create_many_work,
+        prepared,
+        retry,
+        autocommit=prepared.one_statement,
+        finish=instances(prepared),
+    )
+    return as_result(got)
 
 
 @overload

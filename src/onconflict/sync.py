@@ -29,6 +29,13 @@ from onconflict._fetch import (
     prepare_update_or_create,
 )
 from onconflict._front import SYNC_HANDLES, dialect_of, session_connection, transaction_options
+from onconflict._many import (
+    GetOrCreateResult,
+    _get_or_create_many_work,
+    as_result,
+    instances,
+    prepare_get_or_create_many,
+)
 from onconflict._seed import (
     DEFAULT_LOCK,
     Mode,
@@ -50,11 +57,13 @@ P = TypeVar("P")
 
 __all__ = [
     "ANY_KEY",
+    "GetOrCreateResult",
     "InsertResult",
     "Retry",
     "UpsertResult",
     "excluded",
     "get_or_create",
+    "get_or_create_many",
     "insert_ignore",
     "is_transient",
     "is_unique_violation",
@@ -165,6 +174,29 @@ def get_or_create(
         autocommit=prepared.support.fetch_in_one_statement,
         finish=_as_instances(prepared),
     )
+
+
+def get_or_create_many(
+    conn: SyncHandle,
+    table: Any,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    on: OnTarget = None,
+    retry: Retry | None = DEFAULT_RETRY,
+) -> GetOrCreateResult:
+    """See :func:`onconflict.get_or_create_many`, of which this is the synchronous twin."""
+    prepared = prepare_get_or_create_many(dialect_of(conn), table, rows, on)
+    if prepared is None:
+        return GetOrCreateResult()
+    got = _run(
+        conn,
+        _get_or_create_many_work,
+        prepared,
+        retry,
+        autocommit=prepared.one_statement,
+        finish=instances(prepared),
+    )
+    return as_result(got)
 
 
 @overload

@@ -335,6 +335,15 @@ class DialectSupport:
         """An optional faster path for an engine-owned call; None: take the usual one."""
         return None
 
+    def get_or_create_many_once(
+        self, conn: Connection, table: sa.Table, target: ConflictTarget, rows: list[Row]
+    ) -> list[Row] | None:
+        """get_or_create_many as ONE statement for rows of one shape (distinct keys):
+        the stored rows it read or inserted, each with an ``onconflict_created_``
+        flag; rows committed by others after its snapshot may be missing. None:
+        no such form here (a SELECT and the duplicate-only insert run instead)."""
+        return None
+
     def scope(self, conn: Connection, owned: bool = False) -> AbstractContextManager[Any]:
         """Wraps a whole call: puts back any session setting the call changed.
         ``owned``: the call owns its transaction (any error it raises rolls back

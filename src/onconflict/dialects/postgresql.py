@@ -270,6 +270,18 @@ class PostgreSQL(DialectSupport):
         row = dict(got)
         return row, bool(row.pop(CREATED))
 
+    def get_or_create_many_once(
+        self, conn: Connection, table: sa.Table, target: ConflictTarget, rows: list[Row]
+    ) -> list[Row] | None:
+        """One statement (see ``get_or_create_many_statement``); None for a table
+        with Python-side defaults for columns the rows leave out (SQLAlchemy
+        computes those per row only for a plain INSERT)."""
+        columns = tuple(sorted(rows[0]))
+        if python_defaults(table, columns) or needs_context(table, columns):
+            return None
+        stmt = get_or_create_many_statement(table, target, columns, rows)
+        return [dict(m) for m in conn.execute(stmt).mappings()]
+
     async def insert_ignore_fast(self, engine: AsyncEngine, prepared: Any) -> dict[int, Row] | None:
         """A one-row insert_ignore that owns its work, on asyncpg: the statement
         compiled once per shape, run in autocommit on the pooled connection (no
@@ -317,6 +329,49 @@ class PostgreSQL(DialectSupport):
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
+
+
+def get_or_create_many_statement(
+    table: sa.Table, target: ConflictTarget, columns: tuple[str, ...], rows: list[Row]
+) -> sa.CompoundSelect[Any]:
+    """get_or_create_many for rows of one shape as ONE statement. Pure::
+
+        WITH oc_input AS (VALUES ($1, ...), ...),
+             oc_found AS (SELECT t.* FROM t JOIN oc_input ON t.key = oc_input.key),
+             oc_made AS (INSERT INTO t (...) SELECT ... FROM oc_input
+                         WHERE NOT EXISTS (SELECT FROM t WHERE t.key = oc_input.key)
+                         ORDER BY key ON CONFLICT (key) DO NOTHING RETURNING *)
+        SELECT *, false FROM oc_found UNION ALL SELECT *, true FROM oc_made
+
+    Existing keys are read, not inserted (no sequence value burnt for them); the
+    new ones are inserted in key order (one lock order for concurrent callers).
+    A key committed by another transaction after the statement's snapshot is in
+    neither part (READ COMMITTED), or raises 40001 (REPEATABLE READ and up).
+    """
+    key = target.key
+    assert key is not None
+    values = sa.values(*(sa.column(c, table.c[c].type) for c in columns), name="oc_values")
+    data = values.data([tuple(r[c] for c in columns) for r in rows])
+    given = sa.select(*data.c).cte("oc_input")
+
+    same_key = sa.and_(*(table.c[c] == given.c[c] for c in key.columns))
+    found = sa.select(*by_key(table)).select_from(table.join(given, same_key)).cte("oc_found")
+    new = (
+        sa.select(*(given.c[c] for c in columns))
+        .where(~sa.exists().where(same_key))
+        .order_by(*(given.c[c] for c in key.columns))
+    )
+    made = (
+        pg.insert(table)
+        .from_select([table.c[c] for c in columns], new)
+        .on_conflict_do_nothing(index_elements=list(key.elements), index_where=key.where)
+        .returning(*by_key(table))
+        .cte("oc_made")
+    )
+    return sa.union_all(
+        sa.select(*found.c, sa.false().label(CREATED)),
+        sa.select(*made.c, sa.true().label(CREATED)),
+    )
 
 
 def _relkind(name: str) -> sa.Select[Any]:
