@@ -7,26 +7,35 @@ NOT NULL or CHECK constraints, where the upsert clause raises.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
 import string
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection, Dialect, NestedTransaction
+from sqlalchemy.engine import Connection, Dialect, Engine, NestedTransaction
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._match import Keys, returning_columns
+from onconflict._expr import has_expressions
+from onconflict._match import Keys, by_key, expression_key, returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
+    DriverStatement,
+    FetchPlan,
     Outcome,
     Row,
     UpsertPlan,
+    checkout,
     do_nothing,
     do_update,
+    plain_engine,
     upsert_reading_keys_first,
 )
 from onconflict.errors import error_code
@@ -44,6 +53,88 @@ def sqlite_version(dialect: Dialect) -> tuple[int, ...]:
 class SQLite(DialectSupport):
     name = "sqlite"
     native = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        # per engine, per event loop: the lock that lets one driver-level writer
+        # of this process at a time at the database (see writer_lock)
+        self._writers: weakref.WeakKeyDictionary[
+            Engine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
+
+    def writer_lock(self, engine: Engine) -> asyncio.Lock:
+        """The in-process writer lock of ``engine``: its driver-level calls take
+        turns here (an asyncio queue, no polling) instead of spinning on SQLite's
+        file lock with sleeping busy handlers. An asyncio lock belongs to one
+        event loop, hence one per loop."""
+        loops = self._writers.get(engine)
+        if loops is None:
+            loops = self._writers[engine] = weakref.WeakKeyDictionary()
+        loop = asyncio.get_running_loop()
+        lock = loops.get(loop)
+        if lock is None:
+            lock = loops[loop] = asyncio.Lock()
+        return lock
+
+    async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row insert_ignore that owns its work, on a plainly created
+        aiosqlite engine: the statement compiled once per shape and run with
+        BEGIN IMMEDIATE and COMMIT on the pooled connection's sqlite3
+        connection in ONE hop to aiosqlite's thread, writers of this process
+        taking turns on the engine's writer lock. None whenever it does not
+        apply or the database raised: the ordinary path then runs (nothing was
+        stored) and raises as SQLAlchemy does."""
+        if not _fast_engine(engine):
+            return None
+        one = self.one_row_insert(engine, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        got = await self._hop(engine, functools.partial(_insert_one, fast.sql, args))
+        if got is None:
+            return None
+        return {index: fast.row(got[0])} if got else {}
+
+    async def get_or_create_fast(
+        self, engine: Any, plan: FetchPlan, attempts: int
+    ) -> tuple[Row, bool] | None:
+        """get_or_create's SELECT, and if there is no row BEGIN IMMEDIATE +
+        INSERT ... ON CONFLICT DO NOTHING RETURNING (+ the SELECT again after a
+        lost race) + COMMIT, in one hop to aiosqlite's thread (as
+        insert_ignore_fast). Under the write lock the second SELECT sees the
+        row that won: no retry is needed. None: the ordinary path runs."""
+        if (
+            not _fast_engine(engine)
+            or expression_key(plan.target) is not None
+            or has_expressions([plan.params])
+        ):
+            return None
+        by_dialect: dict[Any, tuple[DriverStatement, DriverStatement]] = plan.statements.setdefault(
+            "aiosqlite", {}
+        )
+        pair = by_dialect.get(engine.dialect)
+        if pair is None:
+            pair = by_dialect[engine.dialect] = _fetch_statements(plan, engine.dialect)
+        select, insert = pair
+        if insert.needs_context:
+            return None
+        work = functools.partial(
+            _get_or_create_one,
+            select.sql,
+            select.arguments(plan.params),
+            insert.sql,
+            insert.arguments(plan.params),
+        )
+        got = await self._hop(engine, work)
+        if got is None or got[0] is None:
+            return None  # no row to read (a lookup mismatch): the ordinary path says why
+        record, created = got
+        return select.row(record), created
+
+    async def _hop(self, engine: Any, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        sync = engine.sync_engine
+        async with self.writer_lock(sync):
+            return await greenlet_spawn(_on_driver_thread, sync, work)
 
     def check(self, dialect: Dialect) -> None:
         version = sqlite_version(dialect)
@@ -118,6 +209,106 @@ class SQLite(DialectSupport):
         """The write lock first (BEGIN IMMEDIATE): a read transaction that later
         writes can fail with SQLITE_BUSY where waiting does not help."""
         begun(conn, immediate=True)
+
+
+def _fast_engine(engine: Any) -> bool:
+    """An aiosqlite engine as created (see plain_engine), with no isolation
+    level of create_engine's (the driver-level path sends its own BEGIN
+    IMMEDIATE), RETURNING (SQLite 3.35) and a pool that gives each caller a
+    connection of its own (the StaticPool of ``:memory:`` shares one)."""
+    return bool(
+        plain_engine(engine, "aiosqlite")
+        and isinstance(engine.sync_engine.pool, (sa.pool.QueuePool, sa.pool.NullPool))
+        and getattr(engine.dialect, "_on_connect_isolation_level", None) is None
+        and engine.dialect.insert_returning
+    )
+
+
+def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
+    """get_or_create's SELECT and one-row INSERT ... RETURNING, compiled for the
+    driver-level path (both read rows keyed by column key, in table order)."""
+    t = plan.table
+    values = {k: sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values}
+    insert = do_nothing(sqlite.insert(t), t, plan.target, False).values(values)
+    insert = insert.returning(*by_key(t))
+    return (
+        DriverStatement(plan.statements["select"], dialect, t.c),
+        DriverStatement(insert, dialect, t.c),
+    )
+
+
+def _on_driver_thread(engine: Engine, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    """Inside SQLAlchemy's greenlet bridge: a pooled connection, ``work`` run on
+    aiosqlite's thread with the sqlite3 connection (one hop), the connection
+    back to the pool. None: the ordinary path is to run (no connection could be
+    had, the connection was closed before anything was sent, a transaction was
+    open on it, or SQLite raised and ``work`` rolled back: nothing stored)."""
+    raw = checkout(engine)
+    if raw is None:
+        return None
+    clean = False
+    try:
+        driver: Any = raw.driver_connection
+        try:
+            got = await_only(driver._execute(work, driver._conn))
+        except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+            raw.invalidate()
+            return None
+        except sqlite3.Error:
+            clean = True  # work rolled back
+            return None
+        clean = got is not _OPEN
+        return None if got is _OPEN else got
+    finally:
+        if raw.dbapi_connection is None:  # invalidated
+            raw.close()
+        else:
+            # work ended its transaction (COMMIT or ROLLBACK): the pool's reset,
+            # one more hop to the thread, has nothing to roll back
+            raw._checkin(transaction_was_reset=clean)
+
+
+_OPEN = object()  # the connection was inside a transaction: not this path's to use
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT on the sqlite3 connection; ROLLBACK on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.commit()
+    except BaseException:
+        if db.in_transaction:
+            db.rollback()
+        raise
+
+
+def _insert_one(sql: str, args: list[Any], db: sqlite3.Connection) -> Any:
+    """On aiosqlite's thread: the one-row INSERT ... RETURNING in its own
+    transaction; the returned records (none: a duplicate)."""
+    if db.in_transaction:
+        return _OPEN
+    with _immediate(db):
+        return db.execute(sql, args).fetchall()
+
+
+def _get_or_create_one(
+    select: str, select_args: list[Any], insert: str, insert_args: list[Any], db: sqlite3.Connection
+) -> Any:
+    """On aiosqlite's thread: (record, created), record None when the key's row
+    cannot be read with the lookup."""
+    if db.in_transaction:
+        return _OPEN
+    found = db.execute(select, select_args).fetchall()
+    if found:
+        return found[0], False
+    with _immediate(db):
+        made = db.execute(insert, insert_args).fetchall()
+        if made:
+            return made[0], True
+        found = db.execute(select, select_args).fetchall()
+    return (found[0] if found else None), False
 
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
