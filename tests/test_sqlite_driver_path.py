@@ -95,7 +95,7 @@ def sqlite_only(backend: Backend) -> None:
 async def test_one_hop_with_begin_immediate_and_commit(made: AsyncEngine, backend: Backend) -> None:
     """A new row and a duplicate: BEGIN IMMEDIATE, the INSERT, COMMIT, in one hop
     to aiosqlite's thread, and no rollback from the pool afterwards; get_or_create
-    of an existing row is one SELECT (no transaction)."""
+    the same with its SELECT(s)."""
     sqlite_only(backend)
     sql, hops = traced(made)
     await made.dispose()
@@ -109,10 +109,10 @@ async def test_one_hop_with_begin_immediate_and_commit(made: AsyncEngine, backen
     assert (new.inserted_count, dup.existing_count) == (1, 1)
     del sql[:], hops[:]
     row, created = await onconflict.get_or_create(made, things, {"code": "a"})
-    assert (sql, len(hops), created) == (["SELECT"], 1, False)
+    assert (sql, len(hops), created) == (["BEGIN", "SELECT", "COMMIT"], 1, False)
     del sql[:], hops[:]
     row, created = await onconflict.get_or_create(made, things, {"code": "b"}, {"rank": 2})
-    assert (sql, len(hops), created) == (["SELECT", "BEGIN", "INSERT", "COMMIT"], 1, True)
+    assert (sql, len(hops), created) == (["BEGIN", "SELECT", "INSERT", "COMMIT"], 1, True)
     assert (row["code"], row["rank"], row["label"]) == ("b", 2, "none")
 
 
@@ -285,3 +285,39 @@ async def test_concurrent_callers_get_exact_outcomes(made: AsyncEngine, backend:
     created = await asyncio.gather(*(fetch(i) for i in range(64)))
     assert (sum(inserted), sum(created)) == (5, 5)
     assert len(await stored(made)) == 10
+
+
+async def test_concurrent_calls_share_hops_and_stay_all_or_nothing(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """Calls queued while a hop runs go in the next hop together, one
+    transaction with a savepoint per call: fewer hops than calls, and a call
+    that fails (NOT NULL, CHECK, foreign key) raises its own error with nothing
+    of it stored, while the calls batched with it keep exact outcomes."""
+    sqlite_only(backend)
+    sql, hops = traced(made)
+    await made.dispose()
+    await onconflict.insert_ignore(made, things, [{"code": "warm"}])
+    del sql[:], hops[:]
+    bad = [{"code": None}, {"code": "c", "label": ""}, {"code": "f", "pid": 999}]
+
+    async def insert(i: int) -> int | str:
+        row = bad[i // 10] if i % 10 == 5 and i < 30 else {"code": f"k{i % 8}"}
+        try:
+            got = await onconflict.insert_ignore(made, things, [row], retry=None)
+        except sa.exc.IntegrityError:
+            return "error"
+        return got.inserted_count
+
+    async def fetch(i: int) -> bool:
+        return (await onconflict.get_or_create(made, things, {"code": f"g{i % 4}"}))[1]
+
+    outcomes = await asyncio.gather(*(insert(i) for i in range(64)), *(fetch(i) for i in range(32)))
+    inserted, created = outcomes[:64], outcomes[64:]
+    assert inserted.count("error") == 3
+    assert sum(x for x in inserted if x != "error") == 8
+    assert sum(created) == 4
+    assert len(hops) < 48  # batched (the three failed calls run again on SQLAlchemy's path)
+    assert "SAVEPOINT" in sql
+    codes = sorted(r["code"] for r in await stored(made))
+    assert codes == sorted(["warm", *(f"k{i}" for i in range(8)), *(f"g{i}" for i in range(4))])

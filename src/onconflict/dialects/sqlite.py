@@ -56,32 +56,30 @@ class SQLite(DialectSupport):
 
     def __init__(self) -> None:
         super().__init__()
-        # per engine, per event loop: the lock that lets one driver-level writer
-        # of this process at a time at the database (see writer_lock)
+        # per engine, per event loop: the queue of its driver-level calls
         self._writers: weakref.WeakKeyDictionary[
-            Engine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+            Engine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]
         ] = weakref.WeakKeyDictionary()
 
-    def writer_lock(self, engine: Engine) -> asyncio.Lock:
-        """The in-process writer lock of ``engine``: its driver-level calls take
-        turns here (an asyncio queue, no polling) instead of spinning on SQLite's
-        file lock with sleeping busy handlers. An asyncio lock belongs to one
-        event loop, hence one per loop."""
+    def writer(self, engine: Engine) -> Writer:
+        """The in-process writer of ``engine`` (one per event loop: asyncio
+        futures belong to one)."""
         loops = self._writers.get(engine)
         if loops is None:
             loops = self._writers[engine] = weakref.WeakKeyDictionary()
         loop = asyncio.get_running_loop()
-        lock = loops.get(loop)
-        if lock is None:
-            lock = loops[loop] = asyncio.Lock()
-        return lock
+        writer = loops.get(loop)
+        if writer is None:
+            writer = loops[loop] = Writer(engine)
+        return writer
 
     async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
         """A one-row insert_ignore that owns its work, on a plainly created
         aiosqlite engine: the statement compiled once per shape and run with
         BEGIN IMMEDIATE and COMMIT on the pooled connection's sqlite3
-        connection in ONE hop to aiosqlite's thread, writers of this process
-        taking turns on the engine's writer lock. None whenever it does not
+        connection in ONE hop to aiosqlite's thread, through the engine's
+        :class:`Writer` (calls queued meanwhile share the hop and the
+        transaction, each in a savepoint). None whenever it does not
         apply or the database raised: the ordinary path then runs (nothing was
         stored) and raises as SQLAlchemy does."""
         if not _fast_engine(engine):
@@ -98,11 +96,12 @@ class SQLite(DialectSupport):
     async def get_or_create_fast(
         self, engine: Any, plan: FetchPlan, attempts: int
     ) -> tuple[Row, bool] | None:
-        """get_or_create's SELECT, and if there is no row BEGIN IMMEDIATE +
-        INSERT ... ON CONFLICT DO NOTHING RETURNING (+ the SELECT again after a
-        lost race) + COMMIT, in one hop to aiosqlite's thread (as
-        insert_ignore_fast). Under the write lock the second SELECT sees the
-        row that won: no retry is needed. None: the ordinary path runs."""
+        """get_or_create's SELECT, and if there is no row INSERT ... ON CONFLICT
+        DO NOTHING RETURNING (+ the SELECT again after a lost race), under
+        BEGIN IMMEDIATE ... COMMIT in one hop to aiosqlite's thread (as
+        insert_ignore_fast). Under the write lock the SELECTs see every
+        committed row: the outcome is exact, no retry is needed. None: the
+        ordinary path runs."""
         if (
             not _fast_engine(engine)
             or expression_key(plan.target) is not None
@@ -132,9 +131,7 @@ class SQLite(DialectSupport):
         return select.row(record), created
 
     async def _hop(self, engine: Any, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        sync = engine.sync_engine
-        async with self.writer_lock(sync):
-            return await greenlet_spawn(_on_driver_thread, sync, work)
+        return await self.writer(engine.sync_engine).submit(work)
 
     def check(self, dialect: Dialect) -> None:
         version = sqlite_version(dialect)
@@ -237,12 +234,61 @@ def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatemen
     )
 
 
-def _on_driver_thread(engine: Engine, work: Callable[[sqlite3.Connection], Any]) -> Any:
-    """Inside SQLAlchemy's greenlet bridge: a pooled connection, ``work`` run on
-    aiosqlite's thread with the sqlite3 connection (one hop), the connection
-    back to the pool. None: the ordinary path is to run (no connection could be
-    had, the connection was closed before anything was sent, a transaction was
-    open on it, or SQLite raised and ``work`` rolled back: nothing stored)."""
+MAX_BATCH = 64  # calls run in one hop and one transaction
+
+
+class Writer:
+    """The driver-level calls of one engine in this process, serialised: calls
+    queue here and one task at a time runs what has queued as ONE batch, in one
+    hop to aiosqlite's thread and ONE transaction (BEGIN IMMEDIATE ... COMMIT),
+    each call in a SAVEPOINT of its own. Callers take turns in-process instead
+    of spinning on SQLite's file lock with sleeping busy handlers, and the
+    calls of a batch share its hop and its COMMIT (one fsync). Each call is
+    still all-or-nothing: an error rolls back its savepoint only and sends that
+    call down the ordinary path; none is reported before the COMMIT succeeded."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``work``'s result, or None: the call is to take the ordinary path."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append((work, future))
+        if self.task is None:
+            # a task of its own: a caller cancelled while waiting cancels no hop
+            self.task = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+                try:
+                    works = [work for work, _ in batch]
+                    got = await greenlet_spawn(_on_driver_thread, self.engine, works)
+                except BaseException as exc:  # a pool timeout, say: raised to its callers
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), one in zip(batch, got or [None] * len(batch), strict=True):
+                    if not future.done():
+                        future.set_result(one)
+        finally:
+            self.task = None
+
+
+def _on_driver_thread(
+    engine: Engine, works: list[Callable[[sqlite3.Connection], Any]]
+) -> list[Any] | None:
+    """Inside SQLAlchemy's greenlet bridge: a pooled connection, the batch run
+    on aiosqlite's thread with the sqlite3 connection (one hop), the connection
+    back to the pool. None: every call is to take the ordinary path (no
+    connection could be had, it was closed before anything was sent, a
+    transaction was open on it, or the batch's transaction failed and was rolled
+    back: nothing stored)."""
     raw = checkout(engine)
     if raw is None:
         return None
@@ -250,64 +296,75 @@ def _on_driver_thread(engine: Engine, work: Callable[[sqlite3.Connection], Any])
     try:
         driver: Any = raw.driver_connection
         try:
-            got = await_only(driver._execute(work, driver._conn))
+            got = await_only(driver._execute(_batch, works, driver._conn))
         except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
             raw.invalidate()
             return None
         except sqlite3.Error:
-            clean = True  # work rolled back
+            clean = True  # _batch rolled back
             return None
-        clean = got is not _OPEN
-        return None if got is _OPEN else got
+        clean = got is not None
+        return got  # type: ignore[no-any-return]
     finally:
         if raw.dbapi_connection is None:  # invalidated
             raw.close()
         else:
-            # work ended its transaction (COMMIT or ROLLBACK): the pool's reset,
-            # one more hop to the thread, has nothing to roll back
+            # _batch ended its transaction (COMMIT or ROLLBACK): the pool's
+            # reset, one more hop to the thread, has nothing to roll back
             raw._checkin(transaction_was_reset=clean)
 
 
-_OPEN = object()  # the connection was inside a transaction: not this path's to use
-
-
-@contextmanager
-def _immediate(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT on the sqlite3 connection; ROLLBACK on any error."""
+def _batch(works: list[Callable[[sqlite3.Connection], Any]], db: sqlite3.Connection) -> Any:
+    """On aiosqlite's thread: the calls in one transaction, each in a savepoint.
+    A call whose SQL
+    raised gives None (its savepoint rolled back); an error that ends the
+    transaction, or the COMMIT's, rolls everything back and is raised."""
+    if db.in_transaction:
+        return None  # not this path's transaction to use
     db.execute("BEGIN IMMEDIATE")
     try:
-        yield
+        # a lone call needs no savepoint: the transaction is its own
+        out = [works[0](db)] if len(works) == 1 else [_in_savepoint(w, db) for w in works]
         db.commit()
     except BaseException:
         if db.in_transaction:
             db.rollback()
         raise
+    return out
 
 
-def _insert_one(sql: str, args: list[Any], db: sqlite3.Connection) -> Any:
-    """On aiosqlite's thread: the one-row INSERT ... RETURNING in its own
-    transaction; the returned records (none: a duplicate)."""
-    if db.in_transaction:
-        return _OPEN
-    with _immediate(db):
-        return db.execute(sql, args).fetchall()
+def _in_savepoint(work: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> Any:
+    db.execute("SAVEPOINT oc_call")
+    try:
+        got = work(db)
+    except sqlite3.Error:
+        # a constraint error ends the statement only; one that ended the whole
+        # transaction makes ROLLBACK TO fail, which ends the batch
+        db.execute("ROLLBACK TO oc_call")
+        db.execute("RELEASE oc_call")
+        return None
+    db.execute("RELEASE oc_call")
+    return got
+
+
+def _insert_one(sql: str, args: list[Any], db: sqlite3.Connection) -> list[Any]:
+    """On aiosqlite's thread, in the batch's transaction: the one-row INSERT ...
+    RETURNING; the returned records (none: a duplicate)."""
+    return db.execute(sql, args).fetchall()
 
 
 def _get_or_create_one(
     select: str, select_args: list[Any], insert: str, insert_args: list[Any], db: sqlite3.Connection
-) -> Any:
-    """On aiosqlite's thread: (record, created), record None when the key's row
-    cannot be read with the lookup."""
-    if db.in_transaction:
-        return _OPEN
+) -> tuple[Any, bool]:
+    """On aiosqlite's thread, under the write lock: (record, created), record
+    None when the key's row cannot be read with the lookup."""
     found = db.execute(select, select_args).fetchall()
     if found:
         return found[0], False
-    with _immediate(db):
-        made = db.execute(insert, insert_args).fetchall()
-        if made:
-            return made[0], True
-        found = db.execute(select, select_args).fetchall()
+    made = db.execute(insert, insert_args).fetchall()
+    if made:
+        return made[0], True
+    found = db.execute(select, select_args).fetchall()
     return (found[0] if found else None), False
 
 
