@@ -250,16 +250,29 @@ class Writer:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self.busy = False  # a hop is under way
         self.task: asyncio.Task[None] | None = None
 
     async def submit(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """``work``'s result, or None: the call is to take the ordinary path."""
+        if not self.busy:  # nobody at the database: this call's own hop, in its task
+            self.busy = True
+            try:
+                got = await greenlet_spawn(_on_driver_thread, self.engine, [work])
+            finally:
+                self.busy = False
+                self._next()
+            return got[0] if got else None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((work, future))
-        if self.task is None:
-            # a task of its own: a caller cancelled while waiting cancels no hop
-            self.task = asyncio.get_running_loop().create_task(self._drain())
         return await future
+
+    def _next(self) -> None:
+        """Calls queued during a hop: one task of its own runs them, batch after
+        batch (a caller cancelled while waiting cancels no hop of others)."""
+        if self.pending and self.task is None:
+            self.busy = True
+            self.task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -278,6 +291,7 @@ class Writer:
                         future.set_result(one)
         finally:
             self.task = None
+            self.busy = False
 
 
 def _on_driver_thread(
