@@ -581,6 +581,11 @@ async def run(
             sa.event.listen(each.sync_engine, "before_cursor_execute", count)
 
     try:
+        if backend == "sqlite":
+            # Tortoise turns the file to WAL on connecting, and that persists:
+            # every contender runs on WAL from the start, not only those after it
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         for get in (False, True):
             ctx = Context(urls, engines, min(pool, 40), get)
             kinds: list[type[Contender]] = [Native, Raw]
