@@ -321,3 +321,24 @@ async def test_concurrent_calls_share_hops_and_stay_all_or_nothing(
     assert "SAVEPOINT" in sql
     codes = sorted(r["code"] for r in await stored(made))
     assert codes == sorted(["warm", *(f"k{i}" for i in range(8)), *(f"g{i}" for i in range(4))])
+
+
+async def test_an_engine_used_by_the_path_is_not_kept_alive(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """The per-engine writer is kept weakly: an engine dropped by its owner is
+    collected (with its pool), however many calls went through the path."""
+    import gc
+    import weakref
+
+    sqlite_only(backend)
+    engine = backend.async_engine()
+    await asyncio.gather(
+        *(onconflict.insert_ignore(engine, things, [{"code": f"w{i % 3}"}]) for i in range(8))
+    )
+    await onconflict.get_or_create(engine, things, {"code": "w0"})
+    gone = weakref.ref(engine.sync_engine)
+    await engine.dispose()
+    del engine
+    gc.collect()
+    assert gone() is None

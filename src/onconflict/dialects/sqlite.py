@@ -70,7 +70,7 @@ class SQLite(DialectSupport):
         loop = asyncio.get_running_loop()
         writer = loops.get(loop)
         if writer is None:
-            writer = loops[loop] = Writer(engine)
+            writer = loops[loop] = Writer()
         return writer
 
     async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
@@ -131,7 +131,8 @@ class SQLite(DialectSupport):
         return select.row(record), created
 
     async def _hop(self, engine: Any, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        return await self.writer(engine.sync_engine).submit(work)
+        sync = engine.sync_engine
+        return await self.writer(sync).submit(sync, work)
 
     def check(self, dialect: Dialect) -> None:
         version = sqlite_version(dialect)
@@ -247,40 +248,41 @@ class Writer:
     still all-or-nothing: an error rolls back its savepoint only and sends that
     call down the ordinary path; none is reported before the COMMIT succeeded."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
+        # (no reference to the engine: the writer is kept per engine in a
+        # WeakKeyDictionary, which a reference back would keep alive forever)
         self.pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self.busy = False  # a hop is under way
         self.task: asyncio.Task[None] | None = None
 
-    async def submit(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def submit(self, engine: Engine, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """``work``'s result, or None: the call is to take the ordinary path."""
         if not self.busy:  # nobody at the database: this call's own hop, in its task
             self.busy = True
             try:
-                got = await greenlet_spawn(_on_driver_thread, self.engine, [work])
+                got = await greenlet_spawn(_on_driver_thread, engine, [work])
             finally:
                 self.busy = False
-                self._next()
+                self._next(engine)
             return got[0] if got else None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending.append((work, future))
         return await future
 
-    def _next(self) -> None:
+    def _next(self, engine: Engine) -> None:
         """Calls queued during a hop: one task of its own runs them, batch after
         batch (a caller cancelled while waiting cancels no hop of others)."""
         if self.pending and self.task is None:
             self.busy = True
-            self.task = asyncio.get_running_loop().create_task(self._drain())
+            self.task = asyncio.get_running_loop().create_task(self._drain(engine))
 
-    async def _drain(self) -> None:
+    async def _drain(self, engine: Engine) -> None:
         try:
             while self.pending:
                 batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
                 try:
                     works = [work for work, _ in batch]
-                    got = await greenlet_spawn(_on_driver_thread, self.engine, works)
+                    got = await greenlet_spawn(_on_driver_thread, engine, works)
                 except BaseException as exc:  # a pool timeout, say: raised to its callers
                     for _, future in batch:
                         if not future.done():
