@@ -342,3 +342,34 @@ async def test_an_engine_used_by_the_path_is_not_kept_alive(
     del engine
     gc.collect()
     assert gone() is None
+
+
+async def test_a_driver_in_autocommit_mode_still_commits_each_call(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """sqlite3 in its autocommit mode (isolation_level=None; Python 3.12's
+    autocommit=True, where commit() does nothing, where available): the path
+    ends its own transaction, the row is committed and the pool gets the
+    connection back outside any transaction."""
+    sqlite_only(backend)
+    import sys
+
+    args: dict[str, Any] = {"isolation_level": None}
+    if sys.version_info >= (3, 12):
+        args = {"autocommit": True}
+    engine = backend.async_engine(connect_args=args)
+    try:
+        got = await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        _, created = await onconflict.get_or_create(engine, things, {"code": "b"})
+        assert (got.inserted_count, created) == (1, True)
+        other = sqlite3.connect(made.url.database or "")
+        try:
+            codes = [r[0] for r in other.execute('SELECT "Code Name" FROM oc_dp_things')]
+        finally:
+            other.close()
+        assert sorted(codes) == ["a", "b"]
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert not raw.driver_connection._conn.in_transaction
+    finally:
+        await engine.dispose()

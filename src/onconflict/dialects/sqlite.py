@@ -341,10 +341,13 @@ def _batch(works: list[Callable[[sqlite3.Connection], Any]], db: sqlite3.Connect
     try:
         # a lone call needs no savepoint: the transaction is its own
         out = [works[0](db)] if len(works) == 1 else [_in_savepoint(w, db) for w in works]
-        db.commit()
+        # statements, not db.commit(): they end the transaction whatever the
+        # connection's transaction control (Python 3.12's autocommit=True makes
+        # commit() and rollback() do nothing)
+        db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
-            db.rollback()
+            db.execute("ROLLBACK")
         raise
     return out
 
