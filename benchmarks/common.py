@@ -154,14 +154,23 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def plots(out: Path, kind: str, results: list[Result]) -> list[Path]:
+def have_matplotlib() -> bool:
+    """Whether plots can be drawn (matplotlib comes with the bench extra)."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the bench extra is not installed: tables only
+
+def plots(out: Path, kind: str, results: list[Result]) -> list[Path]:
+    if not have_matplotlib():  # the bench extra is not installed: tables only
         return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     paths = []
     families: dict[str, list[str]] = {}  # "insert ...", "goc ...", "100,000 rows ...": a plot each
     for scenario in dict.fromkeys(r.scenario for r in results):
@@ -211,6 +220,7 @@ __all__ = [
     "Result",
     "asdict",
     "goal",
+    "have_matplotlib",
     "machine",
     "median",
     "ratio",

@@ -86,6 +86,8 @@ def loads(
                 get=get,
             )
         )
+    if 1 in workers:  # one caller in a loop, a duplicate each time: the per-call cost
+        out.append(Load(f"{prefix} 1w 1k 100%dup", 1, ["h0"] * calls, preload=["h0"], get=get))
     for n in [w for w in workers if w > 1]:
         for k in keys:
             for d in dups:
@@ -236,13 +238,13 @@ class Raw(Contender):
                 autocommit=True,
             )
         self.sql = "INSERT INTO bench_race (k) VALUES (?) ON CONFLICT (k) DO NOTHING RETURNING id"
-        return None
+        return SQLitePool(make_url(self.ctx.url).database or "", self.ctx.pool)
 
     async def teardown(self) -> None:
         for pool in self.pools:
-            if self.backend == "postgresql":
+            if self.backend in ("postgresql", "sqlite"):
                 await pool.close()
-            elif pool is not None:
+            else:
                 pool.close()
                 await pool.wait_closed()
 
@@ -268,12 +270,40 @@ class Raw(Contender):
                         if exc.args[0] != 1213 or attempt == 4:
                             raise
                 return False  # pragma: no cover
-        import aiosqlite
-
-        async with aiosqlite.connect(make_url(self.ctx.url).database, timeout=60) as conn:
+        conn = await self.pool.acquire()
+        try:
             rows = await (await conn.execute(self.sql, (key,))).fetchall()
             await conn.commit()
             return bool(rows)
+        finally:
+            self.pool.release(conn)
+
+
+class SQLitePool:
+    """aiosqlite connections kept open and shared by the raw driver's workers
+    (at most ``size``, opened as needed), as the other raw drivers' pools are:
+    one caller in a loop uses one connection."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path, self.size = path, size
+        self.idle: asyncio.Queue[Any] = asyncio.Queue()
+        self.opened: list[Any] = []
+
+    async def acquire(self) -> Any:
+        if self.idle.empty() and len(self.opened) < self.size:
+            import aiosqlite
+
+            conn = await aiosqlite.connect(self.path, timeout=60)
+            self.opened.append(conn)
+            return conn
+        return await self.idle.get()
+
+    def release(self, conn: Any) -> None:
+        self.idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in self.opened:
+            await conn.close()
 
 
 class Threaded(Contender):
@@ -533,17 +563,29 @@ async def run(
     def count(*_: Any) -> None:
         statements[0] += 1
 
+    def trace_sqlite(dbapi_conn: Any, _: Any) -> None:
+        # SQLite's own trace (on aiosqlite's thread): every statement it runs,
+        # BEGIN and COMMIT included
+        dbapi_conn.driver_connection._conn.set_trace_callback(count)
+
     # a cursor listener would turn the library's driver-level paths off (they
-    # defer to SQLAlchemy's events): PostgreSQL counts at the driver, MySQL and
-    # MariaDB at the server
+    # defer to SQLAlchemy's events): PostgreSQL and SQLite count at the driver,
+    # MySQL and MariaDB at the server
     on_server = backend in ("mysql", "mariadb")
     for each in engines:
         if backend == "postgresql":
             sa.event.listen(each.sync_engine, "connect", log_queries)
+        elif backend == "sqlite" and each.dialect.driver == "aiosqlite":
+            sa.event.listen(each.sync_engine, "connect", trace_sqlite)
         elif not on_server:
             sa.event.listen(each.sync_engine, "before_cursor_execute", count)
 
     try:
+        if backend == "sqlite":
+            # Tortoise turns the file to WAL on connecting, and that persists:
+            # every contender runs on WAL from the start, not only those after it
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         for get in (False, True):
             ctx = Context(urls, engines, min(pool, 40), get)
             kinds: list[type[Contender]] = [Native, Raw]

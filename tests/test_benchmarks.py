@@ -36,3 +36,40 @@ def test_smoke(
     assert (tmp_path / "out" / f"{kind}.md").read_text().startswith(f"# {kind} benchmark")
     assert list((tmp_path / "out").glob(f"{kind}-*.png"))
     assert data["machine"]["database_url"]
+
+
+def test_race_without_a_terminal_shows_progress_quick_preset_and_missing_plots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No terminal: a progress line per scenario and contender (stderr); --quick
+    gives the goal scenarios (explicit options win); without matplotlib the
+    run says that plots were skipped."""
+    import sys
+
+    from benchmarks import race as race_mod
+
+    seen: dict[str, object] = {}
+    real = race_mod.run
+
+    async def spy(urls, workers, keys, dups, calls, progress, settle):  # type: ignore[no-untyped-def]
+        seen.update(workers=workers, keys=keys, dups=dups, calls=calls, settle=settle)
+        return await real(urls, workers, keys, dups, 12, progress, settle=settle)
+
+    monkeypatch.setattr(race_mod, "run", spy)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails: not installed
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}"
+    args = ["race", "--url", url, "--quick", "--workers", "1,3", "--out", "out"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen == {"workers": [1, 3], "keys": [10], "dups": [99], "calls": 400, "settle": 0.0}
+    lines = [x for x in result.stderr.splitlines() if x.startswith("race [")]
+    assert any("insert storm 3w: onconflict native" in x for x in lines)
+    assert any("goc 3w 10k 99%dup: onconflict native" in x for x in lines)
+    assert "plots skipped: matplotlib is not installed" in result.stderr
+    assert not list((tmp_path / "out").glob("race-*.png"))
+    report = (tmp_path / "out" / "race.md").read_text()
+    assert "p99 3 workers on 1 key <= 1.25x the raw driver's p99" in report
+    assert "<= 2x 1 worker" not in report
+    assert "a one-row duplicate call <= 2x the raw driver on one connection" in report
+    assert "onconflict ops/s >= every peer's" in report

@@ -7,26 +7,35 @@ NOT NULL or CHECK constraints, where the upsert clause raises.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
 import string
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection, Dialect, NestedTransaction
+from sqlalchemy.engine import Connection, Dialect, Engine, NestedTransaction
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._match import Keys, returning_columns
+from onconflict._expr import has_expressions
+from onconflict._match import Keys, by_key, expression_key, returning_columns
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
+    DriverStatement,
+    FetchPlan,
     Outcome,
     Row,
     UpsertPlan,
+    checkout,
     do_nothing,
     do_update,
+    plain_engine,
     upsert_reading_keys_first,
 )
 from onconflict.errors import error_code
@@ -44,6 +53,86 @@ def sqlite_version(dialect: Dialect) -> tuple[int, ...]:
 class SQLite(DialectSupport):
     name = "sqlite"
     native = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        # per engine, per event loop: the queue of its driver-level calls
+        self._writers: weakref.WeakKeyDictionary[
+            Engine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]
+        ] = weakref.WeakKeyDictionary()
+
+    def writer(self, engine: Engine) -> Writer:
+        """The in-process writer of ``engine`` (one per event loop: asyncio
+        futures belong to one)."""
+        loops = self._writers.get(engine)
+        if loops is None:
+            loops = self._writers[engine] = weakref.WeakKeyDictionary()
+        loop = asyncio.get_running_loop()
+        writer = loops.get(loop)
+        if writer is None:
+            writer = loops[loop] = Writer()
+        return writer
+
+    async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row insert_ignore that owns its work, on a plainly created
+        aiosqlite engine: the statement compiled once per shape and run with
+        BEGIN IMMEDIATE and COMMIT on the pooled connection's sqlite3
+        connection in ONE hop to aiosqlite's thread, through the engine's
+        :class:`Writer` (calls queued meanwhile share the hop and the
+        transaction, each in a savepoint). None whenever it does not
+        apply or the database raised: the ordinary path then runs (nothing was
+        stored) and raises as SQLAlchemy does."""
+        if not _fast_engine(engine):
+            return None
+        one = self.one_row_insert(engine, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        got = await self._hop(engine, functools.partial(_insert_one, fast.sql, args))
+        if got is None:
+            return None
+        return {index: fast.row(got[0])} if got else {}
+
+    async def get_or_create_fast(
+        self, engine: Any, plan: FetchPlan, attempts: int
+    ) -> tuple[Row, bool] | None:
+        """get_or_create's SELECT, and if there is no row INSERT ... ON CONFLICT
+        DO NOTHING RETURNING (+ the SELECT again after a lost race), under
+        BEGIN IMMEDIATE ... COMMIT in one hop to aiosqlite's thread (as
+        insert_ignore_fast). Under the write lock the SELECTs see every
+        committed row: the outcome is exact, no retry is needed. None: the
+        ordinary path runs."""
+        if (
+            not _fast_engine(engine)
+            or expression_key(plan.target) is not None
+            or has_expressions([plan.params])
+        ):
+            return None
+        by_dialect: dict[Any, tuple[DriverStatement, DriverStatement]] = plan.statements.setdefault(
+            "aiosqlite", {}
+        )
+        pair = by_dialect.get(engine.dialect)
+        if pair is None:
+            pair = by_dialect[engine.dialect] = _fetch_statements(plan, engine.dialect)
+        select, insert = pair
+        if insert.needs_context:
+            return None
+        work = functools.partial(
+            _get_or_create_one,
+            select.sql,
+            select.arguments(plan.params),
+            insert.sql,
+            insert.arguments(plan.params),
+        )
+        got = await self._hop(engine, work)
+        if got is None or got[0] is None:
+            return None  # no row to read (a lookup mismatch): the ordinary path says why
+        record, created = got
+        return select.row(record), created
+
+    async def _hop(self, engine: Any, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        sync = engine.sync_engine
+        return await self.writer(sync).submit(sync, work)
 
     def check(self, dialect: Dialect) -> None:
         version = sqlite_version(dialect)
@@ -118,6 +207,184 @@ class SQLite(DialectSupport):
         """The write lock first (BEGIN IMMEDIATE): a read transaction that later
         writes can fail with SQLITE_BUSY where waiting does not help."""
         begun(conn, immediate=True)
+
+
+def _fast_engine(engine: Any) -> bool:
+    """An aiosqlite engine as created (see plain_engine), with no isolation
+    level of create_engine's (the driver-level path sends its own BEGIN
+    IMMEDIATE), RETURNING (SQLite 3.35) and a pool that gives each caller a
+    connection of its own (the StaticPool of ``:memory:`` shares one)."""
+    return bool(
+        plain_engine(engine, "aiosqlite")
+        and isinstance(engine.sync_engine.pool, (sa.pool.QueuePool, sa.pool.NullPool))
+        and getattr(engine.dialect, "_on_connect_isolation_level", None) is None
+        and engine.dialect.insert_returning
+    )
+
+
+def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
+    """get_or_create's SELECT and one-row INSERT ... RETURNING, compiled for the
+    driver-level path (both read rows keyed by column key, in table order)."""
+    t = plan.table
+    values = {k: sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values}
+    insert = do_nothing(sqlite.insert(t), t, plan.target, False).values(values)
+    insert = insert.returning(*by_key(t))
+    return (
+        DriverStatement(plan.statements["select"], dialect, t.c),
+        DriverStatement(insert, dialect, t.c),
+    )
+
+
+MAX_BATCH = 64  # calls run in one hop and one transaction
+
+
+class Writer:
+    """The driver-level calls of one engine in this process, serialised: calls
+    queue here and one task at a time runs what has queued as ONE batch, in one
+    hop to aiosqlite's thread and ONE transaction (BEGIN IMMEDIATE ... COMMIT),
+    each call in a SAVEPOINT of its own. Callers take turns in-process instead
+    of spinning on SQLite's file lock with sleeping busy handlers, and the
+    calls of a batch share its hop and its COMMIT (one fsync). Each call is
+    still all-or-nothing: an error rolls back its savepoint only and sends that
+    call down the ordinary path; none is reported before the COMMIT succeeded."""
+
+    def __init__(self) -> None:
+        # (no reference to the engine: the writer is kept per engine in a
+        # WeakKeyDictionary, which a reference back would keep alive forever)
+        self.pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self.busy = False  # a hop is under way
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, engine: Engine, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``work``'s result, or None: the call is to take the ordinary path."""
+        if not self.busy:  # nobody at the database: this call's own hop, in its task
+            self.busy = True
+            try:
+                got = await greenlet_spawn(_on_driver_thread, engine, [work])
+            finally:
+                self.busy = False
+                self._next(engine)
+            return got[0] if got else None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append((work, future))
+        return await future
+
+    def _next(self, engine: Engine) -> None:
+        """Calls queued during a hop: one task of its own runs them, batch after
+        batch (a caller cancelled while waiting cancels no hop of others)."""
+        if self.pending and self.task is None:
+            self.busy = True
+            self.task = asyncio.get_running_loop().create_task(self._drain(engine))
+
+    async def _drain(self, engine: Engine) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+                try:
+                    works = [work for work, _ in batch]
+                    got = await greenlet_spawn(_on_driver_thread, engine, works)
+                except BaseException as exc:  # a pool timeout, say: raised to its callers
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), one in zip(batch, got or [None] * len(batch), strict=True):
+                    if not future.done():
+                        future.set_result(one)
+        finally:
+            self.task = None
+            self.busy = False
+
+
+def _on_driver_thread(
+    engine: Engine, works: list[Callable[[sqlite3.Connection], Any]]
+) -> list[Any] | None:
+    """Inside SQLAlchemy's greenlet bridge: a pooled connection, the batch run
+    on aiosqlite's thread with the sqlite3 connection (one hop), the connection
+    back to the pool. None: every call is to take the ordinary path (no
+    connection could be had, it was closed before anything was sent, a
+    transaction was open on it, or the batch's transaction failed and was rolled
+    back: nothing stored)."""
+    raw = checkout(engine)
+    if raw is None:
+        return None
+    clean = False
+    try:
+        driver: Any = raw.driver_connection
+        try:
+            got = await_only(driver._execute(_batch, works, driver._conn))
+        except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+            raw.invalidate()
+            return None
+        except sqlite3.Error:
+            clean = True  # _batch rolled back
+            return None
+        clean = got is not None
+        return got  # type: ignore[no-any-return]
+    finally:
+        if raw.dbapi_connection is None:  # invalidated
+            raw.close()
+        else:
+            # _batch ended its transaction (COMMIT or ROLLBACK): the pool's
+            # reset, one more hop to the thread, has nothing to roll back
+            raw._checkin(transaction_was_reset=clean)
+
+
+def _batch(works: list[Callable[[sqlite3.Connection], Any]], db: sqlite3.Connection) -> Any:
+    """On aiosqlite's thread: the calls in one transaction, each in a savepoint.
+    A call whose SQL
+    raised gives None (its savepoint rolled back); an error that ends the
+    transaction, or the COMMIT's, rolls everything back and is raised."""
+    if db.in_transaction:
+        return None  # not this path's transaction to use
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # a lone call needs no savepoint: the transaction is its own
+        out = [works[0](db)] if len(works) == 1 else [_in_savepoint(w, db) for w in works]
+        # statements, not db.commit(): they end the transaction whatever the
+        # connection's transaction control (Python 3.12's autocommit=True makes
+        # commit() and rollback() do nothing)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return out
+
+
+def _in_savepoint(work: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> Any:
+    db.execute("SAVEPOINT oc_call")
+    try:
+        got = work(db)
+    except sqlite3.Error:
+        # a constraint error ends the statement only; one that ended the whole
+        # transaction makes ROLLBACK TO fail, which ends the batch
+        db.execute("ROLLBACK TO oc_call")
+        db.execute("RELEASE oc_call")
+        return None
+    db.execute("RELEASE oc_call")
+    return got
+
+
+def _insert_one(sql: str, args: list[Any], db: sqlite3.Connection) -> list[Any]:
+    """On aiosqlite's thread, in the batch's transaction: the one-row INSERT ...
+    RETURNING; the returned records (none: a duplicate)."""
+    return db.execute(sql, args).fetchall()
+
+
+def _get_or_create_one(
+    select: str, select_args: list[Any], insert: str, insert_args: list[Any], db: sqlite3.Connection
+) -> tuple[Any, bool]:
+    """On aiosqlite's thread, under the write lock: (record, created), record
+    None when the key's row cannot be read with the lookup."""
+    found = db.execute(select, select_args).fetchall()
+    if found:
+        return found[0], False
+    made = db.execute(insert, insert_args).fetchall()
+    if made:
+        return made[0], True
+    found = db.execute(select, select_args).fetchall()
+    return (found[0] if found else None), False
 
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)

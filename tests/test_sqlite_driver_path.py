@@ -1,0 +1,375 @@
+"""The driver-level path of engine-owned one-row calls on SQLite (aiosqlite),
+and the behaviour every path must share on all three databases: Python-side
+defaults, a column key that differs from its name, errors as SQLAlchemy
+raises them, events and execution options honoured, exact outcomes under
+concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import onconflict
+import onconflict.sync
+from tests.conftest import Backend
+
+meta = sa.MetaData()
+_serial = itertools.count(1000)
+
+parent = sa.Table("oc_dp_parent", meta, sa.Column("id", sa.Integer, primary_key=True))
+things = sa.Table(
+    "oc_dp_things",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("Code Name", sa.String(20), key="code", nullable=False, unique=True),
+    sa.Column("rAnK", sa.Integer, key="rank", nullable=False, default=7),
+    sa.Column("serial", sa.Integer, nullable=False, default=lambda: next(_serial)),
+    sa.Column("label", sa.String(5), nullable=False, server_default="none"),
+    sa.Column("pid", sa.Integer, sa.ForeignKey("oc_dp_parent.id"), nullable=True),
+    sa.CheckConstraint("length(label) > 0", name="ck_dp_label"),
+)
+# a default that takes SQLAlchemy's execution context: only its own path can run it
+contextual = sa.Table(
+    "oc_dp_contextual",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("code", sa.String(20), nullable=False, unique=True),
+    sa.Column(
+        "shout",
+        sa.String(40),
+        default=lambda ctx: ctx.get_current_parameters()["code"].upper(),
+    ),
+)
+
+
+@pytest.fixture
+async def made(aengine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+    async with aengine.begin() as conn:
+        await conn.run_sync(meta.drop_all)
+        await conn.run_sync(meta.create_all)
+    yield aengine
+    async with aengine.begin() as conn:
+        await conn.run_sync(meta.drop_all)
+
+
+async def stored(engine: AsyncEngine, table: sa.Table = things) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        keyed = [c.label(c.key) for c in table.c]  # by column key, as results are
+        result = await conn.execute(sa.select(*keyed).order_by(table.c.id))
+        return [dict(r) for r in result.mappings()]
+
+
+def traced(engine: AsyncEngine) -> tuple[list[str], list[int]]:
+    """The statements SQLite itself runs on the engine's connections (its trace
+    callback, on aiosqlite's thread) and the hops to that thread."""
+    sql: list[str] = []
+    hops: list[int] = []
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _: Any) -> None:
+        driver = dbapi_conn.driver_connection
+        driver._conn.set_trace_callback(lambda s: sql.append(s.split(" ")[0].upper()))
+        execute = driver._execute
+
+        async def counted(fn: Any, *args: Any, **kw: Any) -> Any:
+            hops.append(1)
+            return await execute(fn, *args, **kw)
+
+        driver._execute = counted
+
+    return sql, hops
+
+
+def sqlite_only(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("the driver-level path described here is SQLite's (aiosqlite)")
+
+
+async def test_one_hop_with_begin_immediate_and_commit(made: AsyncEngine, backend: Backend) -> None:
+    """A new row and a duplicate: BEGIN IMMEDIATE, the INSERT, COMMIT, in one hop
+    to aiosqlite's thread, and no rollback from the pool afterwards; get_or_create
+    the same with its SELECT(s)."""
+    sqlite_only(backend)
+    sql, hops = traced(made)
+    await made.dispose()
+    await onconflict.insert_ignore(made, things, [{"code": "warm"}])  # connect first
+    del sql[:], hops[:]
+    new = await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    assert (sql, len(hops)) == (["BEGIN", "INSERT", "COMMIT"], 1)
+    del sql[:], hops[:]
+    dup = await onconflict.insert_ignore(made, things, [{"code": "a", "rank": 1}])
+    assert (sql, len(hops)) == (["BEGIN", "INSERT", "COMMIT"], 1)
+    assert (new.inserted_count, dup.existing_count) == (1, 1)
+    del sql[:], hops[:]
+    row, created = await onconflict.get_or_create(made, things, {"code": "a"})
+    assert (sql, len(hops), created) == (["BEGIN", "SELECT", "COMMIT"], 1, False)
+    del sql[:], hops[:]
+    row, created = await onconflict.get_or_create(made, things, {"code": "b"}, {"rank": 2})
+    assert (sql, len(hops), created) == (["BEGIN", "SELECT", "INSERT", "COMMIT"], 1, True)
+    assert (row["code"], row["rank"], row["label"]) == ("b", 2, "none")
+
+
+async def test_outcomes_defaults_and_key_not_name(made: AsyncEngine, backend: Backend) -> None:
+    """Python-side defaults (a scalar, a callable) computed per call, server
+    defaults and generated ids returned, rows keyed by column key (the column
+    is named otherwise), exactly as the sync front reports them."""
+    first = await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    (row,) = first.inserted
+    assert (row["code"], row["rank"], row["label"]) == ("a", 7, "none")
+    assert isinstance(row["id"], int)
+    assert isinstance(row["serial"], int)
+    again = await onconflict.insert_ignore(made, things, [{"code": "a", "rank": 3}])
+    assert (again.inserted_count, again.existing) == (0, [{"code": "a", "rank": 3}])
+    got, created = await onconflict.get_or_create(made, things, {"code": "a"})
+    assert (got, created) == (row, False)
+    new, created = await onconflict.get_or_create(made, things, {"code": "b"}, {"rank": 2})
+    assert created
+    assert (new["code"], new["rank"]) == ("b", 2)
+    assert new["serial"] != row["serial"]
+    assert await stored(made) == [row, new]
+    sync = backend.sync_engine()
+    try:
+        twin = onconflict.sync.insert_ignore(sync, things, [{"code": "c"}]).inserted[0]
+        assert (twin["code"], twin["rank"], twin["label"]) == ("c", 7, "none")
+        assert onconflict.sync.get_or_create(sync, things, {"code": "b"}) == (new, False)
+    finally:
+        sync.dispose()
+
+
+async def test_a_default_taking_the_context_takes_the_ordinary_path(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    result = await onconflict.insert_ignore(made, contextual, [{"code": "ab"}])
+    assert result.inserted[0]["shout"] == "AB"
+    row, created = await onconflict.get_or_create(made, contextual, {"code": "cd"})
+    assert (row["shout"], created) == ("CD", True)
+    assert [r["shout"] for r in await stored(made, contextual)] == ["AB", "CD"]
+
+
+BAD = [
+    ({"code": None}, sa.exc.IntegrityError),  # NOT NULL
+    ({"code": "c", "label": ""}, sa.exc.DBAPIError),  # CHECK (MariaDB: OperationalError)
+    ({"code": "f", "pid": 999}, sa.exc.IntegrityError),  # foreign key
+]
+
+
+async def test_errors_raise_as_sqlalchemy_raises_them(made: AsyncEngine, backend: Backend) -> None:
+    """Only duplicates are skipped: NOT NULL, CHECK and foreign-key errors raise
+    SQLAlchemy's exception with the driver's chained, nothing stored."""
+    await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    for row, error in BAD:
+        with pytest.raises(error) as raised:
+            await onconflict.insert_ignore(made, things, [row], retry=None)
+        assert raised.value.orig is not None
+        if row["code"] is not None:
+            lookup = {"code": row["code"]}
+            defaults = {k: v for k, v in row.items() if k != "code"}
+            with pytest.raises(error):
+                await onconflict.get_or_create(made, things, lookup, defaults, retry=None)
+    assert [r["code"] for r in await stored(made)] == ["a"]
+
+
+async def test_events_and_options_take_the_ordinary_path(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """A cursor listener sees every statement; an engine with execution options
+    or echo gets SQLAlchemy's own execution (its listener sees the INSERT)."""
+    seen: list[str] = []
+
+    def listener(*args: Any) -> None:
+        seen.append(args[2])
+
+    sa.event.listen(made.sync_engine, "before_cursor_execute", listener)
+    try:
+        await onconflict.insert_ignore(made, things, [{"code": "a"}])
+        await onconflict.get_or_create(made, things, {"code": "b"})
+        assert any("INSERT" in s for s in seen)
+        assert any("SELECT" in s for s in seen)
+    finally:
+        sa.event.remove(made.sync_engine, "before_cursor_execute", listener)
+    optioned = made.execution_options(logging_token="x")
+    assert (await onconflict.insert_ignore(optioned, things, [{"code": "a"}])).existing_count == 1
+    assert (await onconflict.get_or_create(optioned, things, {"code": "b"}))[1] is False
+
+
+async def test_options_and_echo_bypass_the_driver_level_path(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """On SQLite: the trace shows SQLAlchemy's own transaction (BEGIN, not
+    BEGIN IMMEDIATE) for an engine with execution options, echo or a listener."""
+    sqlite_only(backend)
+    sql: list[str] = []
+
+    @sa.event.listens_for(made.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.driver_connection._conn.set_trace_callback(sql.append)
+
+    await made.dispose()
+    await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    assert "BEGIN IMMEDIATE" in sql
+    for engine in (made.execution_options(logging_token="x"),):
+        del sql[:]
+        await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        assert "BEGIN IMMEDIATE" not in sql
+        assert any(s.startswith("INSERT") for s in sql)
+    made.sync_engine.echo = True
+    try:
+        del sql[:]
+        await onconflict.insert_ignore(made, things, [{"code": "a"}])
+        assert "BEGIN IMMEDIATE" not in sql
+    finally:
+        made.sync_engine.echo = False
+    listener = lambda *a: None  # noqa: E731
+    sa.event.listen(made.sync_engine, "after_cursor_execute", listener)
+    try:
+        del sql[:]
+        await onconflict.get_or_create(made, things, {"code": "z"})
+        assert "BEGIN IMMEDIATE" not in sql
+    finally:
+        sa.event.remove(made.sync_engine, "after_cursor_execute", listener)
+
+
+async def test_a_locked_database_raises_and_a_killed_connection_is_replaced(
+    made: AsyncEngine, backend: Backend, tmp_path: Any
+) -> None:
+    """Another process holding the write lock: the call waits its busy timeout
+    and raises SQLAlchemy's OperationalError, nothing stored; a pooled
+    connection closed underneath is dropped and the call runs on a new one."""
+    sqlite_only(backend)
+    engine = backend.async_engine(connect_args={"timeout": 0.2})
+    try:
+        await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        other = sqlite3.connect(made.url.database or "", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(sa.exc.OperationalError, match="locked") as raised:
+                await onconflict.insert_ignore(engine, things, [{"code": "b"}], retry=None)
+            assert isinstance(raised.value.orig, sqlite3.OperationalError)
+            with pytest.raises(sa.exc.OperationalError, match="locked"):
+                await onconflict.get_or_create(engine, things, {"code": "c"}, retry=None)
+        finally:
+            other.rollback()
+            other.close()
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.close()  # killed underneath the pool
+        got = await onconflict.insert_ignore(engine, things, [{"code": "b"}])
+        assert got.inserted_count == 1
+        assert (await onconflict.get_or_create(engine, things, {"code": "b"}))[1] is False
+        assert [r["code"] for r in await stored(engine)] == ["a", "b"]
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_callers_get_exact_outcomes(made: AsyncEngine, backend: Backend) -> None:
+    """32 callers over 5 keys, insert_ignore and get_or_create: exactly one
+    insert and one create per key."""
+    keys = [f"k{i}" for i in range(5)]
+
+    async def insert(i: int) -> int:
+        got = await onconflict.insert_ignore(made, things, [{"code": keys[i % 5]}])
+        return got.inserted_count
+
+    async def fetch(i: int) -> bool:
+        _, created = await onconflict.get_or_create(made, things, {"code": f"g{keys[i % 5]}"})
+        return created
+
+    inserted = await asyncio.gather(*(insert(i) for i in range(64)))
+    created = await asyncio.gather(*(fetch(i) for i in range(64)))
+    assert (sum(inserted), sum(created)) == (5, 5)
+    assert len(await stored(made)) == 10
+
+
+async def test_concurrent_calls_share_hops_and_stay_all_or_nothing(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """Calls queued while a hop runs go in the next hop together, one
+    transaction with a savepoint per call: fewer hops than calls, and a call
+    that fails (NOT NULL, CHECK, foreign key) raises its own error with nothing
+    of it stored, while the calls batched with it keep exact outcomes."""
+    sqlite_only(backend)
+    sql, hops = traced(made)
+    await made.dispose()
+    await onconflict.insert_ignore(made, things, [{"code": "warm"}])
+    del sql[:], hops[:]
+    bad = [{"code": None}, {"code": "c", "label": ""}, {"code": "f", "pid": 999}]
+
+    async def insert(i: int) -> int | str:
+        row = bad[i // 10] if i % 10 == 5 and i < 30 else {"code": f"k{i % 8}"}
+        try:
+            got = await onconflict.insert_ignore(made, things, [row], retry=None)
+        except sa.exc.IntegrityError:
+            return "error"
+        return got.inserted_count
+
+    async def fetch(i: int) -> bool:
+        return (await onconflict.get_or_create(made, things, {"code": f"g{i % 4}"}))[1]
+
+    outcomes = await asyncio.gather(*(insert(i) for i in range(64)), *(fetch(i) for i in range(32)))
+    inserted, created = outcomes[:64], outcomes[64:]
+    assert inserted.count("error") == 3
+    assert sum(x for x in inserted if x != "error") == 8
+    assert sum(created) == 4
+    assert len(hops) < 48  # batched (the three failed calls run again on SQLAlchemy's path)
+    assert "SAVEPOINT" in sql
+    codes = sorted(r["code"] for r in await stored(made))
+    assert codes == sorted(["warm", *(f"k{i}" for i in range(8)), *(f"g{i}" for i in range(4))])
+
+
+async def test_an_engine_used_by_the_path_is_not_kept_alive(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """The per-engine writer is kept weakly: an engine dropped by its owner is
+    collected (with its pool), however many calls went through the path."""
+    import gc
+    import weakref
+
+    sqlite_only(backend)
+    engine = backend.async_engine()
+    await asyncio.gather(
+        *(onconflict.insert_ignore(engine, things, [{"code": f"w{i % 3}"}]) for i in range(8))
+    )
+    await onconflict.get_or_create(engine, things, {"code": "w0"})
+    gone = weakref.ref(engine.sync_engine)
+    await engine.dispose()
+    del engine
+    gc.collect()
+    assert gone() is None
+
+
+async def test_a_driver_in_autocommit_mode_still_commits_each_call(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """sqlite3 in its autocommit mode (isolation_level=None; Python 3.12's
+    autocommit=True, where commit() does nothing, where available): the path
+    ends its own transaction, the row is committed and the pool gets the
+    connection back outside any transaction."""
+    sqlite_only(backend)
+    import sys
+
+    args: dict[str, Any] = {"isolation_level": None}
+    if sys.version_info >= (3, 12):
+        args = {"autocommit": True}
+    engine = backend.async_engine(connect_args=args)
+    try:
+        got = await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        _, created = await onconflict.get_or_create(engine, things, {"code": "b"})
+        assert (got.inserted_count, created) == (1, True)
+        other = sqlite3.connect(made.url.database or "")
+        try:
+            codes = [r[0] for r in other.execute('SELECT "Code Name" FROM oc_dp_things')]
+        finally:
+            other.close()
+        assert sorted(codes) == ["a", "b"]
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert not raw.driver_connection._conn.in_transaction
+    finally:
+        await engine.dispose()
