@@ -96,7 +96,7 @@ class Outcome:
     def exactly_once(self) -> bool:
         """Every touched key stored once, and created once (the calls that
         failed did nothing: their transactions were rolled back)."""
-        if self.cell.owner == "caller" and self.surfaced:
+        if self.surfaced:
             return self.stored <= self.touched and self.created == self.stored
         return self.stored == self.touched and self.created == self.stored
 

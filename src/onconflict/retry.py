@@ -11,9 +11,10 @@ The loop, shared by both fronts (:class:`Attempts`):
 * backoff with full jitter: the n-th wait is drawn from
   ``[0, min(max_delay, delay * 2**n)]``, so callers that failed together do not
   come back together;
-* a budget that scales with contention: ``attempts`` runs, plus one for every
-  doubling of the calls in flight on the same engine (32 callers: +5), since
-  that many callers need that many more doublings of the wait to spread out;
+* a budget that scales with contention: ``attempts`` runs, plus two for every
+  doubling of the calls in flight on the same engine (32 callers: +10), since
+  that many callers need that many more doublings of the wait to spread out
+  (one per doubling was measured too few for 128 SQLite writers);
 * a call that lost a creation race on MySQL/MariaDB (:class:`Restart`) runs
   again at once, in a new transaction, without waiting and without spending
   the budget of transient errors (up to ``attempts`` such restarts): rolling
@@ -46,14 +47,14 @@ class Retry:
 
     attempts: int = 5
     """Runs in all, the first one included (1 = no retry), before the
-    contention bonus: one more run per doubling of the calls in flight on the
+    contention bonus: two more runs per doubling of the calls in flight on the
     same engine (``scale``)."""
     delay: float = 0.02
     """Scale of the backoff in seconds: the n-th wait is drawn from [0, delay * 2**n]."""
     max_delay: float = 1.0
     """Longest single wait in seconds."""
     scale: bool = True
-    """Add one run per doubling of the calls in flight on the engine."""
+    """Add two runs per doubling of the calls in flight on the engine."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or self.attempts < 1:
@@ -149,7 +150,7 @@ class Attempts:
             return self.retry.attempts
         with _LOCK:
             self.peak = max(self.peak, _IN_FLIGHT.get(self.engine, 1))
-        return self.retry.attempts + math.ceil(math.log2(self.peak))
+        return self.retry.attempts + 2 * math.ceil(math.log2(self.peak))
 
     @property
     def restarts_left(self) -> bool:

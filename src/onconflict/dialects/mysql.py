@@ -579,6 +579,8 @@ class MySQL(DialectSupport):
             # a dead connection has no session to restore (and its info is gone)
             if not conn.invalidated:
                 conn.info[OWNED], conn.info[RESTARTABLE], conn.info[EXCLUSIVE] = outer
+                if owned:  # the transaction ends with the call: forget it
+                    conn.info[RESTARTABLE] = None
                 saved = conn.info.pop(SAVED_LIMIT, None)
                 if saved is not None:
                     conn.execute(SET_LIMIT, {"n": saved})
