@@ -136,3 +136,20 @@ def test_retry_budget_scales_with_the_calls_in_flight() -> None:
         assert alone.transient == 0
     assert Attempts(Retry(scale=False), engine).budget == 5
     assert Attempts(Retry(attempts=1), engine).budget == 1
+
+
+def test_benchmark_command(backend: Backend, tmp_path: Any) -> None:
+    """``python -m benchmarks contention`` at a tiny size: it writes its files
+    and succeeds only when every goal holds."""
+    import json
+
+    from benchmarks.__main__ import main
+    from click.testing import CliRunner
+
+    args = ["contention", "--url", backend.url, "--calls", "upsert_where,get_or_create"]
+    args += ["--callers", "4", "--keys", "3", "--batch", "2", "--each", "2"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "contention.json").read_text())
+    assert len(data["results"]) == 2 * 3
+    assert data["totals"]["engine"]["transient"] == 0

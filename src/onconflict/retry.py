@@ -17,7 +17,7 @@ The loop, shared by both fronts (:class:`Attempts`):
   (one per doubling was measured too few for 128 SQLite writers);
 * a call that lost a creation race on MySQL/MariaDB (:class:`Restart`) runs
   again at once, in a new transaction, without waiting and without spending
-  the budget of transient errors (up to ``attempts`` such restarts): rolling
+  the budget of transient errors (up to ``attempts - 1`` such restarts): rolling
   back frees the shared lock the lost race left, and the next run takes the
   row's exclusive lock first, instead of deadlocking on the upgrade;
 * what was spent is counted (:func:`retry_stats`) and logged on the
@@ -70,8 +70,8 @@ DEFAULT_RETRY = Retry()
 class Restart(Exception):
     """Raised inside a call that owns its transaction to have it rolled back and
     run again at once (a lost creation race on MySQL/MariaDB: see the module
-    docstring). Never reaches the caller: after ``attempts`` restarts in a row
-    the call runs its work without raising it (the caller-owned behaviour)."""
+    docstring). Never reaches the caller: after ``attempts - 1`` restarts the
+    call runs its work without raising it (the caller-owned behaviour)."""
 
 
 @dataclass
@@ -154,7 +154,9 @@ class Attempts:
 
     @property
     def restarts_left(self) -> bool:
-        return self.restarts < self.retry.attempts
+        """Whether a lost race may still restart the run (never with
+        ``attempts=1``, which asks for one run)."""
+        return self.restarts < self.retry.attempts - 1
 
     def wait(self, exc: BaseException) -> float | None:
         """Seconds to wait before running again after ``exc``; None: raise it."""
