@@ -177,6 +177,7 @@ async def run_cell(
     async with engines[0].begin() as conn:
         await conn.run_sync(metadata.drop_all)
         await conn.run_sync(metadata.create_all)
+    await _visible(engines)
     plans = [
         [
             [
@@ -219,6 +220,17 @@ async def run_cell(
         count = sa.select(sa.func.count()).select_from(hot)
         out.stored = int((await conn.execute(count)).scalar_one())
     return out
+
+
+async def _visible(engines: list[AsyncEngine]) -> None:
+    """Wait until the new table is there on every node (a cluster applies the
+    DDL on the others a moment later)."""
+    for engine in engines[1:]:
+        for _ in range(100):
+            async with engine.connect() as conn:
+                if await conn.run_sync(lambda c: sa.inspect(c).has_table(hot.name)):
+                    break
+            await asyncio.sleep(0.05)
 
 
 async def _owned(owner: str, engine: AsyncEngine, work: Callable[[Any], Awaitable[int]]) -> int:
