@@ -1,4 +1,4 @@
-"""python -m benchmarks race|bulk [--url URL] [...] [--out DIR]
+"""python -m benchmarks race|bulk|contention [--url URL] [...] [--out DIR]
 
 Writes <kind>.json (every figure, versions, machine facts), <kind>.md (tables
 and goals) and <kind>-*.png (plots, with the bench extra) to --out, and prints
@@ -18,6 +18,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy.engine import make_url
 
 from benchmarks import bulk as bulk_mod
+from benchmarks import contention as contention_mod
 from benchmarks import race as race_mod
 from benchmarks.common import goal, have_matplotlib, machine, ratio, server_version, write
 
@@ -115,6 +116,83 @@ def bulk(url: str, rows: str, dups: str, out: Path) -> None:
         "bulk", url, lambda p: bulk_mod.run(url, numbers(rows), numbers(dups), p)
     )
     _report("bulk", out, facts, results, bulk_mod.goals(results, numbers(rows)))
+
+
+@main.command()
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    default=[DEFAULT_URL],
+    show_default=True,
+    envvar="ONCONFLICT_BENCH_URL",
+    help="the database; repeat it for the nodes of a cluster (caller n calls node n mod N)",
+)
+@click.option("--calls", "names", default=",".join(contention_mod.CALLS), show_default=True)
+@click.option("--owners", default=",".join(contention_mod.OWNERS), show_default=True)
+@click.option("--callers", default="8,32,128", show_default=True)
+@click.option("--keys", default="1,20,1000", show_default=True, help="hot keys")
+@click.option("--batch", default="1,5,50", show_default=True, help="rows a call")
+@click.option("--each", default=3, show_default=True, type=click.IntRange(1), help="calls a caller")
+@click.option("--out", default="bench-results", show_default=True, type=click.Path(path_type=Path))
+def contention(
+    urls: tuple[str, ...],
+    names: str,
+    owners: str,
+    callers: str,
+    keys: str,
+    batch: str,
+    each: int,
+    out: Path,
+) -> None:
+    """Every call x engine- and caller-owned transactions x callers x hot keys x
+    batch size: retries spent, errors surfaced, p99; exactly-once checked."""
+    import json
+
+    grid = contention_mod.cells(
+        names.split(","), owners.split(","), numbers(callers), numbers(keys), numbers(batch)
+    )
+    facts = machine(urls[0])
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()) as bar:
+        task = bar.add_task("contention")
+        results = anyio.run(
+            contention_mod.sweep,
+            list(urls),
+            grid,
+            each,
+            lambda text: bar.update(task, description=f"contention: {text}"),
+        )
+    totals = contention_mod.totals(results)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {
+        "machine": facts,
+        "nodes": [make_url(u).render_as_string(hide_password=True) for u in urls],
+        "totals": totals,
+        "results": [r.summary() for r in results],
+    }
+    (out / "contention.json").write_text(json.dumps(data, indent=2, default=str))
+    lines = [
+        "# contention benchmark",
+        "",
+        "| owner | calls | retries | restarts | errors transient | errors other | worst p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for owner, t in totals.items():
+        lines.append(
+            f"| {owner} | {t['calls']} | {t['retries']} | {t['restarts']} | {t['transient']}"
+            f" | {t['other']} | {t['p99_ms']} |"
+        )
+    text = "\n".join([*lines, "", contention_mod.table(results), ""])
+    (out / "contention.md").write_text(text)
+    click.echo(text)
+    broken = [r.cell.name for r in results if not r.exactly_once()]
+    owned = [r.cell.name for r in results if r.cell.owner != "caller" and r.surfaced]
+    other = [r.cell.name for r in results if r.other]
+    if broken or owned or other:
+        raise click.ClickException(
+            f"exactly-once broken: {broken}; errors surfaced by owned calls: {owned};"
+            f" non-transient errors: {other}"
+        )
 
 
 def _with_progress(kind: str, url: str, job: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -32,7 +32,7 @@ from onconflict.exceptions import (
     UnsafeInsertError,
 )
 from onconflict.result import InsertResult, UpsertResult
-from onconflict.retry import Retry
+from onconflict.retry import Retry, RetryStats, retry_stats
 
 __all__ = [
     "ANY_KEY",
@@ -43,6 +43,7 @@ __all__ = [
     "OnConflictError",
     "OutcomeMismatchError",
     "Retry",
+    "RetryStats",
     "SeedLockTimeout",
     "SeedReport",
     "TableReport",
@@ -56,6 +57,7 @@ __all__ = [
     "insert_ignore",
     "is_transient",
     "is_unique_violation",
+    "retry_stats",
     "retrying",
     "seed",
     "unique_violation",

@@ -11,7 +11,6 @@ from typing import Any, TypeVar, overload
 
 import anyio
 import sqlalchemy as sa
-import tenacity
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -53,8 +52,9 @@ from onconflict._seed import (
 )
 from onconflict._target import OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
+from onconflict.dialects import support_for
 from onconflict.result import InsertResult, UpsertResult
-from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
+from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry
 
 AsyncHandle = AsyncConnection | AsyncSession | AsyncEngine
 T = TypeVar("T")
@@ -140,7 +140,7 @@ async def upsert(
     )
     if prepared.empty:
         return UpsertResult()
-    return await _run(conn, execute_upsert, prepared, retry)
+    return await _run(conn, execute_upsert, prepared, retry, isolate=True)
 
 
 @overload
@@ -310,7 +310,12 @@ async def update_or_create(
         dialect_of(conn), table, lookup, defaults, on, create_defaults
     )
     return await _run(
-        conn, _update_or_create_work, prepared, retry, finish=_as_instances(prepared.fetch)
+        conn,
+        _update_or_create_work,
+        prepared,
+        retry,
+        finish=_as_instances(prepared.fetch),
+        isolate=True,
     )
 
 
@@ -372,21 +377,46 @@ async def _with_engine(
     fn: Callable[[AsyncConnection], Awaitable[T]],
     retry: Retry,
     autocommit: bool,
+    isolate: bool = False,
 ) -> T:
-    async for attempt in tenacity.AsyncRetrying(sleep=anyio.sleep, **retry.tenacity_args()):
-        with attempt:
-            if autocommit:  # one statement: no BEGIN/COMMIT round trips
-                async with engine.connect() as conn:
-                    auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    return await fn(auto)
-            async with engine.connect() as conn:
-                sync = conn.sync_connection
-                assert sync is not None  # connected
-                if options := transaction_options(sync):
-                    conn = await conn.execution_options(**options)
-                async with conn.begin():
-                    return await fn(conn)
-    raise AssertionError("unreachable")  # pragma: no cover
+    """Run ``fn`` in a transaction of its own (or in autocommit), again after a
+    transient error or a lost race (see :mod:`onconflict.retry`). ``isolate``:
+    ``fn`` is onconflict's own work whose locking reads the dialect may set up
+    its transaction for (``begin_owned``: upsert, update_or_create), not the
+    caller's function given to ``retrying``."""
+    with Attempts(retry, engine.sync_engine) as attempts:
+        while True:
+            try:
+                return await _once(engine, fn, autocommit, isolate, attempts.restarts_left)
+            except Exception as exc:
+                pause = attempts.wait(exc)
+                if pause is None:
+                    raise
+            if pause:
+                await anyio.sleep(pause)
+
+
+async def _once(
+    engine: AsyncEngine,
+    fn: Callable[[AsyncConnection], Awaitable[T]],
+    autocommit: bool,
+    isolate: bool,
+    restartable: bool,
+) -> T:
+    if autocommit:  # one statement: no BEGIN/COMMIT round trips
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return await fn(auto)
+    async with engine.connect() as conn:
+        sync = conn.sync_connection
+        assert sync is not None  # connected
+        begin = support_for(sync.dialect).begin_owned if isolate else None
+        if options := transaction_options(sync):
+            conn = await conn.execution_options(**options)
+        async with conn.begin():
+            if begin is not None:
+                await conn.run_sync(begin, restartable)
+            return await fn(conn)
 
 
 async def _run(
@@ -397,13 +427,14 @@ async def _run(
     *,
     autocommit: bool = False,
     finish: Callable[[Session | None, T], T] | None = None,
+    isolate: bool = False,
 ) -> T:
     if isinstance(handle, AsyncEngine):
 
         async def owned(conn: AsyncConnection) -> T:
             return await conn.run_sync(work, prepared, True)
 
-        return await _with_engine(handle, owned, retry or NO_RETRY, autocommit)
+        return await _with_engine(handle, owned, retry or NO_RETRY, autocommit, isolate)
     if isinstance(handle, AsyncSession):
 
         def in_session(session: Session) -> T:

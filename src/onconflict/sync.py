@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
-import tenacity
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -46,9 +45,10 @@ from onconflict._seed import (
 )
 from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
+from onconflict.dialects import support_for
 from onconflict.errors import is_transient, is_unique_violation, unique_violation
 from onconflict.result import InsertResult, UpsertResult
-from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Retry
+from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry, retry_stats
 
 SyncHandle = Connection | Session | Engine
 T = TypeVar("T")
@@ -67,6 +67,7 @@ __all__ = [
     "insert_ignore",
     "is_transient",
     "is_unique_violation",
+    "retry_stats",
     "retrying",
     "seed",
     "unique_violation",
@@ -122,7 +123,7 @@ def upsert(
     )
     if prepared.empty:
         return UpsertResult()
-    return _run(conn, execute_upsert, prepared, retry)
+    return _run(conn, execute_upsert, prepared, retry, isolate=True)
 
 
 @overload
@@ -248,7 +249,14 @@ def update_or_create(
     prepared = prepare_update_or_create(
         dialect_of(conn), table, lookup, defaults, on, create_defaults
     )
-    return _run(conn, _update_or_create_work, prepared, retry, finish=_as_instances(prepared.fetch))
+    return _run(
+        conn,
+        _update_or_create_work,
+        prepared,
+        retry,
+        finish=_as_instances(prepared.fetch),
+        isolate=True,
+    )
 
 
 def seed(
@@ -288,19 +296,43 @@ def retrying(engine: Engine, fn: Callable[[Connection], T], *, retry: Retry = DE
 
 
 def _with_engine(
-    engine: Engine, fn: Callable[[Connection], T], retry: Retry, autocommit: bool
+    engine: Engine,
+    fn: Callable[[Connection], T],
+    retry: Retry,
+    autocommit: bool,
+    isolate: bool = False,
 ) -> T:
-    for attempt in tenacity.Retrying(sleep=time.sleep, **retry.tenacity_args()):
-        with attempt:
-            if autocommit:  # one statement: no BEGIN/COMMIT round trips
-                with engine.connect() as conn:
-                    return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
-            with engine.connect() as conn:
-                if options := transaction_options(conn):
-                    conn = conn.execution_options(**options)
-                with conn.begin():
-                    return fn(conn)
-    raise AssertionError("unreachable")  # pragma: no cover
+    """See onconflict._async._with_engine, of which this is the synchronous twin."""
+    with Attempts(retry, engine) as attempts:
+        while True:
+            try:
+                return _once(engine, fn, autocommit, isolate, attempts.restarts_left)
+            except Exception as exc:
+                pause = attempts.wait(exc)
+                if pause is None:
+                    raise
+            if pause:
+                time.sleep(pause)
+
+
+def _once(
+    engine: Engine,
+    fn: Callable[[Connection], T],
+    autocommit: bool,
+    isolate: bool,
+    restartable: bool,
+) -> T:
+    if autocommit:  # one statement: no BEGIN/COMMIT round trips
+        with engine.connect() as conn:
+            return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+    with engine.connect() as conn:
+        begin = support_for(conn.dialect).begin_owned if isolate else None
+        if options := transaction_options(conn):
+            conn = conn.execution_options(**options)
+        with conn.begin():
+            if begin is not None:
+                begin(conn, restartable)
+            return fn(conn)
 
 
 def _run(
@@ -311,10 +343,11 @@ def _run(
     *,
     autocommit: bool = False,
     finish: Callable[[Session | None, T], T] | None = None,
+    isolate: bool = False,
 ) -> T:
     if isinstance(handle, Engine):
         return _with_engine(
-            handle, lambda conn: work(conn, prepared, True), retry or NO_RETRY, autocommit
+            handle, lambda conn: work(conn, prepared, True), retry or NO_RETRY, autocommit, isolate
         )
     if isinstance(handle, Session):
         done = work(session_connection(handle), prepared, False)

@@ -293,6 +293,12 @@ class DialectSupport:
         """Before update_or_create's read: take what keeps a concurrent writer from
         coming between the read and the UPDATE, where row locks do not (SQLite)."""
 
+    def begin_owned(self, conn: Connection, restartable: bool) -> None:
+        """First thing in a transaction onconflict owns for an upsert or an
+        update_or_create (an engine was passed), before any statement: set how
+        that transaction runs. ``restartable``: the call may still raise
+        ``retry.Restart`` to run again at once. Generic: as the engine says."""
+
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> AbstractContextManager[Any]:
         """Hold the database-wide lock ``name`` for the rest of the transaction, so
         that replicas seeding at once take turns. Generic: no lock."""

@@ -44,7 +44,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._expr import has_expressions, substitute
-from onconflict._match import Keys, align, by_key, fold_text
+from onconflict._match import Keys, align, by_key, fold_text, strip_keys
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
@@ -70,6 +70,7 @@ from onconflict.exceptions import (
     SeedLockTimeout,
     UnsafeInsertError,
 )
+from onconflict.retry import Restart
 
 DUPLICATE_KEY = 1062
 SHOW_WARNINGS = sa.text("SHOW WARNINGS")
@@ -81,6 +82,11 @@ RELEASE_LOCK = sa.select(sa.func.release_lock(sa.bindparam("name")))
 WARNINGS_WANTED = 65535  # the largest max_error_count; a statement has at most 1000 rows
 SAVED_LIMIT = "onconflict.saved_max_error_count"
 OWNED = "onconflict.owned"  # conn.info: the running call owns its transaction
+# conn.info: the transaction (begin_owned) whose call may restart after a lost race
+RESTARTABLE = "onconflict.restartable"
+# conn.info: update_or_create is running (its reads take the exclusive lock)
+EXCLUSIVE = "onconflict.exclusive"
+READ_COMMITTED = sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
 # aiomysql turns every server warning into a Python warning; a skipped duplicate
 # is the expected outcome of insert_ignore, not something to warn about.
@@ -115,6 +121,8 @@ def collation_fold(collation: str | None) -> Callable[[str], str] | None:
 # Errors after which InnoDB has rolled back the whole transaction, savepoints
 # included: deadlock, and lock wait timeout (with innodb_rollback_on_timeout).
 TRANSACTION_LOST = frozenset({1213, 1205})
+# A FOR UPDATE NOWAIT that met a held row: MariaDB (lock wait timeout), MySQL 8
+LOCK_BUSY = frozenset({1205, 3572})
 
 
 class _Overflow(Exception):
@@ -220,9 +228,12 @@ class MySQL(DialectSupport):
         found = self._lock_keys(conn, plan, rows) if keyed else set()
         inserted = self._insert_new(conn, plan, rows, found)
         existing = [row for row, ins in zip(rows, inserted, strict=True) if ins is None]
-        if existing and plan.extra.get("other_keys"):
+        if existing:
             skipped = [r for r in existing if plan.keys.of(r, plan.match) not in found]
-            self._check_skipped(conn, plan, skipped, keyed)
+            if plan.extra.get("other_keys"):
+                self._check_skipped(conn, plan, skipped, keyed)
+            elif keyed and skipped:  # made by another caller since phase 1: a lost
+                _restart_if_owned(conn)  # race, whose shared lock the UPDATE would upgrade
         updated = self._update_existing(conn, plan, existing) if existing else []
         stored = self._read_back(conn, plan, updated)
         out: list[Outcome] = []
@@ -238,10 +249,45 @@ class MySQL(DialectSupport):
     def _lock_keys(
         self, conn: Connection, plan: UpsertPlan, rows: list[Row]
     ) -> set[tuple[Any, ...]]:
-        """Phase 1: the keys of ``rows`` that exist, their rows locked FOR UPDATE."""
+        """Phase 1: the keys of ``rows`` that exist, their rows locked FOR UPDATE
+        (then, in a call that owns its transaction, phase 1b for the others)."""
+        restartable = _restartable(conn)
+        if not restartable:
+            # the caller's transaction, REPEATABLE READ perhaps: a locking read of
+            # a key that does not exist takes a gap lock, which blocks the
+            # inserts of every other caller into that gap (deadlocks). A plain
+            # read first: only keys that exist are then locked (record locks).
+            read = select_by_keys(plan, rows, key_only=True)
+            there = {plan.keys.of(dict(r), plan.match) for r in conn.execute(read).mappings()}
+            rows = [r for r in rows if plan.keys.of(r, plan.match) in there]
+            if not rows:
+                return set()
         lock = select_by_keys(plan, rows, key_only=True)
         lock = lock.order_by(*(plan.table.c[c] for c in plan.match)).with_for_update()
-        return {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
+        found = {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
+        if len(found) < len(rows) and restartable:
+            found |= self._lock_new_keys(conn, plan, rows, found)
+        return found
+
+    def _lock_new_keys(
+        self, conn: Connection, plan: UpsertPlan, rows: list[Row], found: set[tuple[Any, ...]]
+    ) -> set[tuple[Any, ...]]:
+        """Phase 1b, in a call that owns its transaction: the keys phase 1 did not
+        find, read again FOR UPDATE NOWAIT just before the INSERT. A key another
+        caller made since phase 1 is locked now if it is free (it is then an
+        existing row); if it is still held (being made, or locked by a caller
+        that may be waiting for a row this call holds: out of key order, so a
+        deadlock in the making), the call restarts at once instead of waiting."""
+        if not _has_nowait(conn.dialect):
+            return set()
+        missing = [r for r in rows if plan.keys.of(r, plan.match) not in found]
+        read = select_by_keys(plan, missing, key_only=True).with_for_update(nowait=True)
+        try:
+            return {plan.keys.of(dict(r), plan.match) for r in conn.execute(read).mappings()}
+        except sa.exc.OperationalError as exc:
+            if _error_number(exc) in LOCK_BUSY:
+                raise Restart("a key made since the locking read is held: run again") from exc
+            raise
 
     def _insert_new(
         self, conn: Connection, plan: UpsertPlan, rows: list[Row], found: set[tuple[Any, ...]]
@@ -324,6 +370,62 @@ class MySQL(DialectSupport):
             for now in conn.execute(select_by_keys(plan, updated)).mappings():
                 stored[plan.keys.of(dict(now), plan.match)] = dict(now)
         return stored
+
+    # -- the locks of a call's own transaction ------------------------------------
+    # Under REPEATABLE READ, a locking read (or a duplicate check) of a key that
+    # does not exist yet takes a gap lock; gap locks do not conflict with each
+    # other, but each blocks the others' inserts into the gap (insert-intention
+    # locks): two upserts of new keys in the same gap deadlock. A call that owns
+    # its transaction runs it at READ COMMITTED, where locking reads take no gap
+    # locks; its locking reads (FOR UPDATE, phase 1) see the latest committed
+    # rows, which is all the upsert and get_or_create rely on.
+    #
+    # A creation race lost (INSERT IGNORE met a row another caller committed
+    # after our read) leaves a SHARED lock on that row; upgrading it for an
+    # UPDATE deadlocks with every other loser of the same race. A call that owns
+    # its transaction restarts instead (retry.Restart: rolled back at once, which
+    # frees the lock; the next run finds the row and locks it exclusively first).
+
+    def begin_owned(self, conn: Connection, restartable: bool) -> None:
+        """READ COMMITTED for the call's own transaction, unless the engine (or
+        create_engine) names an isolation level of its own; and mark the
+        transaction as one whose call may restart after a lost race."""
+        if not _level_chosen(conn):
+            conn.execute(READ_COMMITTED)  # (the next transaction only: nothing to reset)
+        conn.info[RESTARTABLE] = conn.get_transaction() if restartable else None
+
+    def prepare_fetch(self, plan: FetchPlan) -> None:
+        super().prepare_fetch(plan)
+        plan.statements["select_exclusive"] = plan.statements["select"].with_for_update()
+
+    def lock_for_update_or_create(self, conn: Connection) -> None:
+        """update_or_create reads the row FOR UPDATE (exclusive) from the start:
+        the UPDATE that follows needs no upgrade of a shared lock."""
+        conn.info[EXCLUSIVE] = True
+
+    def get_or_create_once(self, conn: Connection, plan: FetchPlan) -> tuple[Row, bool] | None:
+        """As the base class does; but update_or_create in a call that owns its
+        transaction reads the row FOR UPDATE (exclusive) from the start, and
+        restarts after a lost race instead of reading the row with the shared
+        lock the INSERT left (which the UPDATE would have to upgrade)."""
+        if not (conn.info.get(EXCLUSIVE) and _restartable(conn)):
+            return super().get_or_create_once(conn, plan)
+        look = plan.bound(plan.lookup)
+        read = plan.statements["select_exclusive"]
+        found = conn.execute(read, look).mappings().first()
+        if found is not None:
+            return dict(found), False
+        values = {k: plan.params[k] for k in plan.values}
+        if self.returning(conn.dialect):
+            made = self.write_many(conn, plan.statements["insert_returning"], [values])
+            if made:
+                return strip_keys(made[0]), True
+        elif (one := self.write_one(conn, plan.statements["insert"], values)) is not None:
+            return one, True
+        if conn.execute(plan.statements["select"], look).first() is not None:
+            # (a plain read: no lock) the row is there now: a lost race
+            raise Restart("lost a creation race: run again, exclusive lock first")
+        return None  # a lookup mismatch, a duplicate of another key: check_miss says
 
     @contextmanager
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
@@ -455,14 +557,19 @@ class MySQL(DialectSupport):
                 " engine (the call then runs in a transaction of its own) or a"
                 " connection that is not in AUTOCOMMIT."
             )
-        outer = conn.info.get(OWNED)
+        outer = conn.info.get(OWNED), conn.info.get(RESTARTABLE), conn.info.get(EXCLUSIVE)
         conn.info[OWNED] = owned
+        if not owned:  # (only the transaction begin_owned marked may restart)
+            conn.info[RESTARTABLE] = None
+        conn.info[EXCLUSIVE] = False
         try:
             yield
         finally:
             # a dead connection has no session to restore (and its info is gone)
             if not conn.invalidated:
-                conn.info[OWNED] = outer
+                conn.info[OWNED], conn.info[RESTARTABLE], conn.info[EXCLUSIVE] = outer
+                if owned:  # the transaction ends with the call: forget it
+                    conn.info[RESTARTABLE] = None
                 saved = conn.info.pop(SAVED_LIMIT, None)
                 if saved is not None:
                     conn.execute(SET_LIMIT, {"n": saved})
@@ -557,6 +664,40 @@ class MySQL(DialectSupport):
             execute_rows(conn, self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+def _level_chosen(conn: Connection) -> bool:
+    """Whether the engine, or create_engine, names an isolation level (other
+    than AUTOCOMMIT, which onconflict replaces for its own transactions)."""
+    chosen = conn.engine.get_execution_options().get("isolation_level")
+    if chosen is None:
+        chosen = getattr(conn.dialect, "_on_connect_isolation_level", None)
+    return chosen not in (None, "AUTOCOMMIT")
+
+
+def _restartable(conn: Connection) -> bool:
+    """Whether the running call owns its transaction and may restart it (see
+    MySQL.begin_owned)."""
+    marked = conn.info.get(RESTARTABLE)
+    return marked is not None and marked is conn.get_transaction()
+
+
+def _restart_if_owned(conn: Connection) -> None:
+    """After a lost creation race: have the call's own transaction rolled back
+    and run again at once, where it may."""
+    if _restartable(conn):
+        raise Restart("lost a creation race: run again, exclusive lock first")
+
+
+def _has_nowait(dialect: Dialect) -> bool:
+    """FOR UPDATE NOWAIT: MariaDB >= 10.3, MySQL >= 8.0.1."""
+    version = dialect.server_version_info or (0,)
+    return version >= ((10, 3) if dialect.is_mariadb else (8, 0, 1))  # type: ignore[attr-defined]
+
+
+def _error_number(exc: BaseException) -> Any:
+    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
+    return args[0] if args else None
 
 
 def _binds(value: Any) -> bool:
