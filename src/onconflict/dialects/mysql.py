@@ -433,7 +433,11 @@ class MySQL(DialectSupport):
         at the end. Names are limited to 64 characters: longer ones are hashed."""
         if len(name) > 64:
             name = "onconflict." + hashlib.sha256(name.encode()).hexdigest()[:40]
-        got = conn.execute(GET_LOCK, {"name": name, "timeout": max(1, round(timeout))}).scalar()
+        try:
+            got = conn.execute(GET_LOCK, {"name": name, "timeout": max(1, round(timeout))}).scalar()
+        except Exception:
+            _drop(conn)  # an error may still leave the lock granted to the session
+            raise
         if got != 1:
             raise SeedLockTimeout(
                 f"could not take the seed lock {name!r} within {timeout:g}s:"
@@ -441,9 +445,16 @@ class MySQL(DialectSupport):
             )
         try:
             yield
-        finally:
-            if not conn.invalidated:
-                conn.execute(RELEASE_LOCK, {"name": name})
+        except BaseException:
+            _release_or_drop(conn, name)
+            raise
+        try:
+            conn.execute(RELEASE_LOCK, {"name": name})
+        except Exception:
+            # (Galera can abort the transaction at any statement, this one too):
+            # the session is dropped, which frees the lock; the error is raised
+            _drop(conn)
+            raise
 
     async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
         """A one-row insert_ignore that owns its work, on aiomysql (MariaDB with
@@ -698,6 +709,27 @@ def _has_nowait(dialect: Dialect) -> bool:
 def _error_number(exc: BaseException) -> Any:
     args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
     return args[0] if args else None
+
+
+def _release_or_drop(conn: Connection, name: str) -> None:
+    """After an error inside the seed lock: release it, or, where the connection
+    can no longer run a statement (a deadlock inside a savepoint leaves it
+    waiting for a full rollback; Galera's certification aborts do), invalidate
+    it: closing the session frees its named locks. Otherwise the pooled session
+    would keep the lock, and every other seed would time out waiting for it."""
+    if conn.invalidated:
+        return
+    try:
+        conn.execute(RELEASE_LOCK, {"name": name})
+    except Exception:
+        _drop(conn)
+
+
+def _drop(conn: Connection) -> None:
+    """Invalidate the connection: the server ends its session and frees the
+    named locks it holds (a pooled session would keep them)."""
+    if not conn.invalidated:
+        conn.invalidate()
 
 
 def _binds(value: Any) -> bool:
