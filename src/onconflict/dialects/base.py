@@ -261,16 +261,21 @@ class DialectSupport:
         found = conn.execute(plan.statements["select"], plan.bound(plan.lookup)).mappings().first()
         if found is not None:
             return dict(found), False
-        values = {k: plan.params[k] for k in plan.values}
-        if self.returning(conn.dialect):
-            made = self.write_many(conn, plan.statements["insert_returning"], [values])
-            if made:
-                return strip_keys(made[0]), True
-        elif (one := self.write_one(conn, plan.statements["insert"], values)) is not None:
-            return one, True
+        made = self.create_row(conn, plan)
+        if made is not None:
+            return made, True
         locked = plan.statements["select_locked"]
         found = conn.execute(locked, plan.bound(plan.lookup)).mappings().first()
         return (dict(found), False) if found is not None else None
+
+    def create_row(self, conn: Connection, plan: FetchPlan) -> Row | None:
+        """The duplicate-only insert of get_or_create's row: the stored row, or
+        None when it was skipped (a duplicate)."""
+        values = {k: plan.params[k] for k in plan.values}
+        if self.returning(conn.dialect):
+            made = self.write_many(conn, plan.statements["insert_returning"], [values])
+            return strip_keys(made[0]) if made else None
+        return self.write_one(conn, plan.statements["insert"], values)
 
     def check_target(self, table: sa.Table, target: ConflictTarget) -> None:
         """Refuse, before any SQL, a conflict target this database cannot honour."""

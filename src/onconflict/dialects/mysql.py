@@ -44,7 +44,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._expr import has_expressions, substitute
-from onconflict._match import Keys, align, by_key, fold_text, strip_keys
+from onconflict._match import Keys, align, by_key, fold_text
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,
@@ -415,13 +415,9 @@ class MySQL(DialectSupport):
         found = conn.execute(read, look).mappings().first()
         if found is not None:
             return dict(found), False
-        values = {k: plan.params[k] for k in plan.values}
-        if self.returning(conn.dialect):
-            made = self.write_many(conn, plan.statements["insert_returning"], [values])
-            if made:
-                return strip_keys(made[0]), True
-        elif (one := self.write_one(conn, plan.statements["insert"], values)) is not None:
-            return one, True
+        made = self.create_row(conn, plan)
+        if made is not None:
+            return made, True
         if conn.execute(plan.statements["select"], look).first() is not None:
             # (a plain read: no lock) the row is there now: a lost race
             raise Restart("lost a creation race: run again, exclusive lock first")
