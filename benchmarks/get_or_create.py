@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import onconflict
 from benchmarks import peers
-from onconflict._fetch import prepare_get_or_create
+from onconflict._get_or_create import prepare_get_or_create
 
 metadata = sa.MetaData()
 table = sa.Table(

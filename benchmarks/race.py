@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 import onconflict
 from benchmarks import peers
 from benchmarks.common import ExactlyOnceViolated, Result
-from onconflict.errors import error_code
+from onconflict.classify import error_code
 
 WORKER: contextvars.ContextVar[int] = contextvars.ContextVar("worker", default=0)
 
@@ -215,7 +215,7 @@ class Raw(Contender):
             size = self.ctx.pool
             pool = await asyncpg.create_pool(plain, min_size=size, max_size=size)
             if self.ctx.get:
-                from onconflict._fetch import prepare_get_or_create
+                from onconflict._get_or_create import prepare_get_or_create
 
                 stmt = prepare_get_or_create(self.ctx.engine.dialect, keyed, {"k": "x"}, None)
                 self.sql = str(stmt.plan.statements["one"].compile(dialect=self.ctx.engine.dialect))

@@ -312,7 +312,7 @@ async def test_real_errors_classify(driver: str, tmp_path: Path) -> None:
     dup = onconflict.unique_violation(got["duplicate"])  # type: ignore[arg-type]
     assert dup is not None
     assert (dup.family, dup.constraint, dup.columns) == (family, dup_name, dup_cols)
-    assert dup.code in onconflict.errors.UNIQUE_CODES[family]
+    assert dup.code in onconflict.classify.UNIQUE_CODES[family]
     assert dup.driver != "sqlalchemy"  # the real driver's name, even behind an adapter
     pk = onconflict.unique_violation(got["pk_duplicate"])  # type: ignore[arg-type]
     assert pk is not None
@@ -785,7 +785,7 @@ async def test_error_raised_while_handling_a_duplicate_is_not_one(backend: Backe
         assert handler_bug.__context__ is real
         assert not onconflict.is_unique_violation(handler_bug)
         assert onconflict.unique_violation(handler_bug) is None
-        assert onconflict.errors.error_code(handler_bug) is None
+        assert onconflict.classify.error_code(handler_bug) is None
         assert onconflict.is_unique_violation(caused)  # an explicit cause is followed
     finally:
         engine.dispose()

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 import onconflict
-from onconflict.errors import error_code
+from onconflict.classify import error_code
 from tests.conftest import missing, require_server
 
 pytestmark = pytest.mark.galera

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 import onconflict
-from onconflict._core import _bind, prepare_insert_ignore
+from onconflict._insert_ignore import _bind, prepare_insert_ignore
 from onconflict.dialects.mysql import MySQL
 from tests.schema import accounts, active_email, pairs, subscriptions, tags, users
 

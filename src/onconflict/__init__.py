@@ -18,13 +18,13 @@ from onconflict._async import (
     update_or_create,
     upsert,
 )
-from onconflict._expr import excluded
-from onconflict._fetch import LookupMismatchError
-from onconflict._many import GetOrCreateResult
+from onconflict._excluded import excluded
+from onconflict._get_or_create_many import GetOrCreateResult
 from onconflict._seed import SeedReport, TableReport
 from onconflict._target import ANY_KEY
-from onconflict.errors import UniqueViolation, is_transient, is_unique_violation, unique_violation
+from onconflict.classify import UniqueViolation, is_transient, is_unique_violation, unique_violation
 from onconflict.exceptions import (
+    LookupMismatchError,
     NotSupportedError,
     OnConflictError,
     OutcomeMismatchError,

@@ -15,13 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from onconflict._core import (
-    Strategy,
-    execute_insert_ignore,
-    insert_result,
-    prepare_insert_ignore,
-)
-from onconflict._fetch import (
+from onconflict._get_or_create import (
     _as_instances,
     _get_or_create_work,
     _update_or_create_work,
@@ -29,18 +23,24 @@ from onconflict._fetch import (
     prepare_get_or_create,
     prepare_update_or_create,
 )
-from onconflict._front import (
-    ASYNC_HANDLES,
-    dialect_of,
-    session_connection,
-    transaction_options,
-)
-from onconflict._many import (
+from onconflict._get_or_create_many import (
     GetOrCreateResult,
     _get_or_create_many_work,
     as_result,
     instances,
     prepare_get_or_create_many,
+)
+from onconflict._handles import (
+    ASYNC_HANDLES,
+    dialect_of,
+    session_connection,
+    transaction_options,
+)
+from onconflict._insert_ignore import (
+    Strategy,
+    execute_insert_ignore,
+    insert_result,
+    prepare_insert_ignore,
 )
 from onconflict._seed import (
     DEFAULT_LOCK,

@@ -24,8 +24,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from onconflict._core import execute_insert_ignore, prepare_insert_ignore
-from onconflict._match import Keys, by_key
+from onconflict._insert_ignore import execute_insert_ignore, prepare_insert_ignore
+from onconflict._keys import Keys, by_key
 from onconflict._target import (
     OnTarget,
     fixed_values,

@@ -7,7 +7,7 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
@@ -389,3 +389,24 @@ def reachable_keys(table: sa.Table, columns: Iterable[str]) -> list[UniqueKey]:
         if reach:
             out.append(key)
     return out
+
+
+class InputRows(NamedTuple):
+    """What every write call starts with, read from its arguments before any SQL."""
+
+    table: sa.Table
+    given: list[Mapping[str, Any]]  # the rows as the caller gave them
+    rows: list[dict[str, Any]]  # the same rows keyed by column key, fixed values applied
+    outmap: dict[str, str]  # column key -> the key results use
+    target: ConflictTarget
+
+
+def read_rows(table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget) -> InputRows | None:
+    """The call's table, rows and conflict target; None for no rows. Pure."""
+    tbl, keymap, outmap = resolve_table(table)
+    given = list(rows)
+    data = normalize_rows(tbl, keymap, given, fixed_values(table))
+    if not data:
+        return None
+    target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
+    return InputRows(tbl, given, data, outmap, target)

@@ -17,15 +17,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 
-from onconflict._core import (
+from onconflict._excluded import Excluded, excluded, excluded_names, refuse_key_expressions
+from onconflict._gc import paused
+from onconflict._insert_ignore import (
     PreparedInsert,
     _group,
     budgets,
-    read_rows,
     server_identity,
 )
-from onconflict._expr import Excluded, excluded, excluded_names, refuse_key_expressions
-from onconflict._gc import paused
 from onconflict._target import (
     ANY_KEY,
     ConflictTarget,
@@ -33,6 +32,7 @@ from onconflict._target import (
     UniqueKey,
     fixed_values,
     reachable_keys,
+    read_rows,
     resolve_table,
 )
 from onconflict.dialects import native_support

@@ -43,6 +43,12 @@ class OutcomeMismatchError(OnConflictError):
     """
 
 
+class LookupMismatchError(OnConflictError):
+    """get_or_create / update_or_create: a row with the lookup's key exists but
+    differs in the other lookup columns (or is stored as another class of a
+    single-table hierarchy)."""
+
+
 class SeedLockTimeout(OnConflictError):
     """seed could not take its database lock in time: another seed (another
     replica starting, say) still holds it."""

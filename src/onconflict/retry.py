@@ -34,7 +34,7 @@ import weakref
 from dataclasses import dataclass, fields
 from typing import Any
 
-from onconflict.errors import error_code, is_transient
+from onconflict.classify import error_code, is_transient
 
 logger = logging.getLogger("onconflict.retry")
 

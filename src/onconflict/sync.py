@@ -14,26 +14,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from onconflict._core import (
-    Strategy,
-    execute_insert_ignore,
-    prepare_insert_ignore,
-)
-from onconflict._expr import excluded
-from onconflict._fetch import (
+from onconflict._excluded import excluded
+from onconflict._get_or_create import (
     _as_instances,
     _get_or_create_work,
     _update_or_create_work,
     prepare_get_or_create,
     prepare_update_or_create,
 )
-from onconflict._front import SYNC_HANDLES, dialect_of, session_connection, transaction_options
-from onconflict._many import (
+from onconflict._get_or_create_many import (
     GetOrCreateResult,
     _get_or_create_many_work,
     as_result,
     instances,
     prepare_get_or_create_many,
+)
+from onconflict._handles import SYNC_HANDLES, dialect_of, session_connection, transaction_options
+from onconflict._insert_ignore import (
+    Strategy,
+    execute_insert_ignore,
+    prepare_insert_ignore,
 )
 from onconflict._seed import (
     DEFAULT_LOCK,
@@ -45,8 +45,8 @@ from onconflict._seed import (
 )
 from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
+from onconflict.classify import is_transient, is_unique_violation, unique_violation
 from onconflict.dialects import support_for
-from onconflict.errors import is_transient, is_unique_violation, unique_violation
 from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry, retry_stats
 

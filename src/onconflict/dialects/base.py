@@ -1,7 +1,7 @@
 """What onconflict knows of a database.
 
 A dialect module builds its statements (pure, no I/O) and says what the
-database supports; the shared core in ``onconflict._core`` does the rest.
+database supports; the shared core in ``onconflict._insert_ignore`` does the rest.
 Adding a database is one module with a subclass of :class:`DialectSupport` and
 one line in ``onconflict.dialects.REGISTRY``. A database without a module gets
 this base class: no native form, so ``strategy="auto"`` uses ``classify``.
@@ -22,8 +22,8 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from onconflict._expr import has_expressions, rows_statement, substitute
-from onconflict._match import (
+from onconflict._excluded import has_expressions, rows_statement, substitute
+from onconflict._keys import (
     Keys,
     align,
     align_evaluated,

@@ -43,8 +43,8 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._expr import has_expressions, substitute
-from onconflict._match import Keys, align, by_key, fold_text
+from onconflict._excluded import has_expressions, substitute
+from onconflict._keys import Keys, align, by_key, fold_text
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import (
     DialectSupport,

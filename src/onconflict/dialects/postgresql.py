@@ -23,10 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._expr import excluded_names, has_expressions, substitute
+from onconflict._excluded import excluded_names, has_expressions, substitute
 from onconflict._gc import paused
-from onconflict._match import Keys, align, by_key, expression_key, fold_text, returning_columns
+from onconflict._keys import Keys, align, by_key, expression_key, fold_text, returning_columns
 from onconflict._target import ConflictTarget
+from onconflict.classify import error_code
 from onconflict.dialects.base import (
     INSERTED,
     DialectSupport,
@@ -48,7 +49,6 @@ from onconflict.dialects.base import (
     select_by_keys,
     upsert_reading_keys_first,
 )
-from onconflict.errors import error_code
 from onconflict.exceptions import NotSupportedError, OnConflictError, SeedLockTimeout
 
 CREATED = "onconflict_created_"

@@ -22,9 +22,10 @@ from sqlalchemy.engine import Connection, Dialect, Engine, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only, greenlet_spawn
 
-from onconflict._expr import has_expressions
-from onconflict._match import Keys, by_key, expression_key, returning_columns
+from onconflict._excluded import has_expressions
+from onconflict._keys import Keys, by_key, expression_key, returning_columns
 from onconflict._target import ConflictTarget
+from onconflict.classify import error_code
 from onconflict.dialects.base import (
     DialectSupport,
     DriverStatement,
@@ -38,7 +39,6 @@ from onconflict.dialects.base import (
     plain_engine,
     upsert_reading_keys_first,
 )
-from onconflict.errors import error_code
 from onconflict.exceptions import NotSupportedError, SeedLockTimeout
 
 UPSERT_CLAUSE = (3, 24, 0)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from onconflict._match import by_key
+from onconflict._keys import by_key
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
@@ -31,13 +31,9 @@ from onconflict._target import (
 )
 from onconflict.dialects import native_support
 from onconflict.dialects.base import DialectSupport, FetchPlan, Row, lookup_condition
-from onconflict.exceptions import OnConflictError
+from onconflict.exceptions import LookupMismatchError, OnConflictError
 
 ATTEMPTS = 5  # a row that vanishes between the conflict and the read, again and again
-
-
-class LookupMismatchError(OnConflictError):
-    """A row with the lookup's key exists but differs in the other lookup columns."""
 
 
 @dataclass

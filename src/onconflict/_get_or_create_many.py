@@ -28,14 +28,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
-from onconflict._core import read_rows
-from onconflict._expr import has_expressions, refuse_key_expressions
-from onconflict._fetch import ATTEMPTS, LookupMismatchError, PreparedFetch, as_instance
-from onconflict._match import Keys, by_key
-from onconflict._target import ConflictTarget, OnTarget, fixed_values, resolve_table
+from onconflict._excluded import has_expressions, refuse_key_expressions
+from onconflict._get_or_create import ATTEMPTS, PreparedFetch, as_instance
+from onconflict._keys import Keys, by_key
+from onconflict._target import ConflictTarget, OnTarget, fixed_values, read_rows, resolve_table
 from onconflict.dialects import native_support
 from onconflict.dialects.base import DialectSupport, FetchPlan, execute_rows
-from onconflict.exceptions import NotSupportedError, OnConflictError, OutcomeMismatchError
+from onconflict.exceptions import (
+    LookupMismatchError,
+    NotSupportedError,
+    OnConflictError,
+    OutcomeMismatchError,
+)
 
 Row = dict[str, Any]
 Key = tuple[Any, ...]

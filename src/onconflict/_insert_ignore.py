@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import Insert
 
-from onconflict._expr import refuse_key_expressions
+from onconflict._excluded import refuse_key_expressions
 from onconflict._gc import paused
-from onconflict._match import (
+from onconflict._keys import (
     Keys,
     align,
     align_evaluated,
@@ -35,16 +35,14 @@ from onconflict._target import (
     ConflictTarget,
     OnTarget,
     UniqueKey,
-    fixed_values,
-    normalize_rows,
     reachable_keys,
+    read_rows,
     resolve_table,
-    resolve_target,
     unique_keys,
 )
+from onconflict.classify import unique_violation
 from onconflict.dialects import DialectSupport, native_support, support_for
 from onconflict.dialects.base import evaluate_keys, execute_row, with_primary_key
-from onconflict.errors import unique_violation
 from onconflict.exceptions import NotSupportedError
 from onconflict.result import InsertResult
 
@@ -166,20 +164,6 @@ def _prepare_insert_ignore(
     if native and not support.targets_conflicts and not target.any_key:
         _check_reachable(prepared)
     return prepared
-
-
-def read_rows(
-    table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget
-) -> tuple[sa.Table, list[Mapping[str, Any]], list[Row], dict[str, str], ConflictTarget] | None:
-    """The table, the rows as given and with column keys, the result key map and
-    the conflict target; None for no rows. Pure: what every write call starts with."""
-    tbl, keymap, outmap = resolve_table(table)
-    given = list(rows)
-    data = normalize_rows(tbl, keymap, given, fixed_values(table))
-    if not data:
-        return None
-    target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
-    return tbl, given, data, outmap, target
 
 
 def _choose(dialect: Dialect, strategy: str) -> tuple[DialectSupport, bool]:
