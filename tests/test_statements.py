@@ -252,6 +252,35 @@ def test_both_fronts_export_the_same_calls_with_the_same_signatures() -> None:
         assert hasattr(onconflict.sync, name), name
 
 
+def _gen_sync() -> Any:
+    """scripts/gen_sync.py, loaded from the checkout (scripts/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "gen_sync.py"
+    spec = importlib.util.spec_from_file_location("gen_sync", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sync_front_is_generated_from_the_async_one() -> None:
+    """onconflict.sync is what scripts/gen_sync.py makes of _async.py (compared
+    as syntax trees): a parameter, overload or docstring is written once, in
+    _async.py, and a sync.py edited by hand or not regenerated fails here."""
+    import ast
+
+    gen = _gen_sync()
+    assert gen.is_current(), "src/onconflict/sync.py is stale: run python scripts/gen_sync.py"
+    # the comparison sees a drift of one parameter name
+    committed = gen.TARGET.read_text()
+    drifted = committed.replace("strategy: Strategy", "strategies: Strategy", 1)
+    assert drifted != committed
+    assert gen.canonical(ast.parse(drifted)) != gen.canonical(gen.sync_tree())
+
+
 def test_postgresql_partitioned_upsert_statements() -> None:
     """The partitioned-table upsert path: a locking read of the keys in key order
     and one UPDATE ... FROM (VALUES ...), excluded() being the VALUES column."""

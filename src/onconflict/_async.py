@@ -1,7 +1,11 @@
 """The asynchronous front (the primary API, re-exported by ``onconflict``).
 
 The work runs in SQLAlchemy's greenlet bridge (``run_sync``) on the same core
-as the sync front, so both behave identically.
+as the sync front, so both behave identically. The sync front
+(``onconflict.sync``) is generated from this file by ``scripts/gen_sync.py``:
+each signature, overload and docstring is written here once. What only the
+async front does sits in an ``if True:  # ASYNC`` block (its ``else:`` branch,
+if any, is what the sync front does instead).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from onconflict._excluded import excluded
 from onconflict._get_or_create import (
     _as_instances,
     _get_or_create_work,
@@ -31,7 +36,7 @@ from onconflict._get_or_create_many import (
     prepare_get_or_create_many,
 )
 from onconflict._handles import (
-    ASYNC_HANDLES,
+    ASYNC_EXPECTED,
     dialect_of,
     session_connection,
     transaction_options,
@@ -50,16 +55,37 @@ from onconflict._seed import (
     execute_seed,
     prepare_seed,
 )
-from onconflict._target import OnTarget
+from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
+from onconflict.classify import is_transient, is_unique_violation, unique_violation
 from onconflict.dialects import support_for
 from onconflict.result import InsertResult, UpsertResult
-from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry
+from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry, retry_stats
 
 AsyncHandle = AsyncConnection | AsyncSession | AsyncEngine
 T = TypeVar("T")
 _O = TypeVar("_O")
 P = TypeVar("P")
+
+__all__ = [  # what each front exports (onconflict re-exports the async calls)
+    "ANY_KEY",
+    "GetOrCreateResult",
+    "InsertResult",
+    "Retry",
+    "UpsertResult",
+    "excluded",
+    "get_or_create",
+    "get_or_create_many",
+    "insert_ignore",
+    "is_transient",
+    "is_unique_violation",
+    "retry_stats",
+    "retrying",
+    "seed",
+    "unique_violation",
+    "update_or_create",
+    "upsert",
+]
 
 
 async def insert_ignore(
@@ -95,10 +121,11 @@ async def insert_ignore(
     prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy)
     if prepared.empty:
         return InsertResult()
-    if isinstance(conn, AsyncEngine) and prepared.support is not None:
-        stored = await prepared.support.insert_ignore_fast(conn, prepared)
-        if stored is not None:
-            return insert_result(prepared, stored)
+    if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
+        if isinstance(conn, AsyncEngine) and prepared.support is not None:
+            stored = await prepared.support.insert_ignore_fast(conn, prepared)
+            if stored is not None:
+                return insert_result(prepared, stored)
     return await _run(conn, execute_insert_ignore, prepared, retry)
 
 
@@ -197,12 +224,13 @@ async def get_or_create(
     BEGIN/COMMIT round trips).
     """
     prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
-    if isinstance(conn, AsyncEngine):
-        attempts = fast_attempts(prepared)
-        got = await prepared.support.get_or_create_fast(conn, prepared.plan, attempts)
-        if got is not None:
-            row, created = got
-            return prepared.output(row), created
+    if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
+        if isinstance(conn, AsyncEngine):
+            attempts = fast_attempts(prepared)
+            got = await prepared.support.get_or_create_fast(conn, prepared.plan, attempts)
+            if got is not None:
+                row, created = got
+                return prepared.output(row), created
     return await _run(
         conn,
         _get_or_create_work,
@@ -444,4 +472,4 @@ async def _run(
         return await handle.run_sync(in_session)
     if isinstance(handle, AsyncConnection):
         return await handle.run_sync(work, prepared, False)
-    raise TypeError(f"onconflict expects an {ASYNC_HANDLES}, got {type(handle).__name__}")
+    raise TypeError(f"{ASYNC_EXPECTED}, got {type(handle).__name__}")

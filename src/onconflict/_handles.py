@@ -1,4 +1,6 @@
-"""What the async and sync fronts share: telling what kind of handle was passed."""
+"""What the async and sync fronts share about the handle they are given: its
+dialect, the execution options a call owning its transaction needs, a
+session's connection, and the error for a handle of the wrong kind."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from onconflict.dialects.base import in_autocommit
 
 ASYNC_HANDLES = "AsyncConnection, AsyncSession or AsyncEngine"
 SYNC_HANDLES = "Connection, Session or Engine"
+ASYNC_EXPECTED = f"onconflict expects an {ASYNC_HANDLES}"  # the fronts' TypeError
+SYNC_EXPECTED = f"onconflict.sync expects a {SYNC_HANDLES}"
 
 
 def dialect_of(handle: Any) -> Dialect:

@@ -2,6 +2,9 @@
 
 Pass a ``Connection`` or ``Session`` to work inside your transaction (you
 commit), or an ``Engine`` to let the call open and commit its own.
+
+Generated from ``_async.py`` by ``scripts/gen_sync.py``: edit that file and run
+the script (a test fails when this file is not what the script makes).
 """
 
 from __future__ import annotations
@@ -29,20 +32,9 @@ from onconflict._get_or_create_many import (
     instances,
     prepare_get_or_create_many,
 )
-from onconflict._handles import SYNC_HANDLES, dialect_of, session_connection, transaction_options
-from onconflict._insert_ignore import (
-    Strategy,
-    execute_insert_ignore,
-    prepare_insert_ignore,
-)
-from onconflict._seed import (
-    DEFAULT_LOCK,
-    Mode,
-    Progress,
-    SeedReport,
-    execute_seed,
-    prepare_seed,
-)
+from onconflict._handles import SYNC_EXPECTED, dialect_of, session_connection, transaction_options
+from onconflict._insert_ignore import Strategy, execute_insert_ignore, prepare_insert_ignore
+from onconflict._seed import DEFAULT_LOCK, Mode, Progress, SeedReport, execute_seed, prepare_seed
 from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
 from onconflict.classify import is_transient, is_unique_violation, unique_violation
@@ -54,7 +46,6 @@ SyncHandle = Connection | Session | Engine
 T = TypeVar("T")
 _O = TypeVar("_O")
 P = TypeVar("P")
-
 __all__ = [
     "ANY_KEY",
     "GetOrCreateResult",
@@ -87,7 +78,24 @@ def insert_ignore(
 ) -> InsertResult:
     """Insert the rows that are not there yet; skip duplicates and nothing else.
 
-    See :func:`onconflict.insert_ignore`, of which this is the synchronous twin.
+    ``conn``: a ``Connection`` or ``Session`` (the call works inside
+    your transaction; you commit) or an ``Engine`` (the call opens and
+    commits its own transaction). ``table``: a ``Table`` or a mapped class.
+    ``rows``: mappings of column keys (or ORM attribute names) to values.
+
+    ``on`` is the conflict target: column names, a constraint or index name, a
+    ``UniqueConstraint`` or ``Index`` (a partial index brings its WHERE), or
+    ``onconflict.ANY_KEY``. ``None`` picks the primary key when every row
+    carries it, else the one unique key whose columns every row carries.
+
+    Only duplicates of the target are skipped. Every other error (NOT NULL,
+    CHECK, foreign key, value too long, ...) propagates unchanged.
+
+    ``strategy``: ``"native"`` (the database's duplicate-only statement),
+    ``"classify"`` (each row in a SAVEPOINT, duplicates recognised from the
+    error) or ``"auto"`` (native where the database has it). ``retry``: how to
+    retry transient errors when the call owns the transaction (an engine);
+    ``None`` never retries.
     """
     prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy)
     if prepared.empty:
@@ -109,7 +117,17 @@ def upsert(
 ) -> UpsertResult:
     """Insert new rows and update existing ones, with the outcome of each row.
 
-    See :func:`onconflict.upsert`, of which this is the synchronous twin.
+    ``on``: the conflict target, as for :func:`insert_ignore` (not ``ANY_KEY``).
+    ``update``: ``None`` updates every non-key column the rows carry; a list of
+    column names; or a mapping of column to value or expression, where
+    ``onconflict.excluded("col")`` is the incoming value and ``table.c.col`` the
+    stored one. ``where``: update only when this holds (else ``unchanged``).
+    ``skip_unchanged``: do not write rows whose updated columns already hold the
+    incoming values (``unchanged``). ``duplicates``: for a key repeated in the
+    call, ``"last"`` or ``"first"`` wins, ``"error"`` raises ``ValueError``.
+
+    Only key conflicts turn into updates: NOT NULL, CHECK, foreign-key and
+    too-long errors propagate unchanged and nothing is stored.
     """
     prepared = prepare_upsert(
         dialect_of(conn),
@@ -136,6 +154,8 @@ def get_or_create(
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[_O, bool]: ...
+
+
 @overload
 def get_or_create(
     conn: SyncHandle,
@@ -146,6 +166,8 @@ def get_or_create(
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
+
+
 @overload
 def get_or_create(
     conn: Connection | Engine,
@@ -156,6 +178,8 @@ def get_or_create(
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
+
+
 def get_or_create(
     conn: SyncHandle,
     table: Any,
@@ -165,7 +189,20 @@ def get_or_create(
     on: OnTarget = None,
     retry: Retry | None = DEFAULT_RETRY,
 ) -> tuple[Any, bool]:
-    """See :func:`onconflict.get_or_create`, of which this is the synchronous twin."""
+    """The row matching ``lookup``, created from ``lookup`` and ``defaults`` if
+    there is none: ``(row, created)``. Race-safe: callers asking for the same key
+    at once all get the same row, and exactly one of them ``created=True``.
+
+    ``lookup`` must contain exactly one unique key of the table (or name it with
+    ``on``), with no ``None`` in that key's columns (refused: NULL never matches
+    there). Callables among the ``defaults`` values are called. The row is a
+    mapping with server-generated values; with an ORM class and a
+    ``Session``, the mapped instance, attached to the session (an instance
+    the session already holds is brought to the stored values).
+
+    On PostgreSQL it is one statement; with an engine it runs in autocommit (no
+    BEGIN/COMMIT round trips).
+    """
     prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
     return _run(
         conn,
@@ -185,7 +222,23 @@ def get_or_create_many(
     on: OnTarget = None,
     retry: Retry | None = DEFAULT_RETRY,
 ) -> GetOrCreateResult:
-    """See :func:`onconflict.get_or_create_many`, of which this is the synchronous twin."""
+    """get_or_create for a batch: the stored row for every input row, in input
+    order, and whether this call created it (``GetOrCreateResult``).
+
+    Rows are got or created by a unique key (``on``, as for
+    :func:`insert_ignore`; not ``ANY_KEY``, an expression or a partial index),
+    which every row must give, without ``None``. A row whose key exists is
+    returned as stored, whatever its other columns hold (no mismatch, no
+    update). Rows repeating a key in the call get the same stored row; only
+    the first can be ``created``. Race-safe: callers asking for the same keys
+    at once each get every row, and each key is created by one of them.
+
+    On PostgreSQL the usual call is one statement (autocommitted with an
+    engine), and keys that exist burn no sequence value. With an ORM class and
+    a ``Session``, the rows are mapped instances attached to the session.
+    ``retry``: how to retry transient errors when the call owns the transaction
+    (an engine); ``None`` never retries.
+    """
     prepared = prepare_get_or_create_many(dialect_of(conn), table, rows, on)
     if prepared is None:
         return GetOrCreateResult()
@@ -211,6 +264,8 @@ def update_or_create(
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[_O, bool]: ...
+
+
 @overload
 def update_or_create(
     conn: SyncHandle,
@@ -222,6 +277,8 @@ def update_or_create(
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
+
+
 @overload
 def update_or_create(
     conn: Connection | Engine,
@@ -233,6 +290,8 @@ def update_or_create(
     on: OnTarget = ...,
     retry: Retry | None = ...,
 ) -> tuple[dict[str, Any], bool]: ...
+
+
 def update_or_create(
     conn: SyncHandle,
     table: Any,
@@ -243,8 +302,16 @@ def update_or_create(
     on: OnTarget = None,
     retry: Retry | None = DEFAULT_RETRY,
 ) -> tuple[Any, bool]:
-    """See :func:`onconflict.update_or_create`, of which this is the synchronous twin."""
-    if not defaults:  # nothing to update
+    """Create the row from ``lookup`` and ``defaults``, or UPDATE the existing
+    one's ``defaults`` columns to these values (its other columns are left
+    alone): ``(row, created)``. Race-safe: exactly one concurrent caller creates.
+
+    ``create_defaults`` (as in Django 5.0): when given, a new row is made from
+    ``lookup`` and ``create_defaults`` only, and ``defaults`` only update an
+    existing row. Callables among the values of ``defaults`` and
+    ``create_defaults`` are called. A lookup whose key exists with other values
+    in its other columns raises ``LookupMismatchError``."""
+    if not defaults:
         return get_or_create(conn, table, lookup, create_defaults, on=on, retry=retry)
     prepared = prepare_update_or_create(
         dialect_of(conn), table, lookup, defaults, on, create_defaults
@@ -272,7 +339,21 @@ def seed(
     retry: Retry | None = DEFAULT_RETRY,
     create: sa.MetaData | None = None,
 ) -> SeedReport:
-    """See :func:`onconflict.seed`, of which this is the synchronous twin."""
+    """Write reference data idempotently, all or nothing, one replica at a time.
+
+    ``data`` maps tables (``Table`` objects, mapped classes or names, which are
+    reflected) to rows; tables are written parents first. ``mode``: ``"insert"``
+    adds missing rows and leaves existing ones alone, ``"upsert"`` also brings
+    existing rows to the given values, ``"verify"`` writes nothing and reports
+    rows that are missing or differ. ``dry_run`` reports what would change and
+    writes nothing. ``on``: the conflict target, for all tables or per table
+    name. ``lock``: the name of the database lock that serialises concurrent
+    seeds (``None``: no lock); ``lock_timeout`` in seconds, then
+    ``SeedLockTimeout``. ``progress(table, done, total)`` is called as rows are
+    written. ``create``: a ``MetaData`` whose missing tables are created
+    first, under the same lock (replicas deploying a fresh database at once
+    take turns instead of racing on CREATE TABLE).
+    """
     plan = prepare_seed(
         data,
         mode=mode,
@@ -288,10 +369,8 @@ def seed(
 
 def retrying(engine: Engine, fn: Callable[[Connection], T], *, retry: Retry = DEFAULT_RETRY) -> T:
     """Run ``fn(conn)`` in a transaction of its own, committed at the end, and
-    run it again in a new transaction after a transient error.
-
-    See :func:`onconflict.retrying`, of which this is the synchronous twin.
-    """
+    run it again in a new transaction after a transient error (deadlock,
+    serialization failure; see :func:`onconflict.is_transient`)."""
     return _with_engine(engine, fn, retry, autocommit=False)
 
 
@@ -302,7 +381,11 @@ def _with_engine(
     autocommit: bool,
     isolate: bool = False,
 ) -> T:
-    """See onconflict._async._with_engine, of which this is the synchronous twin."""
+    """Run ``fn`` in a transaction of its own (or in autocommit), again after a
+    transient error or a lost race (see :mod:`onconflict.retry`). ``isolate``:
+    ``fn`` is onconflict's own work whose locking reads the dialect may set up
+    its transaction for (``begin_owned``: upsert, update_or_create), not the
+    caller's function given to ``retrying``."""
     with Attempts(retry, engine) as attempts:
         while True:
             try:
@@ -322,12 +405,15 @@ def _once(
     isolate: bool,
     restartable: bool,
 ) -> T:
-    if autocommit:  # one statement: no BEGIN/COMMIT round trips
+    if autocommit:
         with engine.connect() as conn:
-            return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            auto = conn.execution_options(isolation_level="AUTOCOMMIT")
+            return fn(auto)
     with engine.connect() as conn:
-        begin = support_for(conn.dialect).begin_owned if isolate else None
-        if options := transaction_options(conn):
+        sync = conn
+        assert sync is not None
+        begin = support_for(sync.dialect).begin_owned if isolate else None
+        if options := transaction_options(sync):
             conn = conn.execution_options(**options)
         with conn.begin():
             if begin is not None:
@@ -346,12 +432,18 @@ def _run(
     isolate: bool = False,
 ) -> T:
     if isinstance(handle, Engine):
-        return _with_engine(
-            handle, lambda conn: work(conn, prepared, True), retry or NO_RETRY, autocommit, isolate
-        )
+
+        def owned(conn: Connection) -> T:
+            return work(conn, prepared, True)
+
+        return _with_engine(handle, owned, retry or NO_RETRY, autocommit, isolate)
     if isinstance(handle, Session):
-        done = work(session_connection(handle), prepared, False)
-        return finish(handle, done) if finish else done
+
+        def in_session(session: Session) -> T:
+            done = work(session_connection(session), prepared, False)
+            return finish(session, done) if finish else done
+
+        return in_session(handle)
     if isinstance(handle, Connection):
         return work(handle, prepared, False)
-    raise TypeError(f"onconflict.sync expects a {SYNC_HANDLES}, got {type(handle).__name__}")
+    raise TypeError(f"{SYNC_EXPECTED}, got {type(handle).__name__}")
