@@ -8,7 +8,6 @@ replaces it with what its database calls the incoming row: ``EXCLUDED.col``
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -81,9 +80,8 @@ def substitute(expr: Any, table: sa.Table, incoming: Callable[[sa.Column[Any]], 
 
 
 def has_expressions(rows: Iterable[dict[str, Any]]) -> bool:
-    """Whether any value of the rows is a SQL expression (a C-level scan)."""
-    values = itertools.chain.from_iterable(map(dict.values, rows))
-    kinds = set(map(type, values))  # a few distinct types: checked once each
+    """Whether any value of the rows is a SQL expression."""
+    kinds = {type(v) for row in rows for v in row.values()}  # a few types: checked once each
     return any(issubclass(kind, sa.sql.ClauseElement) for kind in kinds)
 
 

@@ -1,6 +1,9 @@
 """get_or_create and update_or_create: the shared core.
 
-Planning is pure; ``execute_get_or_create`` is the only I/O. The statements of
+Planning is pure (``prepare_get_or_create``, ``prepare_update_or_create``);
+``execute_get_or_create`` and ``execute_update_or_create`` are the only I/O, on
+a synchronous ``Connection`` (the ``_work`` functions are what the fronts run;
+``as_instance`` gives a session's mapped instance). The statements of
 a call shape (table, key, lookup columns, value columns) are built once and
 reused, so a repeated call costs one statement execution and little Python.
 """
@@ -126,11 +129,10 @@ def _columns(
 
 
 def _target(table: sa.Table, on: OnTarget, lookup: set[str]) -> ConflictTarget:
+    """The unique key the lookup is made by: ``on``, which the lookup must give
+    in full, or else the one unique key the lookup gives (exactly, if several)."""
     if on is not None:
-        target = resolve_target(table, on, lookup)
-        if target.key is None or not set(target.columns) <= lookup:
-            raise ValueError(f"the lookup must give every column of the conflict target ({on!r})")
-        return target
+        return _named_target(table, on, lookup)
     fits = [
         k for k in unique_keys(table) if k.columns and k.where is None and set(k.columns) <= lookup
     ]
@@ -143,6 +145,13 @@ def _target(table: sa.Table, on: OnTarget, lookup: set[str]) -> ConflictTarget:
         f"the lookup ({', '.join(sorted(lookup))}) must contain exactly one unique key of"
         f" {table.name!r} to be race-safe (found: {names}); pass on=..."
     )
+
+
+def _named_target(table: sa.Table, on: OnTarget, lookup: set[str]) -> ConflictTarget:
+    target = resolve_target(table, on, lookup)
+    if target.key is None or not set(target.columns) <= lookup:
+        raise ValueError(f"the lookup must give every column of the conflict target ({on!r})")
+    return target
 
 
 @lru_cache(maxsize=512)

@@ -1,4 +1,4 @@
-"""The shared core of insert_ignore.
+"""insert_ignore's core, shared by both fronts: plan, write, result.
 
 ``prepare_insert_ignore`` is pure: it validates the input, resolves the conflict
 target, removes in-call duplicates, groups rows by key set and builds the
@@ -213,34 +213,41 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
     """
     prepared.keep, prepared.bulk_from = keep, bulk_from
     prepared.duplicate_of.clear()
-    keyed = prepared.keyed
     row_keys = prepared.row_keys = _row_keys(prepared)
     winner = _winners(prepared, row_keys, keep)
-    groups: dict[tuple[str, ...], _Group] = {}
-    rows = prepared.rows
-    unique = len(winner) == len(rows)  # every row keyed, no repeats: nothing to skip
-    first = rows[0].keys()
-    if unique and all(map(first.__eq__, map(dict.keys, rows))):
-        # the usual large call: one shape, no repeats: one group, in input order
-        cols = tuple(sorted(first))
-        groups[cols] = _Group(cols, list(range(len(rows))), _match_of(keyed, cols))
-    else:
-        for i, row in enumerate(rows):
-            key = row_keys[i]
-            if key is not None and winner[key] != i:
-                prepared.duplicate_of[i] = winner[key]
-                continue
-            cols = tuple(sorted(row))
-            group = groups.get(cols)
-            if group is None:
-                group = groups[cols] = _Group(cols, match=_match_of(keyed, cols))
-            group.indexes.append(i)
-    for group in groups.values():
+    groups = _shapes(prepared, row_keys, winner)
+    for group in groups:
         if bulk_from is None or len(group.indexes) < bulk_from:
             in_key_order(prepared, group)
         else:  # already in key order (a sorted export, say)? then nobody sorts it
             group.in_key_order = _sorted(row_keys, group.indexes)
-    prepared.groups = list(groups.values())
+    prepared.groups = groups
+
+
+def _shapes(
+    prepared: PreparedInsert, row_keys: list[tuple[Any, ...] | None], winner: dict[Any, int]
+) -> list[_Group]:
+    """The rows written, grouped by the columns they carry (in input order);
+    the repeats of a key are recorded in ``duplicate_of`` instead."""
+    keyed, rows = prepared.keyed, prepared.rows
+    unique = len(winner) == len(rows)  # every row keyed, no repeats: nothing to skip
+    first = rows[0].keys()
+    if unique and all(row.keys() == first for row in rows):
+        # the usual large call: one shape, no repeats: one group, in input order
+        cols = tuple(sorted(first))
+        return [_Group(cols, list(range(len(rows))), _match_of(keyed, cols))]
+    groups: dict[tuple[str, ...], _Group] = {}
+    for i, row in enumerate(rows):
+        key = row_keys[i]
+        if key is not None and winner[key] != i:
+            prepared.duplicate_of[i] = winner[key]
+            continue
+        cols = tuple(sorted(row))
+        group = groups.get(cols)
+        if group is None:
+            group = groups[cols] = _Group(cols, match=_match_of(keyed, cols))
+        group.indexes.append(i)
+    return list(groups.values())
 
 
 def _row_keys(prepared: PreparedInsert) -> list[tuple[Any, ...] | None]:
@@ -258,8 +265,7 @@ def _winners(
 ) -> dict[Any, int]:
     """key -> the position of the row written for it; refuses repeats for "error"."""
     n = len(row_keys)
-    # built in C: the last row of a key wins a dict built forwards, the first
-    # wins one built backwards
+    # the last row of a key wins a dict built forwards, the first one built backwards
     if keep == "last":
         winner: dict[Any, int] = dict(zip(row_keys, range(n), strict=True))
     else:
@@ -362,57 +368,77 @@ def server_identity(
 
 
 def insert_result(prepared: PreparedInsert, stored: dict[int, Row]) -> InsertResult:
-    """The result, from the stored rows by input position."""
-    result = InsertResult()
+    """The result, from the stored rows by input position (built complete: the
+    result is frozen)."""
+    inserted: list[Mapping[str, Any]] = []
+    existing: list[Mapping[str, Any]] = []
     out = prepared.outmap
     renamed = any(k != v for k, v in out.items())  # an ORM class with other attribute names
     for i, given in enumerate(prepared.given):
         if i in stored:
             row = stored[i]
-            result.inserted.append({out.get(k, k): v for k, v in row.items()} if renamed else row)
+            inserted.append({out.get(k, k): v for k, v in row.items()} if renamed else row)
         else:
-            result.existing.append(given)
-    return result
+            existing.append(given)
+    return InsertResult(inserted, existing)
 
 
 def _write_native(
     conn: Connection, prepared: PreparedInsert, support: DialectSupport
 ) -> dict[int, Row]:
-    stmt, rows = prepared.statement, prepared.rows
-    assert stmt is not None
+    """Each group with the dialect's duplicate-only statement: the stored rows
+    by input position (a row absent was a duplicate)."""
     stored: dict[int, Row] = {}
     for group in prepared.groups:
-        if not prepared.returning:
-            for i in group.indexes:
-                one = support.write_one(conn, stmt, rows[i])
-                if one is not None:
-                    stored[i] = one
-            continue
-        if len(group.indexes) > prepared.max_rows[group.columns]:
-            # a large group: the dialect may have a faster way in
-            batch = [rows[i] for i in group.indexes]
-            returned_all = support.write_bulk(
-                conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
-            )
-            if returned_all is not None:
-                known = prepared.known_keys(group, group.indexes)
-                with paused(len(batch)):
-                    aligned = align(
-                        prepared.keys, prepared.table, batch, returned_all, group.match, known
-                    )
-                for i, one in zip(group.indexes, aligned, strict=True):
-                    if one is not None:
-                        stored[i] = one
-                continue
-            in_key_order(prepared, group)  # the statements take the rows in key order
-        for chunk in prepared.chunks(group):
-            batch = [rows[i] for i in chunk]
-            returned = support.write_many(conn, stmt, batch)
-            aligned = _align(prepared, group, chunk, batch, returned)
-            for i, one in zip(chunk, aligned, strict=True):
-                if one is not None:
-                    stored[i] = one
+        for i, one in _write_group(conn, prepared, support, group):
+            if one is not None:
+                stored[i] = one
     return stored
+
+
+def _write_group(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
+) -> Iterable[tuple[int, Row | None]]:
+    """(input position, stored row or None) for each row of the group."""
+    stmt, rows = prepared.statement, prepared.rows
+    assert stmt is not None
+    if not prepared.returning:  # a row at a time: the driver tells each outcome
+        return [(i, support.write_one(conn, stmt, rows[i])) for i in group.indexes]
+    if len(group.indexes) > prepared.max_rows[group.columns]:
+        # a large group: the dialect may have a faster way in
+        bulk = _write_bulk(conn, prepared, support, group)
+        if bulk is not None:
+            return bulk
+        in_key_order(prepared, group)  # the statements take the rows in key order
+    return _write_chunks(conn, prepared, support, group)
+
+
+def _write_bulk(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
+) -> Iterable[tuple[int, Row | None]] | None:
+    """The dialect's bulk path (PostgreSQL's COPY, say), or None if it declines."""
+    batch = [prepared.rows[i] for i in group.indexes]
+    returned = support.write_bulk(
+        conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
+    )
+    if returned is None:
+        return None
+    known = prepared.known_keys(group, group.indexes)
+    with paused(len(batch)):
+        aligned = align(prepared.keys, prepared.table, batch, returned, group.match, known)
+    return zip(group.indexes, aligned, strict=True)
+
+
+def _write_chunks(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
+) -> Iterator[tuple[int, Row | None]]:
+    """One multi-row statement per chunk within the driver's budgets."""
+    stmt, rows = prepared.statement, prepared.rows
+    assert stmt is not None
+    for chunk in prepared.chunks(group):
+        batch = [rows[i] for i in chunk]
+        returned = support.write_many(conn, stmt, batch)
+        yield from zip(chunk, _align(prepared, group, chunk, batch, returned), strict=True)
 
 
 def _align(

@@ -1,9 +1,11 @@
-"""Pure helpers: key tuples of rows, and pairing returned rows with input rows."""
+"""Pure helpers for key identity: ``Keys`` makes a row's key as the database sees
+it (bound through the column type, collation folded), ``align`` pairs the rows a
+statement returned with the input rows by that key (``align_evaluated`` by the
+server-evaluated keys of an expression index), and what RETURNING lists."""
 
 from __future__ import annotations
 
 import decimal
-import itertools
 import unicodedata
 import uuid
 from collections import deque
@@ -178,18 +180,21 @@ class Keys:
         """Each row's key, or None when it can't collide (a column missing or NULL:
         NULLs never collide in a unique index). A column at a time: values
         already of their column's type (the usual case) are taken as they are."""
-        columns = []
-        for c in cols:
-            values = [row.get(c) for row in rows]
-            pytype = self.types[c]
-            if not self.plain(c) or (
-                pytype is not None and not all(type(v) is pytype or v is None for v in values)
-            ):
-                values = [self.norm(c, v) for v in values]
-            columns.append(values)
+        columns = [self._column(c, rows) for c in cols]
         if len(columns) == 1:
             return [None if v is None else (v,) for v in columns[0]]
         return [None if None in key else key for key in zip(*columns, strict=True)]
+
+    def _column(self, col: str, rows: list[Row]) -> list[Any]:
+        """The rows' values of one key column, normalised unless they are keys as
+        they are (no bind processing or fold, every value of the column's type)."""
+        values = [row.get(col) for row in rows]
+        pytype = self.types[col]
+        if self.plain(col) and (
+            pytype is None or all(type(v) is pytype or v is None for v in values)
+        ):
+            return values
+        return [self.norm(col, v) for v in values]
 
 
 def align(
@@ -225,7 +230,7 @@ def align(
 
 
 def _found(keys: Keys, returned: list[Row], match: tuple[str, ...], normalise: bool) -> list[Any]:
-    """The returned rows' keys: normalised, or as returned (a C-level getter for all)."""
+    """The returned rows' keys: normalised, or as returned (one getter for all)."""
     if normalise:
         return [keys.of(r, match) for r in returned]
     try:
@@ -251,8 +256,16 @@ def _pair(
     found = _found(keys, returned, match, normalise)
     pending: dict[tuple[Any, ...], Row] = dict(zip(found, returned, strict=True))
     if len(pending) == len(returned):  # distinct keys, the usual case: one dict
-        out: list[Row | None] = list(map(pending.pop, wanted, itertools.repeat(None)))
+        out: list[Row | None] = [pending.pop(key, None) for key in wanted]
         return None if pending else out
+    return _pair_repeated(wanted, found, returned)
+
+
+def _pair_repeated(
+    wanted: list[tuple[Any, ...]], found: list[tuple[Any, ...]], returned: list[Row]
+) -> list[Row | None] | None:
+    """Pairing when returned rows repeat a key (rows the database saw as
+    distinct: a key Python cannot tell apart): in order, key by key."""
     queues: dict[tuple[Any, ...], deque[Row]] = {}
     for key, r in zip(found, returned, strict=True):
         queues.setdefault(key, deque()).append(r)

@@ -25,8 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from onconflict._insert_ignore import execute_insert_ignore, prepare_insert_ignore
-from onconflict._keys import Keys, by_key
+from onconflict._keys import Keys
 from onconflict._target import (
+    ConflictTarget,
     OnTarget,
     fixed_values,
     normalize_rows,
@@ -35,11 +36,13 @@ from onconflict._target import (
 )
 from onconflict._upsert import execute_upsert, prepare_upsert
 from onconflict.dialects import support_for
+from onconflict.dialects.base import UpsertPlan, select_by_keys
 
 Mode = Literal["insert", "upsert", "verify"]
 MODES = ("insert", "upsert", "verify")
 DEFAULT_LOCK = "onconflict.seed"
 STEP = 5_000  # rows per write, so that progress can be reported
+READ_STEP = 500  # keys per read of verify and dry runs
 Progress = Callable[[str, int, int], None]  # table, rows done, rows in the table
 
 
@@ -177,13 +180,7 @@ def _run_tables(
 def _resolve(conn: Connection, plan: SeedPlan) -> list[tuple[Any, list[Mapping[str, Any]], Any]]:
     """(table, rows, conflict target) in foreign-key order; raises for unknown
     tables and columns before anything is written."""
-    names = [t for t, _ in plan.data if isinstance(t, str)]
-    reflected = sa.MetaData()
-    if names:
-        missing = [n for n in names if not sa.inspect(conn).has_table(n)]
-        if missing:
-            raise ValueError(f"unknown table(s): {', '.join(map(repr, missing))}")
-        reflected.reflect(conn, only=names)
+    reflected = _reflected(conn, [t for t, _ in plan.data if isinstance(t, str)])
     # by table and polymorphic identity: the classes of a single-table hierarchy share a table
     resolved: dict[tuple[sa.Table, Any], tuple[Any, list[Mapping[str, Any]], Any]] = {}
     for given, rows in plan.data:
@@ -194,6 +191,17 @@ def _resolve(conn: Connection, plan: SeedPlan) -> list[tuple[Any, list[Mapping[s
         resolved[key] = (source, rows, on)
     order = sa.schema.sort_tables(list({t: None for t, _ in resolved}))
     return [entry for t in order for (k, _), entry in resolved.items() if k is t]
+
+
+def _reflected(conn: Connection, names: list[str]) -> sa.MetaData:
+    """The tables given by name, reflected; ValueError for unknown names."""
+    reflected = sa.MetaData()
+    if names:
+        missing = [n for n in names if not sa.inspect(conn).has_table(n)]
+        if missing:
+            raise ValueError(f"unknown table(s): {', '.join(map(repr, missing))}")
+        reflected.reflect(conn, only=names)
+    return reflected
 
 
 def _check(
@@ -256,22 +264,6 @@ def _write(
         plan.progress(part.table, 0, 0)
 
 
-def _stored_by_key(
-    conn: Connection, tbl: sa.Table, keys: Keys, cols: tuple[str, ...], data: list[dict[str, Any]]
-) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The stored rows with the keys of ``data``, by key as the database sees it."""
-    stored: dict[tuple[Any, ...], dict[str, Any]] = {}
-    key_expr = tbl.c[cols[0]] if len(cols) == 1 else sa.tuple_(*(tbl.c[c] for c in cols))
-    for start in range(0, len(data), 500):
-        # bound through the column types: the database applies its own key identity
-        wanted = [tuple([keys.typed(c, r[c]) for c in cols]) for r in data[start : start + 500]]
-        values = [w[0] for w in wanted] if len(cols) == 1 else wanted
-        read = sa.select(*by_key(tbl)).where(key_expr.in_(values))
-        for found in conn.execute(read).mappings():
-            stored[keys.of(found, cols)] = dict(found)
-    return stored
-
-
 def _compare(
     conn: Connection,
     table: Any,
@@ -285,12 +277,7 @@ def _compare(
     data = normalize_rows(tbl, keymap, rows, fixed_values(table))
     if not data:
         return
-    target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
-    cols = target.columns
-    if not cols or not all(set(cols) <= set(r) for r in data):
-        raise ValueError(
-            f"{tbl.name!r}: every row must carry its key ({', '.join(cols)}) to be compared"
-        )
+    cols = _compared_key(tbl, on, data)
     keys = Keys(tbl, conn.dialect)
     support_for(conn.dialect).key_identity(conn, tbl, keys, cols)
     stored = _stored_by_key(conn, tbl, keys, cols, data)
@@ -298,9 +285,38 @@ def _compare(
         now = stored.get(keys.of(row, cols))
         if now is None:
             part.missing.append(given)
-        elif mode != "insert" and any(
-            keys.norm(c, v) != keys.norm(c, now.get(c)) for c, v in row.items()
-        ):
+        elif mode != "insert" and _differs(keys, row, now):
             part.differing.append((given, {outmap.get(k, k): v for k, v in now.items()}))
         else:
             part.existing.append(given)
+
+
+def _compared_key(tbl: sa.Table, on: Any, data: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The columns rows are compared by: the conflict target's, which every row
+    must carry."""
+    cols = resolve_target(tbl, on, set(data[0]).intersection(*data[1:])).columns
+    if not cols or not all(set(cols) <= set(r) for r in data):
+        raise ValueError(
+            f"{tbl.name!r}: every row must carry its key ({', '.join(cols)}) to be compared"
+        )
+    return cols
+
+
+def _stored_by_key(
+    conn: Connection, tbl: sa.Table, keys: Keys, cols: tuple[str, ...], data: list[dict[str, Any]]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The stored rows with the keys of ``data``, by key as the database sees it
+    (read as the upsert paths read them: :func:`select_by_keys`)."""
+    plan = UpsertPlan(tbl, ConflictTarget(None), keys, cols, set_={}, where=None)
+    stored: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for start in range(0, len(data), READ_STEP):
+        read = select_by_keys(plan, data[start : start + READ_STEP])
+        for found in conn.execute(read).mappings():
+            stored[keys.of(found, cols)] = dict(found)
+    return stored
+
+
+def _differs(keys: Keys, row: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
+    """Whether a stored row holds other values than the given one, compared as
+    the keys are (bound through the column types, collation folded)."""
+    return any(keys.norm(c, v) != keys.norm(c, now.get(c)) for c, v in row.items())

@@ -1,10 +1,13 @@
-"""Pure (no I/O) resolution of tables, input rows and conflict targets."""
+"""Pure (no I/O) resolution of what a call is given: the table (a ``Table`` or a
+mapped class: ``resolve_table``), the input rows with column keys
+(``normalize_rows``; ``read_rows`` does both and returns ``InputRows``), the
+table's unique keys (``unique_keys``) and the conflict target (``ANY_KEY``,
+``resolve_target``)."""
 
 from __future__ import annotations
 
 import enum
-import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple, TypeAlias
@@ -153,22 +156,26 @@ def normalize_rows(
     A plain dict whose keys already are column keys is used as it is (onconflict
     never changes input rows); anything else is copied.
     """
-    valid = keymap.keys()
     identity = all(k == v for k, v in keymap.items())
     rows = rows if isinstance(rows, list) else list(rows)
     auto = table.autoincrement_column
     numbered = None if auto is None else auto.key  # None for it: the database numbers it
-    if (
-        not fixed
-        and identity
-        and set(map(type, rows)) == {dict}
-        and all(map(valid.__ge__, map(dict.keys, rows)))
-        and all(rows)
-        and (numbered is None or None not in map(operator.methodcaller("get", numbered, 0), rows))
-    ):
-        return list(rows)  # plain dicts of column keys (the usual case), checked in C
+    if not fixed and identity and _usable_as_given(rows, keymap.keys(), numbered):
+        return list(rows)  # plain dicts of column keys (the usual case)
     out = [_normalize_row(table, keymap, identity, numbered, i, row) for i, row in enumerate(rows)]
     return [with_fixed(fixed, row, f"row {i}") for i, row in enumerate(out)] if fixed else out
+
+
+def _usable_as_given(rows: list[Any], valid: KeysView[str], numbered: str | None) -> bool:
+    """Every row a non-empty plain dict of column keys, none giving the
+    autoincrement key ``numbered`` as None: nothing to copy or check."""
+    return all(
+        type(row) is dict
+        and row
+        and row.keys() <= valid
+        and (numbered is None or row.get(numbered, 0) is not None)
+        for row in rows
+    )
 
 
 def _normalize_row(

@@ -253,15 +253,21 @@ def execute_upsert(conn: Connection, prepared: PreparedUpsert, owned: bool) -> U
                 else:
                     done = _insert_only(conn, support, plan, batch, returning)
                 outcomes.update(zip(chunk, done, strict=True))
-    result = UpsertResult()
+    return _result(prepared, outcomes)
+
+
+def _result(prepared: PreparedUpsert, outcomes: dict[int, Outcome]) -> UpsertResult:
+    """The result, from the outcomes by input position (built complete: the
+    result is frozen)."""
+    lists: dict[str, list[Mapping[str, Any]]] = {"inserted": [], "updated": [], "unchanged": []}
     out = prepared.outmap
     for i, given in enumerate(prepared.given):
         kind, stored = outcomes.get(i, ("unchanged", None))  # superseded repeats: unchanged
         if stored is None:
-            result.unchanged.append(given)
+            lists["unchanged"].append(given)
         else:
-            getattr(result, kind).append({out.get(k, k): v for k, v in stored.items()})
-    return result
+            lists[kind].append({out.get(k, k): v for k, v in stored.items()})
+    return UpsertResult(**lists)
 
 
 def _insert_only(

@@ -1,4 +1,9 @@
-"""Result types."""
+"""What insert_ignore and upsert return: ``InsertResult`` and ``UpsertResult``.
+
+Both are frozen and built complete by the call, from lists filled beforehand.
+(get_or_create_many's ``GetOrCreateResult`` lives with its call, in
+``_get_or_create_many``; seed's ``SeedReport`` in ``_seed``.)
+"""
 
 from __future__ import annotations
 
