@@ -42,7 +42,7 @@ from onconflict._target import (
 )
 from onconflict.classify import unique_violation
 from onconflict.dialects import DialectSupport, native_support, support_for
-from onconflict.dialects.base import evaluate_keys, execute_row, with_primary_key
+from onconflict.dialects.common import evaluate_keys, execute_row, with_primary_key
 from onconflict.exceptions import NotSupportedError
 from onconflict.result import InsertResult
 
@@ -315,11 +315,16 @@ def _check_reachable(prepared: PreparedInsert) -> None:
         if others:
             listing = "; ".join(k.describe() for k in others)
             raise ValueError(
-                "MySQL and MariaDB have no conflict target: a duplicate on any unique key is"
+                f"{_title(prepared)}: no conflict target, a duplicate on any unique key is"
                 f" skipped, and rows of {prepared.table.name!r} with columns"
                 f" ({', '.join(g.columns)}) could also collide on {listing}."
                 " Pass on=onconflict.ANY_KEY to accept that."
             )
+
+
+def _title(prepared: PreparedInsert) -> str:
+    support = prepared.support
+    return support.capabilities.title if support is not None else "this database"
 
 
 def _row_bytes(row: Row) -> int:
