@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._keys import Keys, by_key, strip_keys
-from onconflict._target import ConflictTarget
+from onconflict._target import ConflictTarget, UniqueKey
 from onconflict.dialects.common import execute_row, execute_rows, lookup_condition, with_primary_key
 from onconflict.dialects.plans import FetchPlan, Outcome, Row, UpsertPlan
 from onconflict.exceptions import NotSupportedError
@@ -144,6 +144,18 @@ class DialectSupport:
         columns) where Python equality differs (collations): True when it
         installed something. Generic: nothing to add."""
         return False
+
+    def key_names(self, table: sa.Table, key: UniqueKey) -> set[str]:
+        """Names (lower case) the server may give ``key`` in a duplicate-key
+        error: its own; generic, also MySQL's ``PRIMARY`` for a primary key and,
+        for an unnamed key, its first column's database name (MySQL names an
+        unnamed key after it)."""
+        names = {key.name.lower()} if key.name else set()
+        if key.kind == "primary key":
+            names.add("primary")
+        elif not key.name and key.columns:
+            names.add(table.c[key.columns[0]].name.lower())
+        return names
 
     # -- statements (pure, cached by shape) ---------------------------------------
 
