@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import onconflict
-import onconflict.dialects.postgresql as pg_support
+import onconflict.dialects.postgresql.copy as pg_support
 from benchmarks import peers
 from benchmarks.common import ExactlyOnceViolated, Result, goal, ratio
 

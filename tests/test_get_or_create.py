@@ -838,7 +838,7 @@ async def test_python_side_defaults_on_the_copy_path(
     Python-side defaults to SQLAlchemy's path, which computes them per row."""
     if backend.name != "postgresql":
         pytest.skip("the COPY path is PostgreSQL's")
-    from onconflict.dialects.postgresql import COPY_THRESHOLD
+    from onconflict.dialects.postgresql.copy import COPY_THRESHOLD
 
     rows = [{"name": f"n{i}"} for i in range(COPY_THRESHOLD)]
     done = await onconflict.insert_ignore(aengine, stamped, rows)

@@ -484,7 +484,7 @@ async def test_postgresql_copy_path_for_large_calls(aengine: AsyncEngine, backen
     from it: the same exact outcomes as the statement path."""
     if backend.name != "postgresql":
         pytest.skip("the COPY path is PostgreSQL's (asyncpg)")
-    from onconflict.dialects.postgresql import COPY_THRESHOLD
+    from onconflict.dialects.postgresql.copy import COPY_THRESHOLD
 
     seen: list[str] = []
     sa.event.listen(aengine.sync_engine, "before_cursor_execute", lambda *a: seen.append(a[2]))

@@ -178,7 +178,7 @@ def test_distributed_postgresql_dialects(dialect: Dialect) -> None:
     native statements, an upsert without xmax, no advisory lock, no COPY path."""
     from onconflict._upsert import prepare_upsert
     from onconflict.dialects import native_support
-    from onconflict.dialects.postgresql import DistributedPostgreSQL
+    from onconflict.dialects.postgresql.distributed import DistributedPostgreSQL
 
     support = native_support(dialect)
     assert isinstance(support, DistributedPostgreSQL)
@@ -285,7 +285,7 @@ def test_postgresql_partitioned_upsert_statements() -> None:
     """The partitioned-table upsert path: a locking read of the keys in key order
     and one UPDATE ... FROM (VALUES ...), excluded() being the VALUES column."""
     from onconflict._upsert import prepare_upsert
-    from onconflict.dialects.postgresql import lock_keys_statement, update_statement
+    from onconflict.dialects.postgresql.build import lock_keys_statement, update_statement
 
     t = sa.Table(
         "pt",

@@ -58,7 +58,7 @@ from onconflict._seed import (
 from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
 from onconflict.classify import is_transient, is_unique_violation, unique_violation
-from onconflict.dialects import support_for
+from onconflict.dialects import driver_path, support_for
 from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry, retry_stats
 
@@ -123,7 +123,7 @@ async def insert_ignore(
         return InsertResult()
     if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
         if isinstance(conn, AsyncEngine) and prepared.support is not None:
-            stored = await prepared.support.insert_ignore_fast(conn, prepared)
+            stored = await driver_path(conn.dialect).insert_ignore(conn, prepared)
             if stored is not None:
                 return insert_result(prepared, stored)
     return await _run(conn, execute_insert_ignore, prepared, retry)
@@ -227,7 +227,7 @@ async def get_or_create(
     if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
         if isinstance(conn, AsyncEngine):
             attempts = fast_attempts(prepared)
-            got = await prepared.support.get_or_create_fast(conn, prepared.plan, attempts)
+            got = await driver_path(conn.dialect).get_or_create(conn, prepared.plan, attempts)
             if got is not None:
                 row, created = got
                 return prepared.output(row), created

@@ -33,7 +33,9 @@ from onconflict._target import (
     without_numbered,
 )
 from onconflict.dialects import native_support
-from onconflict.dialects.base import DialectSupport, FetchPlan, Row, lookup_condition
+from onconflict.dialects.base import DialectSupport
+from onconflict.dialects.common import lookup_condition
+from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.exceptions import LookupMismatchError, OnConflictError
 
 ATTEMPTS = 5  # a row that vanishes between the conflict and the read, again and again

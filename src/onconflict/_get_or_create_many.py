@@ -33,7 +33,9 @@ from onconflict._get_or_create import ATTEMPTS, PreparedFetch, as_instance
 from onconflict._keys import Keys, by_key
 from onconflict._target import ConflictTarget, OnTarget, fixed_values, read_rows, resolve_table
 from onconflict.dialects import native_support
-from onconflict.dialects.base import DialectSupport, FetchPlan, execute_rows
+from onconflict.dialects.base import DialectSupport
+from onconflict.dialects.common import execute_rows
+from onconflict.dialects.plans import FetchPlan
 from onconflict.exceptions import (
     LookupMismatchError,
     NotSupportedError,

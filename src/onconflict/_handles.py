@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from onconflict.dialects.base import in_autocommit
+from onconflict.dialects.common import in_autocommit
 
 ASYNC_HANDLES = "AsyncConnection, AsyncSession or AsyncEngine"
 SYNC_HANDLES = "Connection, Session or Engine"

@@ -34,7 +34,6 @@ from onconflict._keys import (
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
-    UniqueKey,
     reachable_keys,
     read_rows,
     resolve_table,
@@ -42,7 +41,7 @@ from onconflict._target import (
 )
 from onconflict.classify import unique_violation
 from onconflict.dialects import DialectSupport, native_support, support_for
-from onconflict.dialects.base import evaluate_keys, execute_row, with_primary_key
+from onconflict.dialects.common import evaluate_keys, execute_row, with_primary_key
 from onconflict.exceptions import NotSupportedError
 from onconflict.result import InsertResult
 
@@ -321,11 +320,16 @@ def _check_reachable(prepared: PreparedInsert) -> None:
         if others:
             listing = "; ".join(k.describe() for k in others)
             raise ValueError(
-                "MySQL and MariaDB have no conflict target: a duplicate on any unique key is"
+                f"{_title(prepared)}: no conflict target, a duplicate on any unique key is"
                 f" skipped, and rows of {prepared.table.name!r} with columns"
                 f" ({', '.join(g.columns)}) could also collide on {listing}."
                 " Pass on=onconflict.ANY_KEY to accept that."
             )
+
+
+def _title(prepared: PreparedInsert) -> str:
+    support = prepared.support
+    return support.capabilities.title if support is not None else "this database"
 
 
 def _row_bytes(row: Row) -> int:
@@ -501,18 +505,9 @@ def _duplicate_of_target(exc: BaseException, prepared: PreparedInsert) -> bool:
     name = (violation.constraint or "").lower()
     if not name:
         return True
-    if name in _server_names(table, target.key):
+    assert prepared.support is not None
+    names = prepared.support.key_names  # as this server names keys in its errors
+    if name in names(table, target.key):
         return True
     others = [k for k in unique_keys(table) if k != target.key]
-    return not any(name in _server_names(table, k) for k in others)
-
-
-def _server_names(table: sa.Table, key: UniqueKey) -> set[str]:
-    """Names the server may give this key in an error: its own, MySQL's
-    ``PRIMARY``, or (unnamed, on MySQL) its first column's database name."""
-    names = {key.name.lower()} if key.name else set()
-    if key.kind == "primary key":
-        names.add("primary")
-    elif not key.name and key.columns:
-        names.add(table.c[key.columns[0]].name.lower())
-    return names
+    return not any(name in names(table, k) for k in others)

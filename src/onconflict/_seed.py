@@ -36,7 +36,8 @@ from onconflict._target import (
 )
 from onconflict._upsert import execute_upsert, prepare_upsert
 from onconflict.dialects import support_for
-from onconflict.dialects.base import UpsertPlan, select_by_keys
+from onconflict.dialects.common import select_by_keys
+from onconflict.dialects.plans import UpsertPlan
 
 Mode = Literal["insert", "upsert", "verify"]
 MODES = ("insert", "upsert", "verify")

@@ -255,9 +255,10 @@ def _name(name: Any) -> str | None:
 
 
 def _index_where(idx: sa.Index) -> ColumnElement[bool] | None:
-    for dialect in ("postgresql", "sqlite"):
-        where = idx.dialect_options[dialect].get("where")
-        if where is not None:
+    """A partial index's WHERE, as any dialect's option gives it
+    (``postgresql_where=``, ``sqlite_where=``, ``mssql_where=``, ...)."""
+    for name, where in idx.dialect_kwargs.items():
+        if name.endswith("_where") and where is not None:
             return sa.sql.coercions.expect(sa.sql.roles.WhereHavingRole, where)  # type: ignore[no-any-return]
     return None
 

@@ -36,7 +36,9 @@ from onconflict._target import (
     resolve_table,
 )
 from onconflict.dialects import native_support
-from onconflict.dialects.base import DialectSupport, Outcome, Row, UpsertPlan, align_rows
+from onconflict.dialects.base import DialectSupport
+from onconflict.dialects.common import align_rows
+from onconflict.dialects.plans import Outcome, Row, UpsertPlan
 from onconflict.result import UpsertResult
 
 Duplicates = Literal["last", "first", "error"]

@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import onconflict
+from onconflict.dialects import support_named
 
 DEFAULT_URL = "sqlite+aiosqlite:///onconflict-demo.db"
 
@@ -167,12 +168,8 @@ async def _demo(url: str, workers: int) -> Table:
 
 
 def _engine(url: str, pool: int) -> AsyncEngine:
-    kwargs: dict[str, Any] = {}
-    if make_url(url).get_backend_name() == "sqlite":
-        kwargs["connect_args"] = {"timeout": 30}
-    else:
-        kwargs.update(pool_size=min(pool, 20), max_overflow=pool)
-    return create_async_engine(url, **kwargs)
+    support = support_named(make_url(url).get_backend_name())
+    return create_async_engine(url, **support.engine_options(pool))
 
 
 def _names(rows: list[Any]) -> str:

@@ -46,24 +46,18 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from onconflict._excluded import has_expressions, substitute
 from onconflict._keys import Keys, align, by_key, fold_text
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import (
-    DialectSupport,
-    DriverStatement,
-    FetchPlan,
-    Outcome,
-    Row,
-    UpsertPlan,
-    checkout,
+from onconflict.dialects.base import Capabilities, DialectSupport
+from onconflict.dialects.common import (
     collation_folds,
-    connection_lost,
     execute_row,
     execute_rows,
     in_autocommit,
     is_string,
-    plain_engine,
     select_by_keys,
     with_primary_key,
 )
+from onconflict.dialects.driver import DriverPath, DriverStatement, checkout, connection_lost
+from onconflict.dialects.plans import FetchPlan, Outcome, Row, UpsertPlan
 from onconflict.exceptions import (
     NotSupportedError,
     OutcomeMismatchError,
@@ -130,14 +124,20 @@ class _Overflow(Exception):
         self.kept = kept
 
 
-class MySQL(DialectSupport):
-    name = "mysql"
-    native = True
-    targets_conflicts = False
+CAPABILITIES = Capabilities(
+    name="mysql",
+    title="MySQL and MariaDB",
+    native=True,
+    targets_conflicts=False,
+    partial_index_targets=False,
+    expression_index_targets=False,
+    # well under max_allowed_packet's smallest common default (4 MiB on MySQL 5.7)
+    max_statement_bytes=2 * 1024 * 1024,
+)
 
-    def max_statement_bytes(self, dialect: Dialect) -> int | None:
-        # well under max_allowed_packet's smallest common default (4 MiB on MySQL 5.7)
-        return 2 * 1024 * 1024
+
+class MySQL(DialectSupport):
+    capabilities = CAPABILITIES
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         stmt = mysql.insert(table).prefix_with("IGNORE")
@@ -452,61 +452,6 @@ class MySQL(DialectSupport):
             _drop(conn)
             raise
 
-    async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
-        """A one-row insert_ignore that owns its work, on aiomysql (MariaDB with
-        RETURNING): the guarded statement run on the pooled driver connection,
-        compiled once per shape, without SQLAlchemy's per-call execution.
-
-        The guard is the same as the ordinary path's, in one transaction: kept
-        (COMMIT) only when the row came back with no warning, reported existing
-        only when nothing came back and the one warning is a duplicate key.
-        Anything else is rolled back and None returned: the ordinary path then
-        runs the call again and raises the server's own error, exactly as it
-        would have. Nothing is committed before that decision, so running it
-        again is safe; only a connection lost during the COMMIT itself is
-        raised (the outcome is unknown).
-        """
-        if not plain_engine(engine, "aiomysql") or not engine.dialect.insert_returning:
-            return None  # (RETURNING is known once the engine has connected)
-        one = self.one_row_insert(engine, prepared)
-        if one is None:
-            return None
-        fast, index, args = one
-        row = await greenlet_spawn(_insert_ignore_aiomysql, engine.sync_engine, fast, args)
-        if row is None:
-            return None
-        return {index: row} if row else {}
-
-    async def get_or_create_fast(
-        self, engine: Any, plan: FetchPlan, attempts: int
-    ) -> tuple[Row, bool] | None:
-        """get_or_create on the aiomysql connection of an engine-owned call, in one
-        transaction: SELECT (then ROLLBACK: a read) or, when there is no row, the
-        guarded INSERT IGNORE ... RETURNING (COMMIT) or, when another caller made
-        it meanwhile, a locking read of it. Anything else is rolled back and the
-        ordinary path runs. None whenever it does not apply."""
-        if not plain_engine(engine, "aiomysql") or not engine.dialect.insert_returning:
-            return None
-        if has_expressions([plan.params]):
-            return None  # a SQL expression would be sent as its text: the usual path
-        by_dialect: dict[Any, _FetchStatements] = plan.statements.setdefault("aiomysql", {})
-        statements = by_dialect.get(engine.dialect)
-        if statements is None:
-            dialect, table = engine.dialect, plan.table
-            values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in plan.values}
-            statements = by_dialect[dialect] = (
-                DriverStatement(plan.statements["select"], dialect),
-                DriverStatement(plan.statements["select_locked"], dialect),
-                DriverStatement(
-                    plan.statements["insert_returning"].values(values), dialect, table.c
-                ),
-            )
-        if statements[2].needs_context:
-            return None
-        return await greenlet_spawn(
-            _get_or_create_aiomysql, engine.sync_engine, statements, plan.params, attempts
-        )
-
     def conflict_elsewhere(self, conn: Connection, plan: FetchPlan) -> None:
         """INSERT IGNORE skips a duplicate of ANY unique key, so a get_or_create
         whose values collide with another unique key than the lookup's (a
@@ -673,6 +618,67 @@ class MySQL(DialectSupport):
             probe.rollback()
 
 
+class AiomysqlPath(DriverPath):
+    """The aiomysql driver-level paths (MariaDB with RETURNING)."""
+
+    driver = "aiomysql"
+
+    async def insert_ignore(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row insert_ignore that owns its work, on aiomysql (MariaDB with
+        RETURNING): the guarded statement run on the pooled driver connection,
+        compiled once per shape, without SQLAlchemy's per-call execution.
+
+        The guard is the same as the ordinary path's, in one transaction: kept
+        (COMMIT) only when the row came back with no warning, reported existing
+        only when nothing came back and the one warning is a duplicate key.
+        Anything else is rolled back and None returned: the ordinary path then
+        runs the call again and raises the server's own error, exactly as it
+        would have. Nothing is committed before that decision, so running it
+        again is safe; only a connection lost during the COMMIT itself is
+        raised (the outcome is unknown).
+        """
+        if not self.applies(engine) or not engine.dialect.insert_returning:
+            return None  # (RETURNING is known once the engine has connected)
+        one = self.one_row_insert(engine, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        row = await greenlet_spawn(_insert_ignore_aiomysql, engine.sync_engine, fast, args)
+        if row is None:
+            return None
+        return {index: row} if row else {}
+
+    async def get_or_create(
+        self, engine: Any, plan: FetchPlan, attempts: int
+    ) -> tuple[Row, bool] | None:
+        """get_or_create on the aiomysql connection of an engine-owned call, in one
+        transaction: SELECT (then ROLLBACK: a read) or, when there is no row, the
+        guarded INSERT IGNORE ... RETURNING (COMMIT) or, when another caller made
+        it meanwhile, a locking read of it. Anything else is rolled back and the
+        ordinary path runs. None whenever it does not apply."""
+        if not self.applies(engine) or not engine.dialect.insert_returning:
+            return None
+        if has_expressions([plan.params]):
+            return None  # a SQL expression would be sent as its text: the usual path
+        by_dialect: dict[Any, _FetchStatements] = plan.statements.setdefault("aiomysql", {})
+        statements = by_dialect.get(engine.dialect)
+        if statements is None:
+            dialect, table = engine.dialect, plan.table
+            values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in plan.values}
+            statements = by_dialect[dialect] = (
+                DriverStatement(plan.statements["select"], dialect),
+                DriverStatement(plan.statements["select_locked"], dialect),
+                DriverStatement(
+                    plan.statements["insert_returning"].values(values), dialect, table.c
+                ),
+            )
+        if statements[2].needs_context:
+            return None
+        return await greenlet_spawn(
+            _get_or_create_aiomysql, engine.sync_engine, statements, plan.params, attempts
+        )
+
+
 def _level_chosen(conn: Connection) -> bool:
     """Whether the engine, or create_engine, names an isolation level (other
     than AUTOCOMMIT, which onconflict replaces for its own transactions)."""
@@ -824,7 +830,7 @@ def _driver(engine: Engine) -> Iterator[_Driver | None]:
 
 
 def _insert_ignore_aiomysql(engine: Engine, fast: DriverStatement, args: list[Any]) -> Row | None:
-    """MySQL.insert_ignore_fast's work, inside SQLAlchemy's greenlet bridge: the
+    """AiomysqlPath.insert_ignore's work, inside SQLAlchemy's greenlet bridge: the
     stored row, {} for a duplicate, None to take the ordinary path."""
     with _driver(engine) as conn:
         if conn is None:
@@ -847,7 +853,7 @@ _FetchStatements = tuple[DriverStatement, DriverStatement, DriverStatement]
 def _get_or_create_aiomysql(
     engine: Engine, statements: _FetchStatements, params: dict[str, Any], attempts: int
 ) -> tuple[Row, bool] | None:
-    """MySQL.get_or_create_fast's work: (row, created), or None to take the
+    """AiomysqlPath.get_or_create's work: (row, created), or None to take the
     ordinary path (which then reports any error as SQLAlchemy does, and says
     why a duplicate's row could not be read: a lookup mismatch, a duplicate of
     another unique key, or a row deleted meanwhile)."""

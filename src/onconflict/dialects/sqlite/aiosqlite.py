@@ -1,65 +1,52 @@
-"""SQLite: the upsert clause ``INSERT ... ON CONFLICT (target) DO NOTHING``.
-
-Needs SQLite 3.24 (RETURNING from 3.35; older versions write one row per
-statement). Never ``INSERT OR IGNORE``: it silently drops rows that fail
-NOT NULL or CHECK constraints, where the upsert clause raises.
-"""
+"""The aiosqlite driver-level paths: a one-row insert_ignore and get_or_create
+run with BEGIN IMMEDIATE ... COMMIT on the pooled connection's sqlite3
+connection in ONE hop to aiosqlite's thread, through the engine's
+:class:`Writer` (calls queued meanwhile share the hop and the transaction,
+each in a savepoint)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import sqlite3
-import string
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
-from sqlalchemy.engine import Connection, Dialect, Engine, NestedTransaction
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions
-from onconflict._keys import Keys, by_key, expression_key, returning_columns
-from onconflict._target import ConflictTarget
-from onconflict.classify import error_code
-from onconflict.dialects.base import (
-    DialectSupport,
-    DriverStatement,
-    FetchPlan,
-    Outcome,
-    Row,
-    UpsertPlan,
-    checkout,
-    do_nothing,
-    do_update,
-    plain_engine,
-    upsert_reading_keys_first,
-)
-from onconflict.exceptions import NotSupportedError, SeedLockTimeout
+from onconflict._keys import expression_key
+from onconflict.dialects.driver import DriverPath, DriverStatement, checkout, plain_engine
+from onconflict.dialects.plans import FetchPlan, Row
+from onconflict.dialects.sqlite import build
 
-UPSERT_CLAUSE = (3, 24, 0)
-RETURNING = (3, 35, 0)
+MAX_BATCH = 64  # calls run in one hop and one transaction
 
 
-def sqlite_version(dialect: Dialect) -> tuple[int, ...]:
-    dbapi: Any = dialect.dbapi or sqlite3  # sqlite3, the aiosqlite adapter, or none yet
-    return tuple(dbapi.sqlite_version_info)
+class AiosqlitePath(DriverPath):
+    driver = "aiosqlite"
 
-
-class SQLite(DialectSupport):
-    name = "sqlite"
-    native = True
-
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, support: Any) -> None:
+        super().__init__(support)
         # per engine, per event loop: the queue of its driver-level calls
         self._writers: weakref.WeakKeyDictionary[
             Engine, weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Writer]
         ] = weakref.WeakKeyDictionary()
+
+    def applies(self, engine: Any) -> bool:
+        """An aiosqlite engine as created (see plain_engine), with no isolation
+        level of create_engine's (the driver-level path sends its own BEGIN
+        IMMEDIATE), RETURNING (SQLite 3.35) and a pool that gives each caller a
+        connection of its own (the StaticPool of ``:memory:`` shares one)."""
+        return bool(
+            plain_engine(engine, self.driver)
+            and isinstance(engine.sync_engine.pool, (sa.pool.QueuePool, sa.pool.NullPool))
+            and getattr(engine.dialect, "_on_connect_isolation_level", None) is None
+            and engine.dialect.insert_returning
+        )
 
     def writer(self, engine: Engine) -> Writer:
         """The in-process writer of ``engine`` (one per event loop: asyncio
@@ -73,7 +60,7 @@ class SQLite(DialectSupport):
             writer = loops[loop] = Writer()
         return writer
 
-    async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
+    async def insert_ignore(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
         """A one-row insert_ignore that owns its work, on a plainly created
         aiosqlite engine: the statement compiled once per shape and run with
         BEGIN IMMEDIATE and COMMIT on the pooled connection's sqlite3
@@ -82,7 +69,7 @@ class SQLite(DialectSupport):
         transaction, each in a savepoint). None whenever it does not
         apply or the database raised: the ordinary path then runs (nothing was
         stored) and raises as SQLAlchemy does."""
-        if not _fast_engine(engine):
+        if not self.applies(engine):
             return None
         one = self.one_row_insert(engine, prepared)
         if one is None:
@@ -93,17 +80,17 @@ class SQLite(DialectSupport):
             return None
         return {index: fast.row(got[0])} if got else {}
 
-    async def get_or_create_fast(
+    async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
     ) -> tuple[Row, bool] | None:
         """get_or_create's SELECT, and if there is no row INSERT ... ON CONFLICT
         DO NOTHING RETURNING (+ the SELECT again after a lost race), under
         BEGIN IMMEDIATE ... COMMIT in one hop to aiosqlite's thread (as
-        insert_ignore_fast). Under the write lock the SELECTs see every
+        insert_ignore). Under the write lock the SELECTs see every
         committed row: the outcome is exact, no retry is needed. None: the
         ordinary path runs."""
         if (
-            not _fast_engine(engine)
+            not self.applies(engine)
             or expression_key(plan.target) is not None
             or has_expressions([plan.params])
         ):
@@ -134,108 +121,15 @@ class SQLite(DialectSupport):
         sync = engine.sync_engine
         return await self.writer(sync).submit(sync, work)
 
-    def check(self, dialect: Dialect) -> None:
-        version = sqlite_version(dialect)
-        if version < UPSERT_CLAUSE:
-            raise NotSupportedError(
-                f"SQLite {'.'.join(map(str, version))} has no ON CONFLICT clause"
-                " (3.24 or newer is needed)"
-            )
-
-    def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
-        return do_nothing(sqlite.insert(table), table, target, returning)
-
-    def savepoint(self, conn: Connection) -> AbstractContextManager[NestedTransaction]:
-        begun(conn)
-        return super().savepoint(conn)
-
-    @contextmanager
-    def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
-        """SQLite's lock is the database's write lock: BEGIN IMMEDIATE, waiting at
-        most ``timeout`` for another writer (a transaction already open takes
-        the lock at its first write instead)."""
-        driver: Any = conn.connection.driver_connection
-        if driver.in_transaction:
-            yield
-            return
-        previous = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
-        # PRAGMA takes no bound parameters; the value is an int computed here
-        conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(timeout * 1000))}")
-        try:
-            begun(conn, immediate=True)
-        except sa.exc.OperationalError as exc:
-            if error_code(exc) in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED
-                raise SeedLockTimeout(
-                    f"could not take the database write lock within {timeout:g}s:"
-                    " another seed (or writer) is still running"
-                ) from exc
-            raise
-        finally:
-            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
-        yield
-
-    def key_identity(
-        self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
-    ) -> bool:
-        """Key columns declared ``COLLATE NOCASE`` or ``RTRIM`` compare folded
-        (known from the metadata: no SQL)."""
-        folds = {}
-        for name in columns:
-            # the type as this dialect uses it (a with_variant() type says its collation there)
-            collation = getattr(table.c[name].type.dialect_impl(conn.dialect), "collation", None)
-            fold = COLLATION_FOLDS.get(str(collation).upper()) if collation else None
-            if fold is not None:
-                folds[name] = fold
-        keys.set_folds(folds)
-        return bool(folds)
-
-    def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
-        if sqlite_version(dialect) < RETURNING:
-            raise NotSupportedError("upsert needs SQLite 3.35 or newer (INSERT ... RETURNING)")
-        plan.statement = do_update(sqlite.insert(plan.table), plan).returning(
-            *returning_columns(plan.table, plan.target)
-        )
-
-    def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
-        """SQLite cannot say whether RETURNING's row was inserted or updated, so
-        the keys that exist are read first, under the write lock: no other
-        writer can come between the read and the upsert."""
-        begun(conn, immediate=True)
-        return upsert_reading_keys_first(conn, plan, rows)
-
-    def lock_for_update_or_create(self, conn: Connection) -> None:
-        """The write lock first (BEGIN IMMEDIATE): a read transaction that later
-        writes can fail with SQLITE_BUSY where waiting does not help."""
-        begun(conn, immediate=True)
-
-
-def _fast_engine(engine: Any) -> bool:
-    """An aiosqlite engine as created (see plain_engine), with no isolation
-    level of create_engine's (the driver-level path sends its own BEGIN
-    IMMEDIATE), RETURNING (SQLite 3.35) and a pool that gives each caller a
-    connection of its own (the StaticPool of ``:memory:`` shares one)."""
-    return bool(
-        plain_engine(engine, "aiosqlite")
-        and isinstance(engine.sync_engine.pool, (sa.pool.QueuePool, sa.pool.NullPool))
-        and getattr(engine.dialect, "_on_connect_isolation_level", None) is None
-        and engine.dialect.insert_returning
-    )
-
 
 def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
     """get_or_create's SELECT and one-row INSERT ... RETURNING, compiled for the
     driver-level path (both read rows keyed by column key, in table order)."""
     t = plan.table
-    values = {k: sa.bindparam(f"oc_{k}", type_=t.c[k].type) for k in plan.values}
-    insert = do_nothing(sqlite.insert(t), t, plan.target, False).values(values)
-    insert = insert.returning(*by_key(t))
     return (
         DriverStatement(plan.statements["select"], dialect, t.c),
-        DriverStatement(insert, dialect, t.c),
+        DriverStatement(build.insert_one_returning(plan), dialect, t.c),
     )
-
-
-MAX_BATCH = 64  # calls run in one hop and one transaction
 
 
 class Writer:
@@ -385,32 +279,3 @@ def _get_or_create_one(
         return made[0], True
     found = db.execute(select, select_args).fetchall()
     return (found[0] if found else None), False
-
-
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-def _nocase(value: str) -> str:
-    return value.translate(_ASCII_LOWER)  # NOCASE folds ASCII letters only
-
-
-def _rtrim(value: str) -> str:
-    return value.rstrip(" ")
-
-
-# a column's declared collation -> how SQLite compares with it (BINARY: as is)
-COLLATION_FOLDS = {"NOCASE": _nocase, "RTRIM": _rtrim}
-
-
-def begun(conn: Connection, immediate: bool = False) -> None:
-    """Make sure SQLite itself is inside a transaction before a SAVEPOINT.
-
-    Python's sqlite3 module (legacy transaction control) opens transactions
-    lazily, before the first INSERT/UPDATE/DELETE. A SAVEPOINT sent before that
-    starts a transaction of its own, and releasing it COMMITs: the caller could
-    then no longer roll the work back. An explicit BEGIN first avoids that.
-    ``immediate`` takes the write lock at once (BEGIN IMMEDIATE).
-    """
-    driver: Any = conn.connection.driver_connection  # sqlite3 or aiosqlite connection
-    if not driver.in_transaction:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,185 @@
+"""Driver-level paths: statements run on the driver's own connection, past
+SQLAlchemy's per-call execution, for calls that own their work on an engine.
+
+A database's fast paths for one driver are a :class:`DriverPath` subclass in
+the driver's module (``dialects/postgresql/asyncpg.py``, say), named in the
+registry entry's ``drivers``; :func:`onconflict.dialects.driver_path` finds it
+by the engine's dialect and driver name. Every method may answer None: the
+ordinary path then runs, and reports errors as SQLAlchemy does.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+from onconflict._excluded import has_expressions
+from onconflict._keys import expression_key
+from onconflict.dialects.plans import FetchPlan, Row
+
+if TYPE_CHECKING:
+    from onconflict.dialects.base import DialectSupport
+
+
+def plain_engine(engine: Any, driver: str) -> bool:
+    """Driver-level paths only for an engine on ``driver`` as created: no
+    execution options (an isolation level, say), no statement listeners, no
+    echo, since their statements bypass SQLAlchemy's execution and its events."""
+    sync = engine.sync_engine
+    return bool(
+        engine.dialect.driver == driver
+        and not engine.get_execution_options()
+        and not sync.echo
+        and not sync.dispatch.before_cursor_execute
+        and not sync.dispatch.after_cursor_execute
+    )
+
+
+def checkout(engine: Any) -> Any | None:
+    """A pooled driver connection for a driver-level path, or None when none can
+    be had but by a new connection that failed (a server going down, say): the
+    ordinary path then connects and raises SQLAlchemy's own error. Nothing was
+    sent. A pool timeout is raised as it is (waiting again would double it)."""
+    try:
+        return engine.raw_connection()
+    except sa.exc.TimeoutError:
+        raise
+    except Exception:
+        return None
+
+
+def connection_lost(
+    raw: Any, fast: DriverStatement, args: list[Any], exc: BaseException
+) -> sa.exc.DBAPIError:
+    """The error of a driver-level path whose connection failed after the
+    statement (or its COMMIT) was sent: the outcome is unknown, so it is raised,
+    never run again; the connection is invalidated and the error is not transient."""
+    raw.invalidate()
+    return sa.exc.OperationalError(fast.sql, args, exc, connection_invalidated=True)
+
+
+class DriverStatement:
+    """A statement compiled for a driver-level path: its SQL text, parameter
+    order with SQLAlchemy's bind processing, and its result columns with their
+    result processing, so that driver rows read as SQLAlchemy's would."""
+
+    def __init__(self, stmt: Any, dialect: Dialect, columns: Any = None) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        names = compiled.positiontup or []
+        binds = compiled.binds
+        self.params = [
+            (name.removeprefix("oc_"), binds[name].type.bind_processor(dialect)) for name in names
+        ]
+        made = _prefetched(compiled, names)
+        self.needs_context = None in made.values()
+        """A default needs SQLAlchemy's execution context (a callable taking one,
+        a sequence): the driver-level path must not run; the ordinary one does."""
+        self.defaults = [(key, make) for key, make in made.items() if make is not None]
+        cols = stmt.selected_columns if columns is None else columns
+        self.columns = [(col.key, col.type.result_processor(dialect, None)) for col in cols]
+        self.names = [key for key, _ in self.columns]
+        self.plain = not any(proc for _, proc in self.columns)
+
+    def arguments(self, values: dict[str, Any]) -> list[Any]:
+        if self.defaults:  # a new value per call, as SQLAlchemy's execution computes it
+            values = {**{k: make() for k, make in self.defaults if k not in values}, **values}
+        return [proc(values[k]) if proc else values[k] for k, proc in self.params]
+
+    def rows(self, records: list[Any]) -> list[Row]:
+        if self.plain:  # C-level: dict(zip(names, record)) for each record
+            return list(map(dict, map(zip, itertools.repeat(self.names), records)))
+        return list(map(self.row, records))
+
+    def row(self, record: Any) -> Row:
+        if self.plain:
+            return dict(zip(self.names, record, strict=True))
+        return {
+            key: proc(value) if proc else value
+            for (key, proc), value in zip(self.columns, record, strict=True)
+        }
+
+
+def _prefetched(compiled: Any, names: list[str]) -> dict[str, Callable[[], Any] | None]:
+    """The parameters the statement fills from a column's Python-side default
+    (SQLAlchemy names them by column key), which a driver-level path computes
+    itself: parameter -> how (None: only SQLAlchemy's execution can)."""
+    prefetch = {c.key: c for c in getattr(compiled, "insert_prefetch", ())}
+    return {n: python_default(prefetch[n]) for n in names if n in prefetch}
+
+
+def python_default(column: sa.Column[Any]) -> Callable[[], Any] | None:
+    """How to compute a column's Python-side INSERT default without SQLAlchemy's
+    execution context: a scalar, or a callable taking no argument. None for a
+    callable that takes the context (or anything else): only SQLAlchemy can run it."""
+    default: Any = column.default
+    if default is None:
+        return None
+    if default.is_scalar:
+        value = default.arg
+        return lambda: value
+    original = getattr(default, "_fn", None)  # what the column was given
+    if default.is_callable and original is not None and default.arg is not original:
+        # SQLAlchemy wrapped it: a callable that takes no context
+        return original  # type: ignore[no-any-return]
+    return None
+
+
+class DriverPath:
+    """The driver-level fast paths of one driver: none here (every call answers
+    None, the ordinary path runs). A subclass lives in its driver's module and
+    overrides what that driver can do faster."""
+
+    driver: ClassVar[str] = ""
+    """The SQLAlchemy driver name this path is for (``dialect.driver``)."""
+
+    def __init__(self, support: DialectSupport) -> None:
+        self.support = support
+        # one-row statements, by (dialect, table, target, columns)
+        self._one_row_inserts: dict[Any, DriverStatement] = {}
+
+    def applies(self, engine: Any) -> bool:
+        """Whether this engine may take the path (see :func:`plain_engine`)."""
+        return plain_engine(engine, self.driver)
+
+    async def insert_ignore(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
+        """A faster path for an engine-owned insert_ignore: the inserted rows by
+        input position ({} when the row was a duplicate); None: the usual one."""
+        return None
+
+    async def get_or_create(
+        self, engine: Any, plan: FetchPlan, attempts: int
+    ) -> tuple[Row, bool] | None:
+        """A faster path for an engine-owned get_or_create; None: the usual one."""
+        return None
+
+    def one_row_insert(
+        self, engine: Any, prepared: Any
+    ) -> tuple[DriverStatement, int, list[Any]] | None:
+        """The native one-row ``insert_ignore`` statement with RETURNING,
+        compiled for the engine's dialect (once per shape), the row's input
+        position and its driver arguments; None when the call is not one
+        native row."""
+        if not prepared.native or len(prepared.groups) != 1 or expression_key(prepared.target):
+            return None
+        (group,) = prepared.groups
+        if len(group.indexes) != 1 or has_expressions([prepared.rows[group.indexes[0]]]):
+            return None  # (a SQL expression as a value goes in the statement: the usual path)
+        table, target, dialect = prepared.table, prepared.target, engine.dialect
+        cache = self._one_row_inserts
+        shape = (dialect, table, target, group.columns)
+        fast = cache.get(shape)
+        if fast is None:
+            values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in group.columns}
+            stmt = self.support.insert_ignore(table, target, True).values(values)
+            fast = cache[shape] = DriverStatement(stmt, dialect, table.c)
+            if len(cache) > 512:
+                cache.pop(next(iter(cache)))
+        if fast.needs_context:
+            return None
+        (index,) = group.indexes
+        return fast, index, fast.arguments(prepared.rows[index])

@@ -1,0 +1,117 @@
+"""The COPY bulk path of a large insert_ignore on asyncpg: COPY into a
+temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING."""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.util import await_only
+
+from onconflict._gc import paused
+from onconflict._keys import expression_key
+from onconflict._target import ConflictTarget
+from onconflict.dialects.common import do_nothing, python_defaults
+from onconflict.dialects.driver import DriverStatement
+from onconflict.dialects.plans import Row
+
+COPY_THRESHOLD = 20_000  # rows in one call's group; measured: benchmarks/bulk.py
+
+
+def _copyable(cols: list[sa.Column[Any]], rows: list[Row], dialect: Dialect) -> list[Any] | None:
+    """The rows as COPY records, if every value is None or of its column's plain
+    Python type and no column needs bind processing; else None."""
+    kinds = []
+    for col in cols:
+        if col.type.bind_processor(dialect) is not None:
+            return None
+        try:
+            pytype = col.type.python_type
+        except NotImplementedError:
+            return None
+        if pytype not in (int, str, float, bool, bytes):
+            return None
+        kinds.append(pytype)
+    # every row of a group has the same columns: one C-level getter for all
+    get = operator.itemgetter(*(c.key for c in cols))
+    records = list(map(get, rows))
+    columns = [records] if len(cols) == 1 else list(zip(*records, strict=True))
+    for values, pytype in zip(columns, kinds, strict=True):
+        if not set(map(type, values)) <= {pytype, type(None)}:
+            return None
+    return [(r,) for r in records] if len(cols) == 1 else records
+
+
+def bulk_rows(dialect: Dialect) -> int | None:
+    """The group size from which the COPY path takes a group: asyncpg only."""
+    return COPY_THRESHOLD if dialect.driver == "asyncpg" else None
+
+
+def _records(
+    conn: Connection,
+    table: sa.Table,
+    target: ConflictTarget,
+    columns: tuple[str, ...],
+    rows: list[Row],
+) -> list[Any] | None:
+    """The rows as COPY records, or None where the path does not apply."""
+    if conn.dialect.driver != "asyncpg" or len(rows) < COPY_THRESHOLD:
+        return None
+    if expression_key(target) is not None:  # rows are paired by evaluated keys
+        return None
+    if python_defaults(table, columns):  # computed per row by SQLAlchemy's path
+        return None
+    with paused(len(rows)):
+        return _copyable([table.c[c] for c in columns], rows, conn.dialect)
+
+
+def write_bulk(
+    conn: Connection,
+    table: sa.Table,
+    target: ConflictTarget,
+    columns: tuple[str, ...],
+    rows: list[Row],
+    in_key_order: bool = False,
+) -> list[Row] | None:
+    """COPY into a temporary table, then one INSERT ... SELECT ... [ORDER BY key]
+    ON CONFLICT DO NOTHING RETURNING: for large calls on asyncpg. Rows not
+    already in key order (the lock order) are sorted by the server, not Python.
+
+    Used only when every value already has its column's Python type and no
+    column needs SQLAlchemy's own value processing, so that COPY cannot fail
+    half way on a conversion; otherwise (or below the threshold) None.
+    """
+    records = _records(conn, table, target, columns, rows)
+    if records is None:
+        return None
+    cols = [table.c[c] for c in columns]
+    scratch = sa.Table(
+        f"oc_copy_{uuid.uuid4().hex[:16]}",
+        sa.MetaData(),
+        *(sa.Column(c.name, c.type) for c in cols),
+        prefixes=["TEMPORARY"],
+        postgresql_on_commit="DROP",
+    )
+    scratch.create(conn)  # through SQLAlchemy: the transaction is begun
+    driver: Any = conn.connection.driver_connection
+    await_only(
+        driver.copy_records_to_table(scratch.name, records=records, columns=[c.name for c in cols])
+    )
+    source = sa.select(*(scratch.c[c.name] for c in cols))
+    if not in_key_order and target.columns and set(target.columns) <= set(columns):
+        source = source.order_by(*(scratch.c[table.c[k].name] for k in target.columns))
+    stmt = do_nothing(
+        pg.insert(table).from_select([c.name for c in cols], source), table, target, True
+    )
+    # the returned rows come straight from asyncpg, with SQLAlchemy's result
+    # processing where a type has one: for a million rows that is seconds saved
+    fast = DriverStatement(stmt, conn.dialect, table.c)
+    fetched = await_only(driver.fetch(fast.sql))
+    with paused(len(fetched)):
+        returned = fast.rows(fetched)
+    scratch.drop(conn)
+    return returned
