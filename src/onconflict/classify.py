@@ -41,6 +41,7 @@ UNIQUE_CODES: dict[str, frozenset[Code]] = {
     "sqlite": frozenset({2067, 1555}),  # SQLITE_CONSTRAINT_UNIQUE, _PRIMARYKEY
     "oracle": frozenset({1}),  # ORA-00001
     "mssql": frozenset({2627, 2601}),  # constraint, unique index
+    "duckdb": frozenset({"duplicate key"}),  # no codes: read from the message (_DUCKDB_MESSAGES)
 }
 
 TRANSIENT_CODES: dict[str, frozenset[Code]] = {
@@ -54,6 +55,9 @@ TRANSIENT_CODES: dict[str, frozenset[Code]] = {
     "sqlite": frozenset({5, 261, 517, 6, 262}),
     "oracle": frozenset({60, 8177}),  # deadlock, can't serialize access
     "mssql": frozenset({1205, 3960}),  # deadlock victim, snapshot update conflict
+    # optimistic concurrency: a write-write conflict, a COMMIT meeting a key another
+    # transaction committed first
+    "duckdb": frozenset({"write conflict", "commit conflict"}),
 }
 
 
@@ -164,6 +168,30 @@ def _sqlite(exc: BaseException, driver: str) -> DriverError | None:
     return DriverError("sqlite", driver, code, message, exception=exc)
 
 
+_DUCKDB_MESSAGES = (
+    (re.compile(r'^Constraint Error: Duplicate key "'), "duplicate key"),
+    (re.compile(r"^Constraint Error: NOT NULL constraint failed"), "not null"),
+    (re.compile(r"^Constraint Error: CHECK constraint failed"), "check"),
+    (re.compile(r"^Constraint Error: Violates foreign key constraint"), "foreign key"),
+    (
+        re.compile(r"^TransactionContext Error: (Catalog write-write conflict|Conflict on)"),
+        "write conflict",
+    ),
+    (
+        re.compile(r"^TransactionContext Error: Failed to commit: .*constraint violation"),
+        "commit conflict",
+    ),
+)
+
+
+def _duckdb(exc: BaseException, driver: str) -> DriverError | None:
+    # no error codes: the kind from the message, else the exception's class name
+    # (ConstraintException, TransactionException, ...)
+    message = _message(exc)
+    code = next((c for pattern, c in _DUCKDB_MESSAGES if pattern.search(message)), None)
+    return DriverError("duckdb", "duckdb", code or type(exc).__name__, message, exception=exc)
+
+
 def _oracle(exc: BaseException, driver: str) -> DriverError | None:
     error = exc.args[0] if exc.args else None
     code = getattr(error, "code", None)
@@ -215,6 +243,10 @@ READERS: dict[str, Callable[[BaseException, str], DriverError | None]] = {
     "pyodbc": _odbc,
     "aioodbc": _odbc,
     "pymssql": _pymssql,
+    "_duckdb": _duckdb,  # duckdb's C extension module
+    "duckdb": _duckdb,
+    # a DuckDB duplicate that is a transaction conflict (see onconflict.dialects.duckdb)
+    "onconflict.dialects.duckdb": _duckdb,
 }
 """Module of the exception's class (its longest known prefix) -> how to read it."""
 
@@ -294,6 +326,10 @@ _ORACLE = re.compile(
 _MSSQL_CONSTRAINT = re.compile(r"constraint '(?P<name>[^']+)'")
 _MSSQL_INDEX = re.compile(r"unique index '(?P<name>[^']+)'")
 _MSSQL_OBJECT = re.compile(r"object '(?P<table>[^']+)'")
+_DUCKDB_KEY = re.compile(
+    r'^Constraint Error: Duplicate key "(?P<key>.*)" violates (?P<kind>.+?) constraint'
+)
+_DUCKDB_COLUMN = re.compile(r"(?:^|, )(?P<col>[\w$]+): ")
 _IDENT = re.compile(r'^"?[\w$]+"?$')
 
 
@@ -348,12 +384,20 @@ def _mssql_key(err: DriverError) -> Described:
     return (m.group("name") if m else None), (found.group("table") if found else err.table), ()
 
 
+def _duckdb_key(err: DriverError) -> Described:
+    # 'Duplicate key "a: 1, b: x" violates unique constraint.': no constraint or table name
+    if m := _DUCKDB_KEY.search(err.message):
+        return err.constraint, err.table, tuple(_DUCKDB_COLUMN.findall(m.group("key")))
+    return err.constraint, err.table, ()
+
+
 KEY_READERS: dict[str, Callable[[DriverError], Described]] = {
     "postgresql": _pg_key,
     "mysql": _mysql_key,
     "sqlite": _sqlite_key,
     "oracle": _oracle_key,
     "mssql": _mssql_key,
+    "duckdb": _duckdb_key,
 }
 """Database family -> how its duplicate-key message names the key."""
 

@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "sqlite": "onconflict.dialects.sqlite:SQLite",
     "mysql": "onconflict.dialects.mysql:MySQL",
     "mariadb": "onconflict.dialects.mysql:MySQL",
+    "duckdb": "onconflict.dialects.duckdb:DuckDB",
 }
 
 _loaded: dict[str, DialectSupport] = {}

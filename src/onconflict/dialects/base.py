@@ -185,6 +185,9 @@ class DialectSupport:
 
     page_size: ClassVar[int] = 1000
     """Most rows sent in one statement."""
+    savepoints: ClassVar[bool] = True
+    """False where the database has no SAVEPOINT (DuckDB): ``strategy="classify"``
+    (a savepoint per row) is refused before any SQL."""
 
     def __init__(self) -> None:
         # one-row statements of the driver-level paths, by (dialect, table, target, columns)
@@ -219,6 +222,12 @@ class DialectSupport:
         """A SAVEPOINT, released on success and rolled back on error."""
         return _savepoint(conn, self.transaction_lost)
 
+    def for_update(self, select: sa.Select[Any], read: bool = False) -> sa.Select[Any]:
+        """``select`` as a locking read (``FOR UPDATE``, or ``FOR SHARE`` with
+        ``read``), which sees rows committed after the transaction's snapshot
+        and keeps them until it ends. DuckDB has none: its plain read."""
+        return select.with_for_update(read=read)
+
     def transaction_lost(self, exc: BaseException) -> bool:
         """True when the server has already rolled the whole transaction back
         (rolling back to a savepoint would then fail and hide ``exc``)."""
@@ -251,7 +260,7 @@ class DialectSupport:
         select = sa.select(*by_key(t)).where(lookup_condition(plan))
         plan.statements["select"] = select
         # a locking read sees rows committed after the transaction's snapshot
-        plan.statements["select_locked"] = select.with_for_update(read=True)
+        plan.statements["select_locked"] = self.for_update(select, read=True)
         plan.statements["insert"] = self.insert_ignore(t, plan.target, False)
         plan.statements["insert_returning"] = self.insert_ignore(t, plan.target, True)
 
