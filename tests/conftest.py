@@ -7,6 +7,7 @@ skipped with the reason.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -29,15 +30,71 @@ SYNC_DRIVERS = {
     "aiomysql": "pymysql",
     "asyncmy": "pymysql",
     "aiosqlite": "pysqlite",
+    "oc_blocking": "",  # DuckDB: tests/duckdb_backend.py's adapter; duckdb-engine itself
 }
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-BACKENDS = ["sqlite", "postgresql", "mariadb"]
+BACKENDS = ["sqlite", "postgresql", "mariadb", "duckdb"]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a backend can have; a test marked ``@pytest.mark.needs("fact", ...)``
+    is skipped, with the reason, on a backend without one of them."""
+
+    partial_indexes: bool = True
+    expression_targets: bool = True
+    """ON CONFLICT can name an expression index (MariaDB has none; DuckDB's
+    ON CONFLICT names columns only)."""
+    savepoints: bool = True
+    locking_reads: bool = True  # SELECT ... FOR UPDATE / FOR SHARE
+    writer_processes: bool = True
+    """Several processes may write to the database at once (DuckDB: one)."""
+    server: bool = True  # a server process (connections to kill, logins to refuse)
+    aborts_on_error: bool = False
+    """Any error aborts the whole transaction (PostgreSQL, DuckDB)."""
+    length_limits: bool = True  # VARCHAR(n) refuses longer values (not SQLite, DuckDB)
+    lock_waits: bool = True
+    """A writer waits for another transaction's uncommitted key (DuckDB instead
+    fails one of the two: optimistic concurrency)."""
+    isolation_levels: bool = True  # execution_options(isolation_level=...)
+    seed_lock: bool = True  # seed takes a database-wide lock (DuckDB: one writer process)
+    benchmarks: bool = True  # the benchmark runner and its peers support it
+    reflection: bool = True
+    """Tables can be reflected (duckdb-engine 0.17 with SQLAlchemy 2.1: its
+    PostgreSQL reflection reads pg_catalog.pg_collation, which DuckDB lacks)."""
+    case_insensitive_keys: bool = True
+    """A unique key can compare case-insensitively (DuckDB's unique indexes
+    compare bytes, whatever the column's collation)."""
+
+
+FACTS = {
+    "sqlite": Facts(server=False, length_limits=False),
+    "postgresql": Facts(aborts_on_error=True),
+    "mariadb": Facts(partial_indexes=False, expression_targets=False),
+    "duckdb": Facts(
+        partial_indexes=False,
+        expression_targets=False,
+        savepoints=False,
+        locking_reads=False,
+        writer_processes=False,
+        server=False,
+        aborts_on_error=True,
+        length_limits=False,
+        lock_waits=False,
+        isolation_levels=False,
+        seed_lock=False,
+        benchmarks=False,
+        reflection=False,
+        case_insensitive_keys=False,
+    ),
+}
 
 
 def sync_url(url: str) -> str:
     u = make_url(url)
     backend, _, driver = u.drivername.partition("+")
-    return u.set(drivername=f"{backend}+{SYNC_DRIVERS.get(driver, driver)}").render_as_string(
+    sync = SYNC_DRIVERS.get(driver, driver)
+    return u.set(drivername=f"{backend}+{sync}" if sync else backend).render_as_string(
         hide_password=False
     )
 
@@ -80,6 +137,10 @@ class Backend:
     url: str  # async driver URL
 
     @property
+    def facts(self) -> Facts:
+        return FACTS[self.name]
+
+    @property
     def sync_url(self) -> str:
         return sync_url(self.url)
 
@@ -120,11 +181,31 @@ def _backend_params() -> list[Any]:
     ]
 
 
+def skip_without_needs(request: pytest.FixtureRequest, name: str) -> None:
+    """Skip a test marked ``needs(...)`` on a backend without one of the facts."""
+    facts = FACTS[name]
+    for mark in request.node.iter_markers("needs"):
+        lacking = [fact for fact in mark.args if not getattr(facts, fact)]
+        if lacking:
+            pytest.skip(f"{name} has no {', '.join(lacking).replace('_', ' ')}")
+
+
 @pytest.fixture(params=_backend_params())
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    name = request.param
+    skip_without_needs(request, request.param)
+    return backend_for(request.param, tmp_path)
+
+
+def backend_for(name: str, directory: Path) -> Backend:
+    """The backend ``name``; an embedded database is a file in ``directory``."""
     if name == "sqlite":
-        return Backend(name, f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+        return Backend(name, f"sqlite+aiosqlite:///{directory / 'test.db'}")
+    if name == "duckdb":
+        if importlib.util.find_spec("duckdb_engine") is None:
+            missing("duckdb and duckdb-engine are not installed (pip install onconflict[duckdb])")
+        import tests.duckdb_backend  # noqa: F401  (registers duckdb+oc_blocking)
+
+        return Backend(name, f"duckdb+oc_blocking:///{directory / 'test.duckdb'}")
     env, default = DEFAULTS[name]
     url = os.environ.get(env, default)
     require_server(name, url)
@@ -149,7 +230,7 @@ def sengine(backend: Backend) -> Iterator[Engine]:
 async def tables(aengine: AsyncEngine, backend: Backend) -> AsyncIterator[None]:
     from tests.schema import metadata, parent, partial_metadata
 
-    metas = [metadata] + ([partial_metadata] if backend.name != "mariadb" else [])
+    metas = [metadata] + ([partial_metadata] if backend.facts.partial_indexes else [])
     async with aengine.begin() as conn:
         for md in metas:
             await conn.run_sync(md.drop_all)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlmodel import Field, SQLModel
 
-ALL = ("sqlite", "postgresql", "mariadb")
+ALL = ("sqlite", "postgresql", "mariadb", "duckdb")
 
 metadata = sa.MetaData()
 
@@ -388,7 +388,7 @@ FEATURES = [
         change={"v": "y"},
         stored={"email": "a@x", "active": True, "v": "x"},
         backends=("sqlite", "postgresql"),
-        why_not="MariaDB has no partial indexes",
+        why_not="MariaDB and DuckDB have no partial indexes",
     ),
     Feature(
         "expression_index",
@@ -400,7 +400,10 @@ FEATURES = [
         change={"v": "y"},
         stored={"email": "a@x", "v": "x"},
         updated={"v": "y"},  # whether upsert rewrites email to 'A@X' is not decided
-        refused={"mariadb": "MariaDB 10.11 has no expression (functional) indexes"},
+        refused={
+            "mariadb": "MariaDB 10.11 has no expression (functional) indexes",
+            "duckdb": "DuckDB's ON CONFLICT names columns only, not an expression index",
+        },
     ),
     Feature(
         "collation",
@@ -410,6 +413,8 @@ FEATURES = [
         key=("code",),
         change={"v": "y"},
         stored={"code": "abc", "v": "x"},
+        backends=("sqlite", "postgresql", "mariadb"),
+        why_not="DuckDB's unique indexes compare bytes, whatever the column's collation",
     ),
     Feature(
         "partitioned",

@@ -14,6 +14,7 @@ from tests.conftest import Backend
 
 
 @pytest.mark.parametrize("kind", ["race", "bulk"])
+@pytest.mark.needs("benchmarks")
 def test_smoke(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:

@@ -95,6 +95,7 @@ async def test_64_coroutines_update_or_create(aengine: AsyncEngine) -> None:
     assert await count(aengine, users) == 1
 
 
+@pytest.mark.needs("writer_processes")
 def test_8_processes_one_key(backend: Backend, tmp_path: Path) -> None:
     """Separate processes (separate pools, separate event loops) at once."""
     start = time.time() + 3
@@ -148,6 +149,7 @@ async def test_works_inside_the_callers_transaction(aengine: AsyncEngine) -> Non
     assert await count(aengine, users) == 1
 
 
+@pytest.mark.needs("lock_waits")
 async def test_lost_race_keeps_the_callers_earlier_work(
     aengine: AsyncEngine, backend: Backend
 ) -> None:

@@ -251,7 +251,7 @@ async def test_only_duplicates_are_skipped(
         {"email": "b@x", "name": ""},
         {"email": "b@x", "name": "f", "pid": 99},
     ]
-    if backend.name != "sqlite":  # SQLite has no length limit
+    if backend.facts.length_limits:  # SQLite and DuckDB have none
         bad_rows.append({"email": "b@x", "name": "toolongname"})
     for bad in bad_rows:
         with pytest.raises(sa.exc.DBAPIError):
@@ -267,14 +267,16 @@ async def test_only_duplicates_are_skipped(
     assert await count(aengine, accounts) == 1
 
 
-async def test_the_callers_earlier_work_survives_a_failed_call(aengine: AsyncEngine) -> None:
+async def test_the_callers_earlier_work_survives_a_failed_call(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
     async with aengine.connect() as conn:
         await conn.execute(tags.insert(), [{"slug": "mine"}])
         with pytest.raises(sa.exc.DBAPIError):
             await onconflict.get_or_create_many(
                 conn, users, [{"email": "g@x", "name": "g"}, {"email": "b@x", "name": ""}]
             )
-        if conn.dialect.name == "postgresql":  # the error aborted the whole transaction
+        if backend.facts.aborts_on_error:  # the error aborted the whole transaction
             await conn.rollback()
             return
         await conn.commit()
@@ -339,6 +341,7 @@ def check_race(outcomes: list[tuple[str, Any, bool]], distinct: int) -> None:
     assert all(makers[k] == 1 for k in ids), makers
 
 
+@pytest.mark.needs("writer_processes")
 def test_8_processes_overlapping_key_sets(backend: Backend, aengine: AsyncEngine) -> None:
     """Separate processes (pools, event loops) at once, on overlapping key sets."""
     start = time.time() + 3
@@ -432,6 +435,7 @@ async def test_mariadb_repeatable_read_finds_rows_committed_after_the_snapshot(
     assert (again.created, again.rows[0]["name"]) == ([False], "other")
 
 
+@pytest.mark.needs("lock_waits")
 async def test_lost_race_waits_for_the_other_transaction(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
@@ -490,6 +494,7 @@ async def test_postgresql_one_statement_and_no_sequence_values_burnt(
 
 
 @pytest.mark.usefixtures("inheritance_tables")
+@pytest.mark.needs("savepoints")  # in a session: the rows of another class are undone
 async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -> None:
     """Through a subclass: the discriminator is written, instances are of the
     subclass, and a key stored as another class's row is a mismatch."""

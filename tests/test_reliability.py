@@ -68,6 +68,7 @@ def run_storm(url: str, processes: int = 16, coroutines: int = 64) -> list[dict[
 
 
 @pytest.mark.slow
+@pytest.mark.needs("writer_processes")
 async def test_process_storm(aengine: AsyncEngine, backend: Backend) -> None:
     """16 processes x 64 coroutines mixing insert_ignore, upsert and get_or_create
     on 20 hot keys: every key once, one creator per key, no error."""
@@ -98,6 +99,7 @@ KILLERS = {
 }
 
 
+@pytest.mark.needs("server")
 async def test_connection_killed_mid_batch(aengine: AsyncEngine, backend: Backend) -> None:
     """The call fails with a clear error, nothing of it is committed, and the same
     call run again converges to the full table."""
@@ -173,6 +175,7 @@ LEVELS = {
     "postgresql": ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"],
     "mariadb": ["READ COMMITTED", "REPEATABLE READ"],
     "sqlite": ["SERIALIZABLE"],
+    "duckdb": [],  # no isolation levels to choose (snapshot isolation)
 }
 
 
@@ -302,6 +305,7 @@ async def test_invalid_identifiers_are_refused(
         await onconflict.insert_ignore(aengine, storm, rows, **kw)
 
 
+@pytest.mark.needs("reflection")  # the CLI reflects the tables it seeds
 async def test_hostile_seed_file(backend: Backend, hostile: sa.Table, tmp_path: Path) -> None:
     data = {HOSTILE_TABLE: [{HOSTILE_KEY: "a", HOSTILE_COL: "'; DROP TABLE x; --"}]}
     path = tmp_path / "hostile.json"
@@ -318,6 +322,7 @@ async def test_hostile_seed_file(backend: Backend, hostile: sa.Table, tmp_path: 
     assert "unknown table" in refused.output
 
 
+@pytest.mark.needs("server")
 async def test_passwords_never_in_the_libraries_errors(backend: Backend) -> None:
     if backend.name == "sqlite":
         pytest.skip("no password")
@@ -489,6 +494,7 @@ async def test_mariadb_get_or_create_commit_lost_is_raised(backend: Backend) -> 
     assert await count_directly(backend) == 4
 
 
+@pytest.mark.needs("server")
 async def test_server_unreachable_raises_sqlalchemys_error(backend: Backend) -> None:
     """The driver-level paths check a connection out of the pool themselves; when
     a new one cannot be made (the server is gone), the call raises what the

@@ -12,10 +12,8 @@ per backend for the module; each test deletes the rows of its feature first.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +25,7 @@ from sqlmodel import SQLModel
 
 import onconflict
 import onconflict.sync
-from tests.conftest import BACKENDS, DEFAULTS, Backend, require_server
+from tests.conftest import BACKENDS, Backend, backend_for
 from tests.schema_matrix import FEATURES, Feature, metadata, nullable_unique, on_update
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -65,14 +63,7 @@ async def db(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Db]:
     name = request.param
-    if name == "sqlite":
-        path: Path = tmp_path_factory.mktemp("matrix") / "matrix.db"
-        backend = Backend(name, f"sqlite+aiosqlite:///{path}")
-    else:
-        env, default = DEFAULTS[name]
-        url = os.environ.get(env, default)
-        require_server(name, url)
-        backend = Backend(name, url)
+    backend = backend_for(name, tmp_path_factory.mktemp("matrix"))
     aengine = backend.async_engine(pool_size=5, max_overflow=5)
     sengine = backend.sync_engine()
     tables = _tables(name)

@@ -63,6 +63,7 @@ async def test_insert_twice_children_listed_first(aengine: AsyncEngine) -> None:
     assert not again.changed
 
 
+@pytest.mark.needs("reflection")
 async def test_tables_by_name_are_reflected(aengine: AsyncEngine, sengine: Any) -> None:
     report = onconflict.sync.seed(sengine, {"users": USERS, "roles": ROLES})
     assert report.total("inserted") == 4
@@ -140,6 +141,7 @@ def hold_lock(backend: Backend, release: threading.Event, held: threading.Event)
     engine.dispose()
 
 
+@pytest.mark.needs("seed_lock")
 async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Backend) -> None:
     release, held = threading.Event(), threading.Event()
     holder = threading.Thread(target=hold_lock, args=(backend, release, held))
@@ -156,6 +158,7 @@ async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Back
     assert (await onconflict.seed(aengine, {roles: ROLES})).total("inserted") == 2
 
 
+@pytest.mark.needs("writer_processes")
 def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
     """docs' FastAPI example: eight workers run the start-up seeding at once."""
     url = backend.url
@@ -182,6 +185,7 @@ def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
 
 
 @pytest.mark.parametrize("driver", ["async", "sync"])
+@pytest.mark.needs("writer_processes")
 def test_4_replicas_seed_a_fresh_database_with_the_cli_at_once(
     backend: Backend, driver: str
 ) -> None:

@@ -171,7 +171,7 @@ def _shape(
         key = sa.and_(
             *(table.c[k] == sa.bindparam(f"oc_{k}", type_=table.c[k].type) for k in target.columns)
         )
-        plan.statements["select_key"] = sa.select(table).where(key).with_for_update(read=True)
+        plan.statements["select_key"] = support.for_update(sa.select(table).where(key), read=True)
     return plan
 
 

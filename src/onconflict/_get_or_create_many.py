@@ -347,7 +347,7 @@ def _read(call: _Call, indexes: list[int], locking: bool) -> list[Row]:
         where = cols[0].in_([v[0] for v in part]) if len(cols) == 1 else sa.tuple_(*cols).in_(part)
         read = sa.select(*by_key(table)).where(where)
         if locking:
-            read = read.order_by(*cols).with_for_update(read=True)
+            read = prepared.support.for_update(read.order_by(*cols), read=True)
         out += [dict(m) for m in call.conn.execute(read).mappings()]
     return out
 

@@ -168,7 +168,13 @@ def _prepare_insert_ignore(
 def _choose(dialect: Dialect, strategy: str) -> tuple[DialectSupport, bool]:
     """The dialect's support and whether the native statement is used."""
     if strategy == "classify":
-        return support_for(dialect), False
+        support = support_for(dialect)
+        if not support.savepoints:
+            raise NotSupportedError(
+                f"strategy='classify' needs a SAVEPOINT per row, which {support.name} does not"
+                " have; use the native strategy ('auto')"
+            )
+        return support, False
     try:
         return native_support(dialect), True
     except NotSupportedError:

@@ -66,6 +66,9 @@ REGISTRY: dict[str, Entry] = {
     # no native writer: the classifier's codes only
     "oracle": Entry(None, "onconflict.dialects.oracle:ERRORS"),
     "mssql": Entry(None, "onconflict.dialects.mssql:ERRORS"),
+    "duckdb": Entry(
+        "onconflict.dialects.duckdb:DuckDB", "onconflict.dialects.duckdb.errors:ERRORS"
+    ),
 }
 
 _supports: dict[str, DialectSupport] = {}

@@ -55,6 +55,9 @@ class Capabilities:
     error_aborts_transaction: bool = False
     """Any error aborts the whole transaction (PostgreSQL): a multi-statement
     call needs no savepoint of its own to be all-or-nothing."""
+    savepoints: bool = True
+    """False where the database has no SAVEPOINT (DuckDB): ``strategy="classify"``
+    (a savepoint per row) is refused before any SQL."""
     fetch_in_one_statement: bool = False
     """get_or_create is one statement (an engine-owned call runs it in
     autocommit: no BEGIN/COMMIT round trips)."""
@@ -97,6 +100,11 @@ class DialectSupport:
     def page_size(self) -> int:
         """Most rows sent in one statement."""
         return self.capabilities.page_size
+
+    @property
+    def savepoints(self) -> bool:
+        """False where the database has no SAVEPOINT."""
+        return self.capabilities.savepoints
 
     @property
     def fetch_in_one_statement(self) -> bool:
@@ -173,7 +181,7 @@ class DialectSupport:
         select = sa.select(*by_key(t)).where(lookup_condition(plan))
         plan.statements["select"] = select
         # a locking read sees rows committed after the transaction's snapshot
-        plan.statements["select_locked"] = select.with_for_update(read=True)
+        plan.statements["select_locked"] = self.for_update(select, read=True)
         plan.statements["insert"] = self.insert_ignore(t, plan.target, False)
         plan.statements["insert_returning"] = self.insert_ignore(t, plan.target, True)
 
@@ -272,6 +280,12 @@ class DialectSupport:
     def savepoint(self, conn: Connection) -> AbstractContextManager[NestedTransaction]:
         """A SAVEPOINT, released on success and rolled back on error."""
         return _savepoint(conn, self.transaction_lost)
+
+    def for_update(self, select: sa.Select[Any], read: bool = False) -> sa.Select[Any]:
+        """``select`` as a locking read (``FOR UPDATE``, or ``FOR SHARE`` with
+        ``read``), which sees rows committed after the transaction's snapshot
+        and keeps them until it ends. DuckDB has none: its plain read."""
+        return select.with_for_update(read=read)
 
     def transaction_lost(self, exc: BaseException) -> bool:
         """True when the server has already rolled the whole transaction back
