@@ -34,13 +34,11 @@ from onconflict._keys import (
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
-    UniqueKey,
+    duplicate_of_target,
     reachable_keys,
     read_rows,
     resolve_table,
-    unique_keys,
 )
-from onconflict.classify import unique_violation
 from onconflict.dialects import DialectSupport, native_support, support_for
 from onconflict.dialects.base import evaluate_keys, execute_row, with_primary_key
 from onconflict.exceptions import NotSupportedError
@@ -441,7 +439,7 @@ def _write_classify(
                     result = execute_row(conn, stmt, rows[i])
                     one = _stored_row(result, rows[i], prepared)
             except sa.exc.DBAPIError as exc:
-                if _duplicate_of_target(exc, prepared):
+                if duplicate_of_target(exc, prepared.table, prepared.target):
                     continue
                 logger.info(
                     "insert into %s failed: not a duplicate", prepared.table.name, exc_info=True
@@ -455,38 +453,3 @@ def _stored_row(result: sa.CursorResult[Any], row: Row, prepared: PreparedInsert
     if prepared.returning:
         return dict(result.mappings().one())
     return with_primary_key(prepared.table, row, result)
-
-
-def _duplicate_of_target(exc: BaseException, prepared: PreparedInsert) -> bool:
-    """A unique violation of the conflict target (not of another key).
-
-    Decided from the columns the error names (PostgreSQL, SQLite, Oracle 23)
-    or its constraint name; when the error names neither, a duplicate counts.
-    """
-    violation = unique_violation(exc)
-    if violation is None:
-        return False
-    target = prepared.target
-    if target.key is None:
-        return True
-    table = prepared.table
-    if violation.columns:  # the database's column names, not the column keys
-        return set(violation.columns) == {table.c[c].name for c in target.columns}
-    name = (violation.constraint or "").lower()
-    if not name:
-        return True
-    if name in _server_names(table, target.key):
-        return True
-    others = [k for k in unique_keys(table) if k != target.key]
-    return not any(name in _server_names(table, k) for k in others)
-
-
-def _server_names(table: sa.Table, key: UniqueKey) -> set[str]:
-    """Names the server may give this key in an error: its own, MySQL's
-    ``PRIMARY``, or (unnamed, on MySQL) its first column's database name."""
-    names = {key.name.lower()} if key.name else set()
-    if key.kind == "primary key":
-        names.add("primary")
-    elif not key.name and key.columns:
-        names.add(table.c[key.columns[0]].name.lower())
-    return names

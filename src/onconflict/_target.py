@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, TypeAlias
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 
+from onconflict.classify import unique_violation
 from onconflict.exceptions import NotSupportedError
 
 
@@ -410,3 +411,36 @@ def read_rows(table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget) -> In
         return None
     target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
     return InputRows(tbl, given, data, outmap, target)
+
+
+def duplicate_of_target(exc: BaseException, table: sa.Table, target: ConflictTarget) -> bool:
+    """A unique violation of the conflict target (not of another key).
+
+    Decided from the columns the error names (PostgreSQL, SQLite, Oracle 23)
+    or its constraint name; when the error names neither, a duplicate counts.
+    """
+    violation = unique_violation(exc)
+    if violation is None:
+        return False
+    if target.key is None:
+        return True
+    if violation.columns:  # the database's column names, not the column keys
+        return set(violation.columns) == {table.c[c].name for c in target.columns}
+    name = (violation.constraint or "").lower()
+    if not name:
+        return True
+    if name in _server_names(table, target.key):
+        return True
+    others = [k for k in unique_keys(table) if k != target.key]
+    return not any(name in _server_names(table, k) for k in others)
+
+
+def _server_names(table: sa.Table, key: UniqueKey) -> set[str]:
+    """Names the server may give this key in an error: its own, MySQL's
+    ``PRIMARY``, or (unnamed, on MySQL) its first column's database name."""
+    names = {key.name.lower()} if key.name else set()
+    if key.kind == "primary key":
+        names.add("primary")
+    elif not key.name and key.columns:
+        names.add(table.c[key.columns[0]].name.lower())
+    return names

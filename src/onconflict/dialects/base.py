@@ -313,6 +313,12 @@ class DialectSupport:
         """An optional faster path for an engine-owned insert_ignore; None: the usual one."""
         return None
 
+    def one_row_statement(self, table: sa.Table, target: ConflictTarget) -> Insert:
+        """The statement a driver-level path runs for one row: the native
+        insert_ignore with RETURNING (MySQL: a plain INSERT, whose duplicate
+        error it reads)."""
+        return self.insert_ignore(table, target, True)
+
     def one_row_insert(
         self, engine: Any, prepared: Any
     ) -> tuple[DriverStatement, int, list[Any]] | None:
@@ -331,7 +337,7 @@ class DialectSupport:
         fast = cache.get(shape)
         if fast is None:
             values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in group.columns}
-            stmt = self.insert_ignore(table, target, True).values(values)
+            stmt = self.one_row_statement(table, target).values(values)
             fast = cache[shape] = DriverStatement(stmt, dialect, table.c)
             if len(cache) > 512:
                 cache.pop(next(iter(cache)))

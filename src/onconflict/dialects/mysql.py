@@ -34,7 +34,7 @@ import hashlib
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -45,7 +45,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions, substitute
 from onconflict._keys import Keys, align, by_key, fold_text
-from onconflict._target import ConflictTarget
+from onconflict._target import ConflictTarget, duplicate_of_target
 from onconflict.dialects.base import (
     DialectSupport,
     DriverStatement,
@@ -125,6 +125,17 @@ TRANSACTION_LOST = frozenset({1213, 1205})
 LOCK_BUSY = frozenset({1205, 3572})
 
 
+class GuardedInsert(mysql.Insert):
+    """``INSERT IGNORE`` as onconflict guards it. A statement of ONE row runs as
+    a plain INSERT instead (``MySQL.write_row``); ``target`` is the conflict
+    target its duplicate error is checked against (None: any duplicate is
+    skipped, as IGNORE skips it)."""
+
+    inherit_cache = True
+    target: ConflictTarget | None = None
+    returns = False
+
+
 class _Overflow(Exception):
     def __init__(self, kept: int) -> None:
         self.kept = kept
@@ -140,8 +151,20 @@ class MySQL(DialectSupport):
         return 2 * 1024 * 1024
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
-        stmt = mysql.insert(table).prefix_with("IGNORE")
-        return stmt.returning(*by_key(table)) if returning else stmt
+        return self._ignore(table, target, returning)
+
+    def _ignore(
+        self, table: sa.Table, target: ConflictTarget | None, returning: bool
+    ) -> GuardedInsert:
+        stmt = GuardedInsert(table).prefix_with("IGNORE")
+        stmt.target, stmt.returns = target, returning
+        if returning:  # (a GuardedInsert still: generative methods keep the class)
+            return cast(GuardedInsert, stmt.returning(*by_key(table)))
+        return stmt
+
+    def one_row_statement(self, table: sa.Table, target: ConflictTarget) -> Insert:
+        """A plain INSERT ... RETURNING: its error says exactly what one row met."""
+        return mysql.insert(table).returning(*by_key(table))
 
     def check_target(self, table: sa.Table, target: ConflictTarget) -> None:
         key = target.key
@@ -199,7 +222,8 @@ class MySQL(DialectSupport):
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         table = plan.table
         plan.extra["returning"] = bool(dialect.insert_returning)
-        plan.statement = self.insert_ignore(table, plan.target, plan.extra["returning"])
+        # (a row skipped though its target key was not found: _check_skipped)
+        plan.statement = self._ignore(table, None, plan.extra["returning"])
         if plan.where is None and not plan.extra.get("other_keys"):
             odku = mysql.insert(table)
 
@@ -396,6 +420,10 @@ class MySQL(DialectSupport):
 
     def prepare_fetch(self, plan: FetchPlan) -> None:
         super().prepare_fetch(plan)
+        # any duplicate skipped: a row that cannot be read after it is what
+        # conflict_elsewhere then explains (a race, or another key)
+        plan.statements["insert"] = self._ignore(plan.table, None, False)
+        plan.statements["insert_returning"] = self._ignore(plan.table, None, True)
         plan.statements["select_exclusive"] = plan.statements["select"].with_for_update()
 
     def lock_for_update_or_create(self, conn: Connection) -> None:
@@ -454,17 +482,19 @@ class MySQL(DialectSupport):
 
     async def insert_ignore_fast(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
         """A one-row insert_ignore that owns its work, on aiomysql (MariaDB with
-        RETURNING): the guarded statement run on the pooled driver connection,
-        compiled once per shape, without SQLAlchemy's per-call execution.
+        RETURNING): the plain one-row INSERT ... RETURNING of ``write_row`` run
+        on the pooled driver connection, compiled once per shape, without
+        SQLAlchemy's per-call execution.
 
-        The guard is the same as the ordinary path's, in one transaction: kept
-        (COMMIT) only when the row came back with no warning, reported existing
-        only when nothing came back and the one warning is a duplicate key.
-        Anything else is rolled back and None returned: the ordinary path then
-        runs the call again and raises the server's own error, exactly as it
-        would have. Nothing is committed before that decision, so running it
-        again is safe; only a connection lost during the COMMIT itself is
-        raised (the outcome is unknown).
+        The same decisions as the ordinary path's, in one transaction: kept
+        (COMMIT) only when the row came back with no warning; reported existing
+        (ROLLBACK, which also ends the shared lock the duplicate left) only for
+        error 1062 naming the conflict target (or a key the table does not
+        declare). Anything else is rolled back and None returned: the ordinary
+        path then runs the call again and raises the server's own error,
+        exactly as it would have. Nothing is committed before that decision, so
+        running it again is safe; only a connection lost during the COMMIT
+        itself is raised (the outcome is unknown).
         """
         if not plain_engine(engine, "aiomysql") or not engine.dialect.insert_returning:
             return None  # (RETURNING is known once the engine has connected)
@@ -472,7 +502,8 @@ class MySQL(DialectSupport):
         if one is None:
             return None
         fast, index, args = one
-        row = await greenlet_spawn(_insert_ignore_aiomysql, engine.sync_engine, fast, args)
+        sync, table, target = engine.sync_engine, prepared.table, prepared.target
+        row = await greenlet_spawn(_insert_ignore_aiomysql, sync, fast, args, table, target)
         if row is None:
             return None
         return {index: row} if row else {}
@@ -535,6 +566,10 @@ class MySQL(DialectSupport):
         return bool(args) and args[0] in TRANSACTION_LOST
 
     def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
+        if len(rows) == 1 and _plain_row(conn, stmt):
+            one = self.write_row(conn, stmt, rows[0])  # type: ignore[arg-type]
+            return [] if one is None else [one]
+
         def run() -> tuple[list[Row], sa.CursorResult[Any]]:
             result = execute_rows(conn, stmt, rows)
             return [dict(m) for m in result.mappings()], result
@@ -582,6 +617,9 @@ class MySQL(DialectSupport):
                     conn.execute(SET_LIMIT, {"n": saved})
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
+        if _plain_row(conn, stmt):
+            return self.write_row(conn, stmt, row)  # type: ignore[arg-type]
+
         def run() -> tuple[Row | None, sa.CursorResult[Any]]:
             result = execute_row(conn, stmt, row)
             if result.rowcount != 1:
@@ -590,6 +628,46 @@ class MySQL(DialectSupport):
 
         stored: Row | None = self._guarded(conn, stmt, [row], run)
         return stored
+
+    # -- one row: a plain INSERT ---------------------------------------------------
+    # For ONE row, a plain INSERT (no IGNORE, no SAVEPOINT) says exactly what
+    # happened: error 1062 is a duplicate (one row, one error), every other
+    # problem is the server's own error, and InnoDB rolls back only the failed
+    # statement, so the caller's transaction goes on. (Deadlocks and lock wait
+    # timeouts roll back more, as they did before: they are raised.) What a
+    # plain INSERT can still store with a warning (a note for a rounded decimal
+    # or trimmed trailing spaces, a value cut short under a non-strict
+    # sql_mode) is undone and raised as UnsafeInsertError, as the guard does.
+
+    def write_row(self, conn: Connection, stmt: GuardedInsert, row: Row) -> Row | None:
+        """One row as a plain INSERT: the stored row, or None for a duplicate."""
+        table: sa.Table = stmt.table  # type: ignore[assignment]
+        plain = self._plain(table, stmt.returns)
+        try:
+            result = execute_row(conn, plain, row)
+        except sa.exc.IntegrityError as exc:
+            if _error_number(exc) != DUPLICATE_KEY or _elsewhere(conn, stmt, row, exc):
+                raise
+            return None
+        if stmt.returns:
+            stored = dict(result.mappings().one())
+        else:
+            stored = with_primary_key(table, row, result)
+        warned = _warnings(conn, result)
+        if warned:
+            if not conn.info.get(OWNED, False):  # (an owned call's raise rolls back)
+                conn.execute(sa.delete(table).where(*_primary_key_of(table, stored)))
+            listing = "; ".join(f"{code}: {msg}" for _, code, msg in warned[:5])
+            raise UnsafeInsertError(
+                f"INSERT into {table.name!r} stored its row with warnings ({listing});"
+                " the row was undone: nothing was stored",
+                warned,
+            )
+        return stored
+
+    def _plain(self, table: sa.Table, returning: bool) -> Insert:
+        stmt = mysql.insert(table)
+        return stmt.returning(*by_key(table)) if returning else stmt
 
     def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
         table: sa.Table = stmt.table  # type: ignore[assignment]
@@ -671,6 +749,48 @@ class MySQL(DialectSupport):
             execute_rows(conn, self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+def _plain_row(conn: Connection, stmt: Insert) -> bool:
+    """Whether a one-row statement runs as a plain INSERT (MySQL.write_row): an
+    insert_ignore, upsert or get_or_create statement; not where the engine has
+    handle_error listeners (they would see the duplicate's error, which the
+    guarded INSERT IGNORE never raises); in the caller's transaction only for a
+    table with a primary key (a row stored with a warning is deleted by it)."""
+    if not isinstance(stmt, GuardedInsert) or conn.dialect.dispatch.handle_error:
+        return False
+    return bool(conn.info.get(OWNED, False) or stmt.table.primary_key)
+
+
+def _elsewhere(conn: Connection, stmt: GuardedInsert, row: Row, exc: BaseException) -> bool:
+    """A duplicate that is of another unique key than the statement's target
+    (the key the error names), while no row has the target key: an error to
+    raise, not a row that exists. (A duplicate of both keys names one of them.)"""
+    target = stmt.target
+    if target is None or duplicate_of_target(exc, stmt.table, target):  # type: ignore[arg-type]
+        return False
+    table: sa.Table = stmt.table  # type: ignore[assignment]
+    cols = [table.c[c] for c in target.columns]
+    if not cols or any(row.get(c.key) is None for c in cols):
+        return True  # (NULL never collides: it cannot be a duplicate of the target)
+    # a locking read: sees the latest committed row, whatever the snapshot
+    look = sa.select(*cols).where(*(c == row[c.key] for c in cols)).with_for_update(read=True)
+    return conn.execute(look).first() is None
+
+
+def _warnings(conn: Connection, result: sa.CursorResult[Any]) -> list[tuple[str, int, str]]:
+    """The warnings of the statement just run (none: an empty list)."""
+    count = packet_warning_count(conn, result)
+    if count is None:  # a driver we cannot read it from: ask the server
+        count = int(conn.execute(WARNING_COUNTS).first()[0])  # type: ignore[index]
+    if not count:
+        return []
+    shown = [(str(w[0]), int(w[1]), str(w[2])) for w in conn.execute(SHOW_WARNINGS)]
+    return shown or [("Warning", 0, f"{count} warnings, none visible (max_error_count=0)")]
+
+
+def _primary_key_of(table: sa.Table, row: Row) -> list[sa.ColumnElement[bool]]:
+    return [col == row[col.key] for col in table.primary_key.columns]
 
 
 def _level_chosen(conn: Connection) -> bool:
@@ -765,13 +885,16 @@ class _Driver:
         self.usable = not self.driver.get_autocommit()
         self.ended = True  # no transaction left open for the pool to roll back
 
-    def run(self, fast: DriverStatement, args: list[Any]) -> tuple[list[Any], int, list[Any]]:
-        """The rows, the warning count and (if any) the warnings of a statement."""
+    def run(
+        self, fast: DriverStatement, args: list[Any], show: bool = True
+    ) -> tuple[list[Any], int, list[Any]]:
+        """The rows, the warning count and (if any, and ``show``) the warnings
+        of a statement."""
         self.ended = False
         cursor = await_only(self.driver.cursor(_quiet_cursor()))
         await_only(cursor.execute(fast.sql, args))
         count = cursor._result.warning_count
-        shown = list(await_only(self.driver.show_warnings())) if count else []
+        shown = list(await_only(self.driver.show_warnings())) if count and show else []
         return list(cursor._rows or ()), count, shown
 
     def roll_back(self, exc: BaseException | None = None) -> bool:
@@ -823,22 +946,24 @@ def _driver(engine: Engine) -> Iterator[_Driver | None]:
         conn.close()
 
 
-def _insert_ignore_aiomysql(engine: Engine, fast: DriverStatement, args: list[Any]) -> Row | None:
+def _insert_ignore_aiomysql(
+    engine: Engine, fast: DriverStatement, args: list[Any], table: sa.Table, target: ConflictTarget
+) -> Row | None:
     """MySQL.insert_ignore_fast's work, inside SQLAlchemy's greenlet bridge: the
-    stored row, {} for a duplicate, None to take the ordinary path."""
+    stored row, {} for a duplicate of the target, None to take the ordinary path."""
     with _driver(engine) as conn:
         if conn is None:
             return None
         try:
-            records, count, shown = conn.run(fast, args)
+            records, count, _ = conn.run(fast, args, show=False)
         except Exception as exc:  # not committed: the server drops it with the session
-            conn.roll_back(exc)
-            return None
+            duplicate = _errno(exc) == DUPLICATE_KEY and duplicate_of_target(exc, table, target)
+            conn.roll_back(exc)  # (ends the shared lock a duplicate leaves)
+            return {} if duplicate else None
         if count == 0 and len(records) == 1:
             return fast.row(records[0]) if conn.commit(fast, args) else None
-        duplicate = not records and count == 1 and [w[1] for w in shown] == [DUPLICATE_KEY]
-        conn.roll_back()
-        return {} if duplicate else None
+        conn.roll_back()  # stored with a warning: the ordinary path raises it
+        return None
 
 
 _FetchStatements = tuple[DriverStatement, DriverStatement, DriverStatement]
@@ -877,6 +1002,11 @@ def _get_or_create_aiomysql(
         if not conn.roll_back() or not found:  # a read, or nothing to keep
             return None
         return select.row(found[0]), False
+
+
+def _errno(exc: BaseException) -> Any:
+    """The MySQL error number of a driver's own exception."""
+    return exc.args[0] if exc.args else None
 
 
 def _server_refused(exc: BaseException) -> bool:
