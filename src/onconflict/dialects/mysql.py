@@ -156,15 +156,11 @@ class MySQL(DialectSupport):
     def _ignore(
         self, table: sa.Table, target: ConflictTarget | None, returning: bool
     ) -> GuardedInsert:
-        stmt = GuardedInsert(table).prefix_with("IGNORE")
-        stmt.target, stmt.returns = target, returning
-        if returning:  # (a GuardedInsert still: generative methods keep the class)
-            return cast(GuardedInsert, stmt.returning(*by_key(table)))
-        return stmt
+        return _guarded_insert(table, target, returning)
 
     def one_row_statement(self, table: sa.Table, target: ConflictTarget) -> Insert:
         """A plain INSERT ... RETURNING: its error says exactly what one row met."""
-        return mysql.insert(table).returning(*by_key(table))
+        return _plain_insert(table, True)
 
     def check_target(self, table: sa.Table, target: ConflictTarget) -> None:
         key = target.key
@@ -642,7 +638,7 @@ class MySQL(DialectSupport):
     def write_row(self, conn: Connection, stmt: GuardedInsert, row: Row) -> Row | None:
         """One row as a plain INSERT: the stored row, or None for a duplicate."""
         table: sa.Table = stmt.table  # type: ignore[assignment]
-        plain = self._plain(table, stmt.returns)
+        plain = _plain_insert(table, stmt.returns)
         try:
             result = execute_row(conn, plain, row)
         except sa.exc.IntegrityError as exc:
@@ -664,10 +660,6 @@ class MySQL(DialectSupport):
                 warned,
             )
         return stored
-
-    def _plain(self, table: sa.Table, returning: bool) -> Insert:
-        stmt = mysql.insert(table)
-        return stmt.returning(*by_key(table)) if returning else stmt
 
     def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
         table: sa.Table = stmt.table  # type: ignore[assignment]
@@ -749,6 +741,25 @@ class MySQL(DialectSupport):
             execute_rows(conn, self.duplicate_noop(table), rows)
         finally:
             probe.rollback()
+
+
+# Statements are built once per shape (SQLAlchemy then finds them in its
+# compiled cache by their cache key): building one costs as much as running it.
+@functools.lru_cache(maxsize=512)
+def _guarded_insert(
+    table: sa.Table, target: ConflictTarget | None, returning: bool
+) -> GuardedInsert:
+    stmt = GuardedInsert(table).prefix_with("IGNORE")
+    stmt.target, stmt.returns = target, returning
+    if returning:  # (a GuardedInsert still: generative methods keep the class)
+        return cast(GuardedInsert, stmt.returning(*by_key(table)))
+    return stmt
+
+
+@functools.lru_cache(maxsize=512)
+def _plain_insert(table: sa.Table, returning: bool) -> Insert:
+    stmt = mysql.insert(table)
+    return stmt.returning(*by_key(table)) if returning else stmt
 
 
 def _plain_row(conn: Connection, stmt: Insert) -> bool:
