@@ -416,3 +416,26 @@ async def test_handle_error_listeners_see_no_duplicate(backend: Backend) -> None
     finally:
         await engine.dispose()
     assert seen == []
+
+
+async def test_driver_warnings_are_quiet_only_inside_a_call(aengine: AsyncEngine) -> None:
+    """aiomysql turns each server warning into a Python warning (SQLAlchemy 2.1's
+    cursor already drops them; older 2.0 releases do not). onconflict quiets
+    them for its own calls only, on the call's connection: importing it
+    installs no process-wide filter, and the connection is as before after."""
+    import warnings
+
+    import onconflict.dialects.mysql
+
+    assert not any("Duplicate entry" in str(f[1]) for f in warnings.filters)
+    rows = [{"slug": "a"}, {"slug": "b"}]
+    async with aengine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        await onconflict.insert_ignore(conn, tags, rows)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            again = await onconflict.insert_ignore(conn, tags, [*rows, {"slug": "c"}])
+        assert again.existing_count == 2
+        assert not [w for w in seen if "Duplicate entry" in str(w.message)]
+        assert "show_warnings" not in vars(driver)  # put back: aiomysql's own again
+        await conn.commit()
