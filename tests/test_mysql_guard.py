@@ -439,3 +439,27 @@ async def test_driver_warnings_are_quiet_only_inside_a_call(aengine: AsyncEngine
         assert not [w for w in seen if "Duplicate entry" in str(w.message)]
         assert "show_warnings" not in vars(driver)  # put back: aiomysql's own again
         await conn.commit()
+
+
+async def test_statement_events_see_the_one_row_insert(backend: Backend) -> None:
+    """In the caller's transaction a one-row call runs on the driver's cursor
+    only where nothing can tell: with a statement listener it runs through
+    SQLAlchemy, and the listener sees the INSERT (new row and duplicate)."""
+    engine = backend.async_engine()
+    sent: list[str] = []
+
+    @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        sent.append(statement.split()[0].upper())
+
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(tags.insert(), [{"slug": "mine"}])
+            sent.clear()
+            await onconflict.insert_ignore(conn, tags, [{"slug": "a"}])
+            dup = await onconflict.insert_ignore(conn, tags, [{"slug": "a"}])
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    assert dup.existing_count == 1
+    assert sent == ["INSERT", "INSERT"]

@@ -10,24 +10,26 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
+from onconflict._excluded import has_expressions
 from onconflict._keys import by_key
 from onconflict._target import ConflictTarget, duplicate_of_target
 from onconflict.dialects.base import (
     DialectSupport,
+    DriverStatement,
     Row,
     execute_row,
     execute_rows,
     with_primary_key,
 )
-from onconflict.dialects.mysql.readers import packet_warning_count
-from onconflict.exceptions import UnsafeInsertError
+from onconflict.dialects.mysql.readers import WARNING_COUNT_READERS, packet_warning_count
+from onconflict.exceptions import OutcomeMismatchError, UnsafeInsertError
 
 DUPLICATE_KEY = 1062
 
@@ -148,6 +150,9 @@ class Guard(DialectSupport):
 
     def write_row(self, conn: Connection, stmt: GuardedInsert, row: Row) -> Row | None:
         """One row as a plain INSERT: the stored row, or None for a duplicate."""
+        done = _on_driver(conn, stmt, row)
+        if done is not SQLALCHEMY:
+            return done  # type: ignore[no-any-return]
         table: sa.Table = stmt.table  # type: ignore[assignment]
         plain = _plain_insert(table, stmt.returns)
         try:
@@ -160,16 +165,11 @@ class Guard(DialectSupport):
             stored = dict(result.mappings().one())
         else:
             stored = with_primary_key(table, row, result)
-        warned = _warnings(conn, result)
-        if warned:
-            if not conn.info.get(OWNED, False):  # (an owned call's raise rolls back)
-                conn.execute(sa.delete(table).where(*_primary_key_of(table, stored)))
-            listing = "; ".join(f"{code}: {msg}" for _, code, msg in warned[:5])
-            raise UnsafeInsertError(
-                f"INSERT into {table.name!r} stored its row with warnings ({listing});"
-                " the row was undone: nothing was stored",
-                warned,
-            )
+        count = packet_warning_count(conn, result)
+        if count is None:  # a driver we cannot read it from: ask the server
+            count = int(conn.execute(WARNING_COUNTS).first()[0])  # type: ignore[index]
+        if count:
+            _refuse(conn, table, stored, count)
         return stored
 
     def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
@@ -300,15 +300,105 @@ def _elsewhere(conn: Connection, stmt: GuardedInsert, row: Row, exc: BaseExcepti
     return conn.execute(look).first() is None
 
 
-def _warnings(conn: Connection, result: sa.CursorResult[Any]) -> list[tuple[str, int, str]]:
-    """The warnings of the statement just run (none: an empty list)."""
-    count = packet_warning_count(conn, result)
-    if count is None:  # a driver we cannot read it from: ask the server
-        count = int(conn.execute(WARNING_COUNTS).first()[0])  # type: ignore[index]
-    if not count:
-        return []
+def _refuse(conn: Connection, table: sa.Table, stored: Row, count: int) -> NoReturn:
+    """A row the plain INSERT stored with ``count`` warnings: undo it (a call
+    that owns its transaction rolls it back as this raises; in the caller's
+    transaction it is deleted by its primary key) and raise UnsafeInsertError."""
     shown = [(str(w[0]), int(w[1]), str(w[2])) for w in conn.execute(SHOW_WARNINGS)]
-    return shown or [("Warning", 0, f"{count} warnings, none visible (max_error_count=0)")]
+    warned = shown or [("Warning", 0, f"{count} warnings, none visible (max_error_count=0)")]
+    if not conn.info.get(OWNED, False):
+        conn.execute(sa.delete(table).where(*_primary_key_of(table, stored)))
+    listing = "; ".join(f"{code}: {msg}" for _, code, msg in warned[:5])
+    raise UnsafeInsertError(
+        f"INSERT into {table.name!r} stored its row with warnings ({listing});"
+        " the row was undone: nothing was stored",
+        warned,
+    )
+
+
+# -- one row on the driver's cursor ------------------------------------------------
+# The same plain INSERT, sent on the connection's DBAPI cursor with the
+# statement compiled once per shape: no SQLAlchemy execution per call (context,
+# result, the wrapping of the duplicate's error), which costs more than the
+# round trip. Only where nothing can tell the difference: aiomysql,
+# a transaction SQLAlchemy already began, no execution options, no statement
+# events or echo (handle_error listeners keep the guarded form: _plain_row).
+SQLALCHEMY = object()  # _on_driver: run SQLAlchemy's path instead
+DRIVER_ROW = ("aiomysql",)  # (its paramstyle is positional, as DriverStatement sends)
+
+
+def _on_driver(conn: Connection, stmt: GuardedInsert, row: Row) -> Any:
+    """The one-row plain INSERT ... RETURNING on the DBAPI cursor: the stored
+    row, None for a duplicate, or SQLALCHEMY where this does not apply or the
+    server refused the row (SQLAlchemy's path then runs it again and raises
+    the server's error as it raises it, events included: the refused statement
+    left nothing). An error that lost the transaction or the connection is
+    raised here, wrapped as SQLAlchemy wraps it: running again would run in
+    another transaction."""
+    fast = _driver_statement(conn, stmt, row)
+    if fast is None:
+        return SQLALCHEMY
+    args = fast.arguments(row)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(fast.sql, args)
+        records = cursor.fetchall()
+        count = WARNING_COUNT_READERS[conn.dialect.driver](
+            cursor, conn.connection.driver_connection
+        )
+    except Exception as exc:
+        return _driver_error(conn, stmt, row, fast, args, exc)
+    finally:
+        cursor.close()
+    table: sa.Table = stmt.table  # type: ignore[assignment]
+    if len(records) != 1:  # (never: a plain INSERT of one row inserts it or raises)
+        raise OutcomeMismatchError(f"INSERT into {table.name!r} returned {len(records)} rows")
+    stored = fast.row(records[0])
+    if count:
+        _refuse(conn, table, stored, count)
+    return stored
+
+
+def _driver_error(
+    conn: Connection,
+    stmt: GuardedInsert,
+    row: Row,
+    fast: DriverStatement,
+    args: list[Any],
+    exc: Exception,
+) -> Any:
+    code = exc.args[0] if exc.args else None
+    if code == DUPLICATE_KEY and not _elsewhere(conn, stmt, row, exc):
+        return None
+    refused = isinstance(code, int) and code > 0 and not 2000 <= code < 3000
+    if refused and code not in TRANSACTION_LOST:
+        return SQLALCHEMY
+    dbapi = conn.dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        raise exc
+    if not refused:
+        conn.invalidate(exc)
+    raise sa.exc.DBAPIError.instance(
+        fast.sql, args, exc, dbapi.Error, connection_invalidated=not refused, dialect=conn.dialect
+    ) from exc
+
+
+def _driver_statement(conn: Connection, stmt: GuardedInsert, row: Row) -> DriverStatement | None:
+    if not (stmt.returns and conn.dialect.driver in DRIVER_ROW and conn.in_transaction()):
+        return None
+    dispatch = conn.dispatch
+    if dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.engine.echo:
+        return None
+    if conn.dialect.dispatch.do_execute or conn.get_execution_options() or has_expressions([row]):
+        return None
+    fast = _row_statement(conn.dialect, stmt.table, tuple(sorted(row)))
+    return None if fast.needs_context else fast
+
+
+@functools.lru_cache(maxsize=512)
+def _row_statement(dialect: Any, table: sa.Table, columns: tuple[str, ...]) -> DriverStatement:
+    values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in columns}
+    return DriverStatement(_plain_insert(table, True).values(values), dialect, table.c)
 
 
 def _primary_key_of(table: sa.Table, row: Row) -> list[sa.ColumnElement[bool]]:
