@@ -463,3 +463,30 @@ async def test_statement_events_see_the_one_row_insert(backend: Backend) -> None
         await engine.dispose()
     assert dup.existing_count == 1
     assert sent == ["INSERT", "INSERT"]
+
+
+async def test_deadlock_in_the_callers_transaction_is_raised(aengine: AsyncEngine) -> None:
+    """Two callers' transactions each insert one row, then the other's: InnoDB
+    picks a victim (1213) and rolls its whole transaction back. The victim's
+    call raises it and is not run again (that would run in a new transaction:
+    the caller's earlier work silently gone, the row stored alone)."""
+    import asyncio
+
+    async with aengine.connect() as a, aengine.connect() as b:
+        await a.begin()
+        await b.begin()
+        await onconflict.insert_ignore(a, tags, [{"slug": "k1"}])
+        await onconflict.insert_ignore(b, tags, [{"slug": "k2"}])
+        first = asyncio.create_task(onconflict.insert_ignore(a, tags, [{"slug": "k2"}]))
+        await asyncio.sleep(0.5)  # a now waits for b's k2
+        second = onconflict.insert_ignore(b, tags, [{"slug": "k1"}])
+        done = await asyncio.wait_for(
+            asyncio.gather(first, second, return_exceptions=True), timeout=30
+        )
+        errors = [r for r in done if isinstance(r, BaseException)]
+        assert len(errors) == 1, done
+        assert isinstance(errors[0], sa.exc.DBAPIError)
+        assert errors[0].orig.args[0] == 1213  # type: ignore[union-attr]
+        await a.commit()
+        await b.commit()
+    assert await count(aengine, tags) == 2  # the winner's two rows, nothing of the victim

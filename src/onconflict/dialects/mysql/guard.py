@@ -367,15 +367,17 @@ def _driver_error(
     args: list[Any],
     exc: Exception,
 ) -> Any:
+    dbapi = conn.dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        raise exc  # (not the driver's: nothing known of the connection)
     code = exc.args[0] if exc.args else None
     if code == DUPLICATE_KEY and not _elsewhere(conn, stmt, row, exc):
         return None
+    # an error the server sent (the session lives on), not one of the client
+    # library's own (2000-2999: connection lost, gone away, ...)
     refused = isinstance(code, int) and code > 0 and not 2000 <= code < 3000
     if refused and code not in TRANSACTION_LOST:
         return SQLALCHEMY
-    dbapi = conn.dialect.loaded_dbapi
-    if not isinstance(exc, dbapi.Error):
-        raise exc
     if not refused:
         conn.invalidate(exc)
     raise sa.exc.DBAPIError.instance(
