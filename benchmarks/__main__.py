@@ -253,7 +253,24 @@ def race_goals(results: list[Any], workers: list[int], keys: list[int]) -> list[
         goals.append(
             goal(f"raw driver / onconflict <= 1.25x ({scen})", r, None if r is None else r <= 1.25)
         )
-    return goals + peer_goals(results)
+    return goals + transaction_goals(results, n, k) + peer_goals(results)
+
+
+MINE_IN_TX = "onconflict in caller's transaction"
+CLASSIC_IN_TX = "try/except IntegrityError in caller's transaction"
+
+
+def transaction_goals(results: list[Any], n: int, k: int) -> list[dict[str, Any]]:
+    """Inside the caller's own transaction: a one-row insert_ignore no slower
+    than the try-INSERT/except-IntegrityError it replaces for new rows (0%
+    duplicates), and faster for duplicates (99%)."""
+    out = []
+    for dup, want, text in ((0, 1.0, "no slower than"), (99, 1.0, "faster than")):
+        scen = f"insert {n}w {k}k {dup}%dup"
+        r = ratio(results, (scen, MINE_IN_TX), (scen, CLASSIC_IN_TX))
+        ok = None if r is None else (r >= want if dup == 0 else r > want)
+        out.append(goal(f"in the caller's transaction, {text} try/except ({scen})", r, ok))
+    return out
 
 
 def _p99(results: list[Any], scenario: str, contender: str) -> float | None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import random
 import threading
 import time
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -169,6 +169,61 @@ class Classify(Contender):
             self.ctx.engine, keyed, [{"k": key}], strategy="classify"
         )
         return result.inserted_count == 1
+
+
+class InTransaction(Contender):
+    """A one-row insert_ignore inside the caller's own transaction (what
+    docs/webhooks.md recommends: the row and the work it stands for commit
+    together)."""
+
+    name = "onconflict in caller's transaction"
+
+    async def call(self, key: str) -> bool:
+        async with self.ctx.engine.begin() as conn:
+            result = await onconflict.insert_ignore(conn, keyed, [{"k": key}])
+        return result.inserted_count == 1
+
+
+class ClassicInTransaction(Contender):
+    """The code insert_ignore replaces there: try the INSERT, catch
+    IntegrityError. PostgreSQL needs a SAVEPOINT for it (an error aborts its
+    whole transaction); MariaDB and SQLite roll back only the statement."""
+
+    name = "try/except IntegrityError in caller's transaction"
+    guarantees = False  # hand-written: reported, not enforced
+
+    async def call(self, key: str) -> bool:
+        async with self.ctx.engine.begin() as conn:
+            savepoint = conn.dialect.name == "postgresql"
+            try:
+                if savepoint:
+                    async with conn.begin_nested():
+                        await conn.execute(keyed.insert(), {"k": key})
+                else:
+                    await conn.execute(keyed.insert(), {"k": key})
+            except sa.exc.IntegrityError:
+                return False
+            return True
+
+
+class RawInTransaction(Contender):
+    """The database's own unguarded statement in the caller's transaction:
+    ON CONFLICT DO NOTHING, or MariaDB's INSERT IGNORE (which also drops or
+    coerces bad rows)."""
+
+    name = "raw statement in caller's transaction"
+    guarantees = False
+
+    async def call(self, key: str) -> bool:
+        async with self.ctx.engine.begin() as conn:
+            if conn.dialect.name in ("mysql", "mariadb"):
+                stmt: Any = mysql.insert(keyed).prefix_with("IGNORE")
+            elif conn.dialect.name == "postgresql":
+                stmt = postgresql.insert(keyed).on_conflict_do_nothing()
+            else:
+                stmt = sqlite.insert(keyed).on_conflict_do_nothing()
+            result = await conn.execute(stmt, {"k": key})
+        return result.rowcount == 1
 
 
 class SelectThenInsert(Contender):
@@ -518,14 +573,123 @@ async def measure_after(
     return out
 
 
-class RetryCounter(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
+class Statements:
+    """Counts the statements the contenders send. A cursor listener would turn
+    the library's driver-level paths off (they defer to SQLAlchemy's events):
+    PostgreSQL and SQLite count at the driver, MySQL and MariaDB at the server
+    (its Com_* counters)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if "retrying" in record.getMessage():
-            self.count += 1
+    def __init__(self, backend: str, engines: list[AsyncEngine], cluster: bool) -> None:
+        self.engines, self.cluster = engines, cluster
+        self.on_server = backend in ("mysql", "mariadb")
+        self.count = 0
+        self.base = 0
+        for each in engines:
+            if backend == "postgresql":
+                sa.event.listen(each.sync_engine, "connect", self._log_queries)
+            elif backend == "sqlite" and each.dialect.driver == "aiosqlite":
+                sa.event.listen(each.sync_engine, "connect", self._trace_sqlite)
+            elif not self.on_server:
+                sa.event.listen(each.sync_engine, "before_cursor_execute", self._one)
+
+    def _one(self, *_: Any) -> None:
+        self.count += 1
+
+    def _log_queries(self, dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.driver_connection.add_query_logger(self._one)
+
+    def _trace_sqlite(self, dbapi_conn: Any, _: Any) -> None:
+        # SQLite's own trace (on aiosqlite's thread): every statement it runs,
+        # BEGIN and COMMIT included
+        dbapi_conn.driver_connection._conn.set_trace_callback(self._one)
+
+    async def start(self) -> None:
+        self.count = 0
+        self.base = await server_statements(self.engines) if self.on_server else 0
+
+    async def stop(self) -> int | None:
+        """The statements sent since start(); None where they cannot be told
+        apart (on a cluster the servers' counters also count what each node
+        applies for the others)."""
+        if self.on_server:
+            if self.cluster:
+                return None
+            # (the reading's connection adds one ROLLBACK per node)
+            self.count = await server_statements(self.engines) - self.base - len(self.engines)
+        return self.count
+
+
+def contenders(get: bool, urls: list[str]) -> list[type[Contender]]:
+    kinds: list[type[Contender]] = [Native, Raw]
+    if get:
+        kinds += [SelectThenInsert]
+    else:
+        kinds += [InTransaction, ClassicInTransaction, RawInTransaction]
+        kinds += [Classify, SelectThenInsert, SelectThenInsertLoose]
+    if len(urls) == 1:  # peers talk to one database
+        kinds += [k for k in PEERS if k.available(urls[0]) is None]
+    return kinds
+
+
+def check_exactly_once(
+    contender: Contender, load: Load, extra: dict[str, Any], errors: Counter[str]
+) -> None:
+    """Stop the run loudly when a contender that promises exactly-once broke it."""
+    if not contender.guarantees:
+        return
+    made = extra["creators"]
+    expected = len(set(load.plan) | set(load.preload))
+    if extra["rows"] != expected or made != len(load.new_keys) or errors:
+        found = f"{extra['rows']} rows for {expected} keys"
+        makers = f"{made} creators for {len(load.new_keys)} new keys"
+        raise ExactlyOnceViolated(
+            f"{contender.name} on {load.name}: {found}, {makers}, errors {dict(errors)}"
+        )
+
+
+@dataclass
+class Runner:
+    """One benchmark run over its engines: runs each contender on each load."""
+
+    ctx: Context
+    statements: Statements
+    cluster: bool
+    settle: float
+
+    async def one(self, contender: Contender, load: Load) -> Result:
+        engine, engines = self.ctx.engines[0], self.ctx.engines
+        await reset(engine, load.preload)
+        if hasattr(contender, "setup"):
+            await contender.setup()
+        before = await measure_before(engine)
+        if self.cluster:
+            before["galera"] = True
+            before["conflicts"] = await conflicts(engines)
+        spent = onconflict.retry_stats()
+        await self.statements.start()
+        start = time.perf_counter()
+        latencies, made, errors = await contender.run(load)
+        seconds = time.perf_counter() - start
+        sent = await self.statements.stop()
+        if hasattr(contender, "teardown"):
+            await contender.teardown()
+        extra = await measure_after(engine, contender.table, before, self.settle)
+        if self.cluster:
+            extra["conflicts"] = await conflicts(engines) - before["conflicts"]
+        # counted by the retry loops themselves (onconflict.retry_stats)
+        retried = onconflict.retry_stats() - spent
+        extra["retries"], extra["restarts"] = retried.retries, retried.restarts
+        if contender.sqlalchemy and sent is not None:
+            extra["statements_per_op"] = round(sent / len(load.plan), 2)
+        extra["creators"] = made
+        check_exactly_once(contender, load, extra, errors)
+        return Result(load.name, contender.name, len(load.plan), seconds, latencies, errors, extra)
+
+
+def engine_options(backend: str, pool: int) -> dict[str, Any]:
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_size": min(pool, 40), "max_overflow": 0, "pool_timeout": 300}
 
 
 async def run(
@@ -540,116 +704,26 @@ async def run(
     urls = [url] if isinstance(url, str) else list(url)
     pool = max(workers)
     backend = make_url(urls[0]).get_backend_name()
-    kw: dict[str, Any] = (
-        {"connect_args": {"timeout": 60}}
-        if backend == "sqlite"
-        else {"pool_size": min(pool, 40), "max_overflow": 0, "pool_timeout": 300}
-    )
-    engines = [create_async_engine(u, **kw) for u in urls]
-    engine = engines[0]
-    cluster = await galera(engine)
+    engines = [create_async_engine(u, **engine_options(backend, pool)) for u in urls]
     results: list[Result] = []
-    retries = RetryCounter()
-    logging.getLogger("onconflict").addHandler(retries)
-    logging.getLogger("onconflict").setLevel(logging.INFO)
-    statements = [0]
-
-    def log_queries(dbapi_conn: Any, _: Any) -> None:
-        def one(_record: Any) -> None:
-            statements[0] += 1
-
-        dbapi_conn.driver_connection.add_query_logger(one)
-
-    def count(*_: Any) -> None:
-        statements[0] += 1
-
-    def trace_sqlite(dbapi_conn: Any, _: Any) -> None:
-        # SQLite's own trace (on aiosqlite's thread): every statement it runs,
-        # BEGIN and COMMIT included
-        dbapi_conn.driver_connection._conn.set_trace_callback(count)
-
-    # a cursor listener would turn the library's driver-level paths off (they
-    # defer to SQLAlchemy's events): PostgreSQL and SQLite count at the driver,
-    # MySQL and MariaDB at the server
-    on_server = backend in ("mysql", "mariadb")
-    for each in engines:
-        if backend == "postgresql":
-            sa.event.listen(each.sync_engine, "connect", log_queries)
-        elif backend == "sqlite" and each.dialect.driver == "aiosqlite":
-            sa.event.listen(each.sync_engine, "connect", trace_sqlite)
-        elif not on_server:
-            sa.event.listen(each.sync_engine, "before_cursor_execute", count)
-
     try:
+        cluster = await galera(engines[0])
+        statements = Statements(backend, engines, cluster)
         if backend == "sqlite":
             # Tortoise turns the file to WAL on connecting, and that persists:
             # every contender runs on WAL from the start, not only those after it
-            async with engine.connect() as conn:
+            async with engines[0].connect() as conn:
                 await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         for get in (False, True):
-            ctx = Context(urls, engines, min(pool, 40), get)
-            kinds: list[type[Contender]] = [Native, Raw]
-            if not get:
-                kinds += [Classify, SelectThenInsert, SelectThenInsertLoose]
-            else:
-                kinds += [SelectThenInsert]
-            if len(urls) == 1:  # peers talk to one database
-                kinds += [k for k in PEERS if k.available(urls[0]) is None]
+            runner = Runner(Context(urls, engines, min(pool, 40), get), statements, cluster, settle)
             for load in loads(workers, keys, dups, calls, get):
-                for kind in kinds:
-                    contender = kind(ctx)
+                for kind in contenders(get, urls):
                     if get and kind is Raw and backend != "postgresql":
                         continue  # the one-statement floor exists on PostgreSQL only
+                    contender = kind(runner.ctx)
                     progress(f"{load.name}: {contender.name}")
-                    await reset(engine, load.preload)
-                    if hasattr(contender, "setup"):
-                        await contender.setup()
-                    before = await measure_before(engine)
-                    if cluster:
-                        before["galera"] = True
-                        before["conflicts"] = await conflicts(engines)
-                    retries.count = 0
-                    statements[0] = 0
-                    counted = await server_statements(engines) if on_server else 0
-                    start = time.perf_counter()
-                    latencies, made, errors = await contender.run(load)
-                    seconds = time.perf_counter() - start
-                    if on_server:
-                        after = await server_statements(engines)
-                        statements[0] = after - counted - len(engines)
-                    if hasattr(contender, "teardown"):
-                        await contender.teardown()
-                    extra = await measure_after(engine, contender.table, before, settle)
-                    if cluster:
-                        extra["conflicts"] = await conflicts(engines) - before["conflicts"]
-                    extra["retries"] = retries.count
-                    # (on a cluster the servers' counters also count what each node
-                    # applies for the others: not the calls' own statements)
-                    if contender.sqlalchemy and not (on_server and cluster):
-                        extra["statements_per_op"] = round(statements[0] / len(load.plan), 2)
-                    extra["creators"] = made
-                    if contender.guarantees:
-                        expected = len(set(load.plan) | set(load.preload))
-                        if extra["rows"] != expected or made != len(load.new_keys) or errors:
-                            found = f"{extra['rows']} rows for {expected} keys"
-                            makers = f"{made} creators for {len(load.new_keys)} new keys"
-                            raise ExactlyOnceViolated(
-                                f"{contender.name} on {load.name}: {found}, {makers},"
-                                f" errors {dict(errors)}"
-                            )
-                    results.append(
-                        Result(
-                            load.name,
-                            contender.name,
-                            len(load.plan),
-                            seconds,
-                            latencies,
-                            errors,
-                            extra,
-                        )
-                    )
+                    results.append(await runner.one(contender, load))
     finally:
-        logging.getLogger("onconflict").removeHandler(retries)
         for each in engines:
             await each.dispose()
     return results

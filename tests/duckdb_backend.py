@@ -47,6 +47,7 @@ class _Connection(ConnectionWrapper):
 class BlockingAsyncDuckDB(Dialect):
     is_async = True
     driver = "oc_blocking"
+    supports_statement_cache = False  # as duckdb-engine's own dialect (silences SAWarning)
 
     def connect(self, *cargs: Any, **cparams: Any) -> Any:
         conn = super().connect(*cargs, **cparams)

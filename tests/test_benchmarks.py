@@ -74,3 +74,23 @@ def test_race_without_a_terminal_shows_progress_quick_preset_and_missing_plots(
     assert "<= 2x 1 worker" not in report
     assert "a one-row duplicate call <= 2x the raw driver on one connection" in report
     assert "onconflict ops/s >= every peer's" in report
+
+
+def test_one_row_smoke(backend: Backend, tmp_path: Path) -> None:
+    """benchmarks.one_row at a tiny size: every contender, new rows and duplicates."""
+    import subprocess
+    import sys
+
+    url = backend.url
+    if backend.name == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'one.db'}"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.one_row", "--url", url, "--calls", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "onconflict insert_ignore" in done.stdout
+    assert "try/except IntegrityError" in done.stdout

@@ -7,12 +7,13 @@ MariaDB < 10.5 take (forced here by turning RETURNING off on a real server).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import onconflict
 from tests.conftest import DEFAULTS, Backend, require_server
@@ -222,8 +223,9 @@ async def test_warning_count_read_from_the_packet_matches_the_server(
 
 
 async def test_one_row_owned_call_sends_no_savepoint(backend: Backend) -> None:
-    """An engine-owned one-row insert_ignore: the INSERT, SHOW WARNINGS only when
-    the server counted a warning, then COMMIT; no SAVEPOINT, no warning query."""
+    """An engine-owned one-row insert_ignore: a plain INSERT, then COMMIT; no
+    SAVEPOINT, no warning query (the count comes in the reply), and for a
+    duplicate nothing but the INSERT whose error 1062 says so."""
     engine = backend.async_engine()
     sent: list[str] = []
 
@@ -238,4 +240,253 @@ async def test_one_row_owned_call_sends_no_savepoint(backend: Backend) -> None:
         await engine.dispose()
     assert first.inserted_count == 1
     assert again.existing_count == 1
-    assert sent == ["INSERT", "INSERT", "SHOW WARNINGS"]
+    assert sent == ["INSERT", "INSERT"]
+
+
+# -- one row: a plain INSERT, its error 1062 read exactly -----------------------
+
+BAD_ROWS = [
+    pytest.param({"email": "n@x", "name": None}, 1048, id="not-null"),
+    pytest.param({"email": "l@x", "name": "toolongname"}, 1406, id="too-long"),
+    pytest.param({"email": "f@x", "name": "f", "pid": 99}, 1452, id="foreign-key"),
+    pytest.param({"email": "c@x", "name": ""}, 4025, id="check"),
+]
+
+
+async def own_statements(conn: AsyncConnection, call: Awaitable[Any]) -> dict[str, int]:
+    """The statements the caller's own session sends during ``call``, by the
+    server's counters (Com_*), less the SHOW STATUS that reads them."""
+
+    async def counters() -> Counter[str]:
+        shown = await conn.execute(sa.text("SHOW SESSION STATUS LIKE 'Com\\_%'"))
+        return Counter({k.lower(): int(v) for k, v in shown if k.lower() != "com_show_status"})
+
+    before = await counters()
+    await call
+    done = await counters() - before
+    return {k.removeprefix("com_"): v for k, v in done.items() if v}
+
+
+async def test_one_row_in_the_callers_transaction_is_one_insert(aengine: AsyncEngine) -> None:
+    """Inside the caller's transaction a one-row insert_ignore sends one INSERT,
+    new row or duplicate (no SAVEPOINT, no RELEASE, no SHOW WARNINGS); every
+    bad row raises the server's own error with nothing stored, and the
+    caller's transaction goes on with its earlier work."""
+    async with aengine.connect() as conn:
+        await conn.execute(tags.insert(), [{"slug": "mine"}])
+        new = onconflict.insert_ignore(conn, users, [{"email": "a@x", "name": "a"}])
+        assert await own_statements(conn, new) == {"insert": 1}
+        dup = onconflict.insert_ignore(conn, users, [{"email": "a@x", "name": "b"}])
+        assert await own_statements(conn, dup) == {"insert": 1}
+        again = await onconflict.insert_ignore(conn, users, [{"email": "a@x", "name": "c"}])
+        assert again.existing == [{"email": "a@x", "name": "c"}]
+        for param in BAD_ROWS:
+            bad, errno = param.values
+            with pytest.raises(sa.exc.DBAPIError) as info:
+                await onconflict.insert_ignore(conn, users, [bad])
+            assert info.value.orig.args[0] == errno  # type: ignore[union-attr]
+        made = await onconflict.insert_ignore(conn, users, [{"email": "b@x", "name": "b"}])
+        assert made.inserted_count == 1
+        await conn.commit()
+    assert await count(aengine, tags) == 1
+    async with aengine.connect() as conn:
+        stored = (await conn.execute(sa.select(users.c.email, users.c.name))).all()
+    assert sorted(stored) == [("a@x", "a"), ("b@x", "b")]
+
+
+async def test_one_row_in_a_session_keeps_the_session_usable(aengine: AsyncEngine) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async with AsyncSession(aengine) as session:
+        await session.execute(tags.insert(), [{"slug": "mine"}])
+        await onconflict.insert_ignore(session, users, [{"email": "a@x", "name": "a"}])
+        dup = await onconflict.insert_ignore(session, users, [{"email": "a@x", "name": "b"}])
+        assert dup.existing_count == 1
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.insert_ignore(session, users, [{"email": "n@x", "name": None}])
+        await session.commit()
+    assert await count(aengine, tags) == 1
+    assert await count(aengine, users) == 1
+
+
+@pytest.mark.parametrize("owner", ["engine", "connection", "sync"])
+async def test_a_row_stored_with_a_note_is_undone(
+    aengine: AsyncEngine, backend: Backend, owner: str
+) -> None:
+    """A plain INSERT stores some values with a note even in strict mode
+    (trailing spaces beyond the length trimmed): that is not a duplicate, so
+    the call raises UnsafeInsertError and nothing is stored, as the guarded
+    INSERT IGNORE did; the caller's earlier work stays."""
+    row = {"email": "s@x", "name": "ab      "}
+    if owner == "engine":
+        with pytest.raises(onconflict.UnsafeInsertError, match="1265"):
+            await onconflict.insert_ignore(aengine, users, [row])
+    elif owner == "connection":
+        async with aengine.connect() as conn:
+            await conn.execute(tags.insert(), [{"slug": "mine"}])
+            with pytest.raises(onconflict.UnsafeInsertError, match="1265") as info:
+                await onconflict.insert_ignore(conn, users, [row])
+            assert info.value.warnings[0][:2] == ("Note", 1265)
+            await conn.commit()
+        assert await count(aengine, tags) == 1
+    else:
+        engine = backend.sync_engine()
+        try:
+            with engine.connect() as conn:
+                with pytest.raises(onconflict.UnsafeInsertError, match="1265"):
+                    onconflict.sync.insert_ignore(conn, users, [row])
+                conn.commit()
+        finally:
+            engine.dispose()
+    assert await count(aengine, users) == 0
+
+
+# A unique key the database fills from a default the metadata does not know:
+# a row the metadata says cannot reach it collides on it all the same.
+codes_db_metadata = sa.MetaData()
+sa.Table(
+    "oc_codes",
+    codes_db_metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("code", sa.String(20), nullable=False, server_default="x"),
+    sa.Column("k", sa.String(20), nullable=False),
+    sa.UniqueConstraint("code", name="uq_codes_code"),  # checked first: declared first
+    sa.UniqueConstraint("k", name="uq_codes_k"),
+)
+codes = sa.Table(
+    "oc_codes",
+    sa.MetaData(),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("code", sa.String(20), nullable=False),
+    sa.Column("k", sa.String(20), nullable=False),
+    sa.UniqueConstraint("code", name="uq_codes_code"),
+    sa.UniqueConstraint("k", name="uq_codes_k"),
+)
+
+
+@pytest.fixture
+async def codes_table(aengine: AsyncEngine) -> AsyncIterator[None]:
+    async with aengine.begin() as conn:
+        await conn.run_sync(codes_db_metadata.drop_all)
+        await conn.run_sync(codes_db_metadata.create_all)
+    yield
+    async with aengine.begin() as conn:
+        await conn.run_sync(codes_db_metadata.drop_all)
+
+
+@pytest.mark.usefixtures("codes_table")
+@pytest.mark.parametrize("owner", ["engine", "connection"])
+async def test_duplicate_of_another_key_is_raised(aengine: AsyncEngine, owner: str) -> None:
+    """on="k", and the row collides on another unique key (code, filled by a
+    server default the metadata does not declare): error 1062 names that key
+    and no row has k: raised, not reported existing (INSERT IGNORE skipped it).
+    A row that collides on both keys is existing, whichever the error names."""
+
+    async def call(rows: list[dict[str, Any]]) -> onconflict.InsertResult:
+        if owner == "engine":
+            return await onconflict.insert_ignore(aengine, codes, rows, on="k")
+        async with aengine.connect() as conn:
+            done = await onconflict.insert_ignore(conn, codes, rows, on="k")
+            await conn.commit()
+            return done
+
+    assert (await call([{"k": "a"}])).inserted_count == 1  # code 'x'
+    with pytest.raises(sa.exc.IntegrityError) as info:
+        await call([{"k": "b"}])  # code 'x' again: a duplicate of uq_codes_code
+    assert info.value.orig.args[0] == 1062  # type: ignore[union-attr]
+    assert "uq_codes_code" in str(info.value.orig)
+    again = await call([{"k": "a"}])  # both keys: the error names uq_codes_code
+    assert again.existing == [{"k": "a"}]
+    assert await count(aengine, codes) == 1
+
+
+async def test_handle_error_listeners_see_no_duplicate(backend: Backend) -> None:
+    """An engine with handle_error listeners keeps the guarded INSERT IGNORE
+    for one row: a duplicate is no error they should see."""
+    engine = backend.async_engine()
+    seen: list[Any] = []
+    sa.event.listen(engine.sync_engine, "handle_error", seen.append)
+    try:
+        async with engine.connect() as conn:
+            await onconflict.insert_ignore(conn, tags, [{"slug": "a"}])
+            dup = await onconflict.insert_ignore(conn, tags, [{"slug": "a"}])
+            await conn.commit()
+        assert dup.existing_count == 1
+        assert (await onconflict.insert_ignore(engine, tags, [{"slug": "a"}])).existing_count == 1
+    finally:
+        await engine.dispose()
+    assert seen == []
+
+
+async def test_driver_warnings_are_quiet_only_inside_a_call(aengine: AsyncEngine) -> None:
+    """aiomysql turns each server warning into a Python warning (SQLAlchemy 2.1's
+    cursor already drops them; older 2.0 releases do not). onconflict quiets
+    them for its own calls only, on the call's connection: importing it
+    installs no process-wide filter, and the connection is as before after."""
+    import warnings
+
+    import onconflict.dialects.mysql
+
+    assert not any("Duplicate entry" in str(f[1]) for f in warnings.filters)
+    rows = [{"slug": "a"}, {"slug": "b"}]
+    async with aengine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        await onconflict.insert_ignore(conn, tags, rows)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            again = await onconflict.insert_ignore(conn, tags, [*rows, {"slug": "c"}])
+        assert again.existing_count == 2
+        assert not [w for w in seen if "Duplicate entry" in str(w.message)]
+        assert "show_warnings" not in vars(driver)  # put back: aiomysql's own again
+        await conn.commit()
+
+
+async def test_statement_events_see_the_one_row_insert(backend: Backend) -> None:
+    """In the caller's transaction a one-row call runs on the driver's cursor
+    only where nothing can tell: with a statement listener it runs through
+    SQLAlchemy, and the listener sees the INSERT (new row and duplicate)."""
+    engine = backend.async_engine()
+    sent: list[str] = []
+
+    @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        sent.append(statement.split()[0].upper())
+
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(tags.insert(), [{"slug": "mine"}])
+            sent.clear()
+            await onconflict.insert_ignore(conn, tags, [{"slug": "a"}])
+            dup = await onconflict.insert_ignore(conn, tags, [{"slug": "a"}])
+            await conn.commit()
+    finally:
+        await engine.dispose()
+    assert dup.existing_count == 1
+    assert sent == ["INSERT", "INSERT"]
+
+
+async def test_deadlock_in_the_callers_transaction_is_raised(aengine: AsyncEngine) -> None:
+    """Two callers' transactions each insert one row, then the other's: InnoDB
+    picks a victim (1213) and rolls its whole transaction back. The victim's
+    call raises it and is not run again (that would run in a new transaction:
+    the caller's earlier work silently gone, the row stored alone)."""
+    import asyncio
+
+    async with aengine.connect() as a, aengine.connect() as b:
+        await a.begin()
+        await b.begin()
+        await onconflict.insert_ignore(a, tags, [{"slug": "k1"}])
+        await onconflict.insert_ignore(b, tags, [{"slug": "k2"}])
+        first = asyncio.create_task(onconflict.insert_ignore(a, tags, [{"slug": "k2"}]))
+        await asyncio.sleep(0.5)  # a now waits for b's k2
+        second = onconflict.insert_ignore(b, tags, [{"slug": "k1"}])
+        done = await asyncio.wait_for(
+            asyncio.gather(first, second, return_exceptions=True), timeout=30
+        )
+        errors = [r for r in done if isinstance(r, BaseException)]
+        assert len(errors) == 1, done
+        assert isinstance(errors[0], sa.exc.DBAPIError)
+        assert errors[0].orig.args[0] == 1213  # type: ignore[union-attr]
+        await a.commit()
+        await b.commit()
+    assert await count(aengine, tags) == 2  # the winner's two rows, nothing of the victim

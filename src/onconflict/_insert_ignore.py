@@ -37,9 +37,7 @@ from onconflict._target import (
     reachable_keys,
     read_rows,
     resolve_table,
-    unique_keys,
 )
-from onconflict.classify import unique_violation
 from onconflict.dialects import DialectSupport, native_support, support_for
 from onconflict.dialects.common import evaluate_keys, execute_row, with_primary_key
 from onconflict.exceptions import NotSupportedError
@@ -477,7 +475,7 @@ def _write_classify(
                     result = execute_row(conn, stmt, rows[i])
                     one = _stored_row(result, rows[i], prepared)
             except sa.exc.DBAPIError as exc:
-                if _duplicate_of_target(exc, prepared):
+                if support.duplicate_of_target(exc, prepared.table, prepared.target):
                     continue
                 logger.info(
                     "insert into %s failed: not a duplicate", prepared.table.name, exc_info=True
@@ -491,29 +489,3 @@ def _stored_row(result: sa.CursorResult[Any], row: Row, prepared: PreparedInsert
     if prepared.returning:
         return dict(result.mappings().one())
     return with_primary_key(prepared.table, row, result)
-
-
-def _duplicate_of_target(exc: BaseException, prepared: PreparedInsert) -> bool:
-    """A unique violation of the conflict target (not of another key).
-
-    Decided from the columns the error names (PostgreSQL, SQLite, Oracle 23)
-    or its constraint name; when the error names neither, a duplicate counts.
-    """
-    violation = unique_violation(exc)
-    if violation is None:
-        return False
-    target = prepared.target
-    if target.key is None:
-        return True
-    table = prepared.table
-    if violation.columns:  # the database's column names, not the column keys
-        return set(violation.columns) == {table.c[c].name for c in target.columns}
-    name = (violation.constraint or "").lower()
-    if not name:
-        return True
-    assert prepared.support is not None
-    names = prepared.support.key_names  # as this server names keys in its errors
-    if name in names(table, target.key):
-        return True
-    others = [k for k in unique_keys(table) if k != target.key]
-    return not any(name in names(table, k) for k in others)

@@ -56,12 +56,12 @@ REGISTRY: dict[str, Entry] = {
     "mysql": Entry(
         "onconflict.dialects.mysql:MySQL",
         _MYSQL_ERRORS,
-        {"aiomysql": "onconflict.dialects.mysql:AiomysqlPath"},
+        {"aiomysql": "onconflict.dialects.mysql.aiomysql:AiomysqlPath"},
     ),
     "mariadb": Entry(
         "onconflict.dialects.mysql:MySQL",
         _MYSQL_ERRORS,
-        {"aiomysql": "onconflict.dialects.mysql:AiomysqlPath"},
+        {"aiomysql": "onconflict.dialects.mysql.aiomysql:AiomysqlPath"},
     ),
     # no native writer: the classifier's codes only
     "oracle": Entry(None, "onconflict.dialects.oracle:ERRORS"),

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
 
 from onconflict._keys import Keys, by_key, strip_keys
-from onconflict._target import ConflictTarget, UniqueKey
+from onconflict._target import ConflictTarget, UniqueKey, unique_keys
 from onconflict.dialects.common import execute_row, execute_rows, lookup_condition, with_primary_key
 from onconflict.dialects.plans import FetchPlan, Outcome, Row, UpsertPlan
 from onconflict.exceptions import NotSupportedError
@@ -165,7 +165,37 @@ class DialectSupport:
             names.add(table.c[key.columns[0]].name.lower())
         return names
 
+    def duplicate_of_target(
+        self, exc: BaseException, table: sa.Table, target: ConflictTarget
+    ) -> bool:
+        """``exc`` is a unique violation of the conflict target (not of another
+        key): decided from the columns the error names (PostgreSQL, SQLite,
+        Oracle 23) or its constraint name (``key_names``); when the error names
+        neither, a duplicate counts."""
+        from onconflict.classify import unique_violation  # (classify loads the registry)
+
+        violation = unique_violation(exc)
+        if violation is None:
+            return False
+        if target.key is None:
+            return True
+        if violation.columns:  # the database's column names, not the column keys
+            return set(violation.columns) == {table.c[c].name for c in target.columns}
+        name = (violation.constraint or "").lower()
+        if not name:
+            return True
+        if name in self.key_names(table, target.key):
+            return True
+        others = [k for k in unique_keys(table) if k != target.key]
+        return not any(name in self.key_names(table, k) for k in others)
+
     # -- statements (pure, cached by shape) ---------------------------------------
+
+    def one_row_statement(self, table: sa.Table, target: ConflictTarget) -> Insert:
+        """The statement a driver-level path runs for one row: the native
+        insert_ignore with RETURNING (MySQL: a plain INSERT, whose duplicate
+        error it reads)."""
+        return self.insert_ignore(table, target, True)
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         """The statement that inserts rows and skips duplicates of ``target``."""

@@ -175,7 +175,7 @@ class DriverPath:
         fast = cache.get(shape)
         if fast is None:
             values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in group.columns}
-            stmt = self.support.insert_ignore(table, target, True).values(values)
+            stmt = self.support.one_row_statement(table, target).values(values)
             fast = cache[shape] = DriverStatement(stmt, dialect, table.c)
             if len(cache) > 512:
                 cache.pop(next(iter(cache)))

@@ -36,7 +36,6 @@ from sqlalchemy.sql.dml import Insert
 
 from onconflict._keys import returning_columns
 from onconflict._target import ConflictTarget
-from onconflict.classify import unique_violation
 from onconflict.dialects.base import Capabilities, DialectSupport
 from onconflict.dialects.common import do_nothing, do_update, upsert_reading_keys_first
 from onconflict.dialects.plans import Outcome, Row, UpsertPlan
@@ -103,6 +102,9 @@ def snapshot_conflicts(stmt: Any) -> Iterator[None]:
     try:
         yield
     except sa.exc.IntegrityError as exc:
+        # imported here: classify loads this package's error table
+        from onconflict.classify import unique_violation
+
         duplicate = unique_violation(exc)
         target = _target_columns(stmt)
         if (

@@ -19,44 +19,57 @@ back, so that the server raises its own error (1048, 1406, 1452, 4025, ...).
 When more warnings exist than the server keeps (``max_error_count``), the rows
 are redone in smaller statements so every warning can be seen.
 
-Without RETURNING (MySQL 8, MariaDB < 10.5) each row is its own statement and
-the affected-row count (1 inserted, 0 skipped) gives the outcome.
+ONE row needs none of that: a plain INSERT (no IGNORE, no SAVEPOINT) raises
+error 1062 for a duplicate and the server's own error for anything else, and
+InnoDB rolls back only the failed statement. Without RETURNING (MySQL 8,
+MariaDB < 10.5) every row is such a statement.
 
 MySQL has no conflict target: any unique key fires. The core refuses a call
 whose rows could hit a unique key other than the requested one unless
-``on=onconflict.ANY_KEY``.
+``on=onconflict.ANY_KEY``; a one-row statement's error names the key it hit.
+
+The package: this module holds the dialect support (``MySQL``: capabilities,
+upsert, get_or_create, the seed lock, collations); ``guard`` writes rows (the
+guarded ``INSERT IGNORE``, the one-row plain INSERT); ``readers`` reads each
+driver's warning count; ``aiomysql`` is the driver-level path of engine-owned
+one-row calls.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import visitors
-from sqlalchemy.sql.dml import Insert
-from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions, substitute
-from onconflict._keys import Keys, align, by_key, fold_text
+from onconflict._keys import Keys, align, fold_text
 from onconflict._target import ConflictTarget
-from onconflict.dialects.base import Capabilities, DialectSupport
+from onconflict.dialects.base import Capabilities
 from onconflict.dialects.common import (
     collation_folds,
-    execute_row,
     execute_rows,
     in_autocommit,
     is_string,
     select_by_keys,
-    with_primary_key,
 )
-from onconflict.dialects.driver import DriverPath, DriverStatement, checkout, connection_lost
+from onconflict.dialects.mysql.guard import (
+    OWNED,
+    SAVED_LIMIT,
+    SET_LIMIT,
+    TRANSACTION_LOST,
+    Guard,
+    GuardedInsert,
+    error_number,
+    quiet_driver_warnings,
+)
+from onconflict.dialects.mysql.readers import WARNING_COUNT_READERS, packet_warning_count
 from onconflict.dialects.plans import FetchPlan, Outcome, Row, UpsertPlan
 from onconflict.exceptions import (
     NotSupportedError,
@@ -66,25 +79,22 @@ from onconflict.exceptions import (
 )
 from onconflict.retry import Restart
 
-DUPLICATE_KEY = 1062
-SHOW_WARNINGS = sa.text("SHOW WARNINGS")
-WARNING_COUNTS = sa.text("SELECT @@warning_count, @@max_error_count")
-ERROR_LIMIT = sa.text("SELECT @@max_error_count")
-SET_LIMIT = sa.text("SET SESSION max_error_count = :n")
+__all__ = [
+    "TRANSACTION_LOST",
+    "WARNING_COUNT_READERS",
+    "GuardedInsert",
+    "MySQL",
+    "collation_fold",
+    "packet_warning_count",
+]
+
 GET_LOCK = sa.select(sa.func.get_lock(sa.bindparam("name"), sa.bindparam("timeout")))
 RELEASE_LOCK = sa.select(sa.func.release_lock(sa.bindparam("name")))
-WARNINGS_WANTED = 65535  # the largest max_error_count; a statement has at most 1000 rows
-SAVED_LIMIT = "onconflict.saved_max_error_count"
-OWNED = "onconflict.owned"  # conn.info: the running call owns its transaction
 # conn.info: the transaction (begin_owned) whose call may restart after a lost race
 RESTARTABLE = "onconflict.restartable"
 # conn.info: update_or_create is running (its reads take the exclusive lock)
 EXCLUSIVE = "onconflict.exclusive"
 READ_COMMITTED = sa.text("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-
-# aiomysql turns every server warning into a Python warning; a skipped duplicate
-# is the expected outcome of insert_ignore, not something to warn about.
-warnings.filterwarnings("ignore", message=r"Duplicate entry .* for key ", category=Warning)
 
 
 COLLATIONS = "onconflict.collations"  # conn.info: (schema, table) -> column key -> fold
@@ -112,16 +122,8 @@ def collation_fold(collation: str | None) -> Callable[[str], str] | None:
     return functools.partial(fold_text, pad=pad, ci=ci, ai=ai)
 
 
-# Errors after which InnoDB has rolled back the whole transaction, savepoints
-# included: deadlock, and lock wait timeout (with innodb_rollback_on_timeout).
-TRANSACTION_LOST = frozenset({1213, 1205})
 # A FOR UPDATE NOWAIT that met a held row: MariaDB (lock wait timeout), MySQL 8
 LOCK_BUSY = frozenset({1205, 3572})
-
-
-class _Overflow(Exception):
-    def __init__(self, kept: int) -> None:
-        self.kept = kept
 
 
 CAPABILITIES = Capabilities(
@@ -136,12 +138,8 @@ CAPABILITIES = Capabilities(
 )
 
 
-class MySQL(DialectSupport):
+class MySQL(Guard):
     capabilities = CAPABILITIES
-
-    def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
-        stmt = mysql.insert(table).prefix_with("IGNORE")
-        return stmt.returning(*by_key(table)) if returning else stmt
 
     def check_target(self, table: sa.Table, target: ConflictTarget) -> None:
         key = target.key
@@ -172,13 +170,6 @@ class MySQL(DialectSupport):
         keys.set_folds(folds)
         return bool(folds)
 
-    def duplicate_noop(self, table: sa.Table) -> Insert:
-        """``INSERT ... ON DUPLICATE KEY UPDATE c = c``: raises every non-duplicate error."""
-        col = next(iter(table.primary_key.columns), None)
-        if col is None:
-            col = next(iter(table.c))
-        return mysql.insert(table).on_duplicate_key_update({col: col})  # by Column: key != name
-
     # -- upsert ------------------------------------------------------------------
     # 1. lock-read: SELECT ... FOR UPDATE the keys, in key order: the existing
     #    rows are locked exclusively before anything else touches them. (Taking
@@ -199,7 +190,8 @@ class MySQL(DialectSupport):
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         table = plan.table
         plan.extra["returning"] = bool(dialect.insert_returning)
-        plan.statement = self.insert_ignore(table, plan.target, plan.extra["returning"])
+        # (a row skipped though its target key was not found: _check_skipped)
+        plan.statement = self._ignore(table, None, plan.extra["returning"])
         if plan.where is None and not plan.extra.get("other_keys"):
             odku = mysql.insert(table)
 
@@ -225,26 +217,30 @@ class MySQL(DialectSupport):
 
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:
         keyed = bool(plan.target.columns) and plan.match == plan.target.columns
-        found = self._lock_keys(conn, plan, rows) if keyed else set()
-        inserted = self._insert_new(conn, plan, rows, found)
+        found = self._lock_keys(conn, plan, rows) if keyed else set()  # 1. lock-read
+        inserted = self._insert_new(conn, plan, rows, found)  # 2. insert
         existing = [row for row, ins in zip(rows, inserted, strict=True) if ins is None]
         if existing:
-            skipped = [r for r in existing if plan.keys.of(r, plan.match) not in found]
-            if plan.extra.get("other_keys"):
-                self._check_skipped(conn, plan, skipped, keyed)
-            elif keyed and skipped:  # made by another caller since phase 1: a lost
-                _restart_if_owned(conn)  # race, whose shared lock the UPDATE would upgrade
-        updated = self._update_existing(conn, plan, existing) if existing else []
-        stored = self._read_back(conn, plan, updated)
-        out: list[Outcome] = []
-        for row, ins in zip(rows, inserted, strict=True):
-            if ins is not None:
-                out.append(("inserted", ins))
-            elif (after := stored.get(plan.keys.of(row, plan.match))) is not None:
-                out.append(("updated", after))
-            else:
-                out.append(("unchanged", None))
-        return out
+            self._after_skips(conn, plan, existing, found, keyed)
+        updated = self._update_existing(conn, plan, existing) if existing else []  # 3. update
+        stored = self._read_back(conn, plan, updated)  # 4. read-back
+        return _outcomes(plan, rows, inserted, stored)
+
+    def _after_skips(
+        self,
+        conn: Connection,
+        plan: UpsertPlan,
+        existing: list[Row],
+        found: set[tuple[Any, ...]],
+        keyed: bool,
+    ) -> None:
+        """Between phases 2 and 3: rows the INSERT skipped though phase 1 did
+        not find their key."""
+        skipped = [r for r in existing if plan.keys.of(r, plan.match) not in found]
+        if plan.extra.get("other_keys"):
+            self._check_skipped(conn, plan, skipped, keyed)
+        elif keyed and skipped:  # made by another caller since phase 1: a lost
+            _restart_if_owned(conn)  # race, whose shared lock the UPDATE would upgrade
 
     def _lock_keys(
         self, conn: Connection, plan: UpsertPlan, rows: list[Row]
@@ -285,7 +281,7 @@ class MySQL(DialectSupport):
         try:
             return {plan.keys.of(dict(r), plan.match) for r in conn.execute(read).mappings()}
         except sa.exc.OperationalError as exc:
-            if _error_number(exc) in LOCK_BUSY:
+            if error_number(exc) in LOCK_BUSY:
                 raise Restart("a key made since the locking read is held: run again") from exc
             raise
 
@@ -396,6 +392,10 @@ class MySQL(DialectSupport):
 
     def prepare_fetch(self, plan: FetchPlan) -> None:
         super().prepare_fetch(plan)
+        # any duplicate skipped: a row that cannot be read after it is what
+        # conflict_elsewhere then explains (a race, or another key)
+        plan.statements["insert"] = self._ignore(plan.table, None, False)
+        plan.statements["insert_returning"] = self._ignore(plan.table, None, True)
         plan.statements["select_exclusive"] = plan.statements["select"].with_for_update()
 
     def lock_for_update_or_create(self, conn: Connection) -> None:
@@ -475,29 +475,6 @@ class MySQL(DialectSupport):
             raise
         probe.rollback()  # the row had been deleted: the next attempt makes it
 
-    def transaction_lost(self, exc: BaseException) -> bool:
-        args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
-        return bool(args) and args[0] in TRANSACTION_LOST
-
-    def write_many(self, conn: Connection, stmt: Insert, rows: list[Row]) -> list[Row]:
-        def run() -> tuple[list[Row], sa.CursorResult[Any]]:
-            result = execute_rows(conn, stmt, rows)
-            return [dict(m) for m in result.mappings()], result
-
-        try:
-            returned: list[Row] = self._guarded(conn, stmt, rows, run)
-            return returned
-        except _Overflow as over:
-            if over.kept < WARNINGS_WANTED and SAVED_LIMIT not in conn.info:
-                # keep enough warnings to check a whole statement; put back by scope()
-                conn.info[SAVED_LIMIT] = over.kept
-                conn.execute(SET_LIMIT, {"n": WARNINGS_WANTED})
-                return self.write_many(conn, stmt, rows)
-            out: list[Row] = []
-            for i in range(0, len(rows), over.kept):
-                out.extend(self.write_many(conn, stmt, rows[i : i + over.kept]))
-            return out
-
     @contextmanager
     def scope(self, conn: Connection, owned: bool = False) -> Iterator[None]:
         if in_autocommit(conn):
@@ -515,7 +492,8 @@ class MySQL(DialectSupport):
             conn.info[RESTARTABLE] = None
         conn.info[EXCLUSIVE] = False
         try:
-            yield
+            with quiet_driver_warnings(conn):
+                yield
         finally:
             # a dead connection has no session to restore (and its info is gone)
             if not conn.invalidated:
@@ -526,157 +504,21 @@ class MySQL(DialectSupport):
                 if saved is not None:
                     conn.execute(SET_LIMIT, {"n": saved})
 
-    def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
-        def run() -> tuple[Row | None, sa.CursorResult[Any]]:
-            result = execute_row(conn, stmt, row)
-            if result.rowcount != 1:
-                return None, result
-            return with_primary_key(stmt.table, row, result), result  # type: ignore[arg-type]
 
-        stored: Row | None = self._guarded(conn, stmt, [row], run)
-        return stored
-
-    def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
-        table: sa.Table = stmt.table  # type: ignore[assignment]
-        # A one-row statement of a call that owns its transaction needs no
-        # SAVEPOINT: every problem it can find raises, and the raise rolls the
-        # whole transaction back (only a multi-row statement may be redone, after
-        # a warnings overflow, and must be undone first).
-        bare = len(rows) == 1 and conn.info.get(OWNED, False)
-        with nullcontext() if bare else self.savepoint(conn) as sp:
-            try:
-                out, result = run()
-                inserted = len(out) if isinstance(out, list) else int(out is not None)
-                problems = self._problems(conn, result, len(rows) - inserted)
-            except sa.exc.DBAPIError as exc:
-                if not (self.transaction_lost(exc) or exc.connection_invalidated):
-                    # IGNORE may fail on a value it coerced itself (NULL -> '' failing
-                    # a CHECK): the same rows without IGNORE show the real cause.
-                    if sp is not None:
-                        sp.rollback()
-                    self._probe(conn, table, rows)
-                raise
-            if not problems:
-                return out
-            if isinstance(problems, _Overflow):
-                assert sp is not None  # one row cannot overflow max_error_count >= 1
-                sp.rollback()
-                raise problems
-            if sp is not None:
-                sp.rollback()
-            self._raise_database_error(conn, table, rows, problems)
-
-    def _problems(
-        self, conn: Connection, result: sa.CursorResult[Any], skipped: int
-    ) -> list[tuple[str, int, str]] | _Overflow:
-        count = packet_warning_count(conn, result)
-        kept: int | None = None
-        if count is None:  # a driver we cannot read it from: ask the server
-            count, kept = conn.execute(WARNING_COUNTS).one()
-        if count == 0:
-            return []
-        shown = [(str(w[0]), int(w[1]), str(w[2])) for w in conn.execute(SHOW_WARNINGS)]
-        bad = [w for w in shown if w[1] != DUPLICATE_KEY]
-        if bad:
-            return bad
-        if count != skipped:
-            # more warnings than skipped rows: something besides a duplicate
-            return shown or [("Warning", 0, f"{count} warnings, none visible (max_error_count=0)")]
-        if count > len(shown):
-            if kept is None:
-                kept = int(conn.execute(ERROR_LIMIT).scalar_one())
-            if kept < 1:
-                raise UnsafeInsertError(
-                    "cannot check INSERT IGNORE warnings with max_error_count=0;"
-                    " set it to 1 or more"
-                )
-            return _Overflow(kept)
-        return []
-
-    def _raise_database_error(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        rows: list[Row],
-        problems: list[tuple[str, int, str]],
-    ) -> None:
-        self._probe(conn, table, rows)
-        listing = "; ".join(f"{code}: {msg}" for _, code, msg in problems[:5])
-        raise UnsafeInsertError(
-            f"INSERT IGNORE into {table.name!r} reported more than duplicate keys ({listing});"
-            " nothing was stored",
-            problems,
-        )
-
-    def _probe(self, conn: Connection, table: sa.Table, rows: list[Row]) -> None:
-        """Run the rows without IGNORE, always rolled back: raises the server's own
-        error for them (in strict mode), or returns."""
-        probe = conn.begin_nested()
-        try:
-            execute_rows(conn, self.duplicate_noop(table), rows)
-        finally:
-            probe.rollback()
-
-
-class AiomysqlPath(DriverPath):
-    """The aiomysql driver-level paths (MariaDB with RETURNING)."""
-
-    driver = "aiomysql"
-
-    async def insert_ignore(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
-        """A one-row insert_ignore that owns its work, on aiomysql (MariaDB with
-        RETURNING): the guarded statement run on the pooled driver connection,
-        compiled once per shape, without SQLAlchemy's per-call execution.
-
-        The guard is the same as the ordinary path's, in one transaction: kept
-        (COMMIT) only when the row came back with no warning, reported existing
-        only when nothing came back and the one warning is a duplicate key.
-        Anything else is rolled back and None returned: the ordinary path then
-        runs the call again and raises the server's own error, exactly as it
-        would have. Nothing is committed before that decision, so running it
-        again is safe; only a connection lost during the COMMIT itself is
-        raised (the outcome is unknown).
-        """
-        if not self.applies(engine) or not engine.dialect.insert_returning:
-            return None  # (RETURNING is known once the engine has connected)
-        one = self.one_row_insert(engine, prepared)
-        if one is None:
-            return None
-        fast, index, args = one
-        row = await greenlet_spawn(_insert_ignore_aiomysql, engine.sync_engine, fast, args)
-        if row is None:
-            return None
-        return {index: row} if row else {}
-
-    async def get_or_create(
-        self, engine: Any, plan: FetchPlan, attempts: int
-    ) -> tuple[Row, bool] | None:
-        """get_or_create on the aiomysql connection of an engine-owned call, in one
-        transaction: SELECT (then ROLLBACK: a read) or, when there is no row, the
-        guarded INSERT IGNORE ... RETURNING (COMMIT) or, when another caller made
-        it meanwhile, a locking read of it. Anything else is rolled back and the
-        ordinary path runs. None whenever it does not apply."""
-        if not self.applies(engine) or not engine.dialect.insert_returning:
-            return None
-        if has_expressions([plan.params]):
-            return None  # a SQL expression would be sent as its text: the usual path
-        by_dialect: dict[Any, _FetchStatements] = plan.statements.setdefault("aiomysql", {})
-        statements = by_dialect.get(engine.dialect)
-        if statements is None:
-            dialect, table = engine.dialect, plan.table
-            values = {c: sa.bindparam(f"oc_{c}", type_=table.c[c].type) for c in plan.values}
-            statements = by_dialect[dialect] = (
-                DriverStatement(plan.statements["select"], dialect),
-                DriverStatement(plan.statements["select_locked"], dialect),
-                DriverStatement(
-                    plan.statements["insert_returning"].values(values), dialect, table.c
-                ),
-            )
-        if statements[2].needs_context:
-            return None
-        return await greenlet_spawn(
-            _get_or_create_aiomysql, engine.sync_engine, statements, plan.params, attempts
-        )
+def _outcomes(
+    plan: UpsertPlan, rows: list[Row], inserted: list[Row | None], stored: dict[Any, Row]
+) -> list[Outcome]:
+    """Each row's outcome: inserted (phase 2), updated (read back in phase 4)
+    or unchanged (a condition did not hold)."""
+    out: list[Outcome] = []
+    for row, ins in zip(rows, inserted, strict=True):
+        if ins is not None:
+            out.append(("inserted", ins))
+        elif (after := stored.get(plan.keys.of(row, plan.match))) is not None:
+            out.append(("updated", after))
+        else:
+            out.append(("unchanged", None))
+    return out
 
 
 def _level_chosen(conn: Connection) -> bool:
@@ -706,11 +548,6 @@ def _has_nowait(dialect: Dialect) -> bool:
     """FOR UPDATE NOWAIT: MariaDB >= 10.3, MySQL >= 8.0.1."""
     version = dialect.server_version_info or (0,)
     return version >= ((10, 3) if dialect.is_mariadb else (8, 0, 1))  # type: ignore[attr-defined]
-
-
-def _error_number(exc: BaseException) -> Any:
-    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
-    return args[0] if args else None
 
 
 def _release_or_drop(conn: Connection, name: str) -> None:
@@ -758,174 +595,3 @@ def _update_with_expressions(plan: UpsertPlan, row: Row) -> sa.Update:
     if plan.where is not None:
         update = update.where(substitute(plan.where, table, incoming))
     return update
-
-
-class _Driver:
-    """One pooled aiomysql connection of a driver-level path, in a transaction
-    (autocommit is off) that is committed or rolled back here. ``usable`` is
-    False when the connection cannot be used (an autocommit engine: the guard
-    needs its transaction)."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw, self.driver = raw, raw.driver_connection
-        self.usable = not self.driver.get_autocommit()
-        self.ended = True  # no transaction left open for the pool to roll back
-
-    def run(self, fast: DriverStatement, args: list[Any]) -> tuple[list[Any], int, list[Any]]:
-        """The rows, the warning count and (if any) the warnings of a statement."""
-        self.ended = False
-        cursor = await_only(self.driver.cursor(_quiet_cursor()))
-        await_only(cursor.execute(fast.sql, args))
-        count = cursor._result.warning_count
-        shown = list(await_only(self.driver.show_warnings())) if count else []
-        return list(cursor._rows or ()), count, shown
-
-    def roll_back(self, exc: BaseException | None = None) -> bool:
-        """End the transaction, keeping nothing; False when the connection had to
-        be dropped instead (the server then rolls back on its own)."""
-        if exc is None or _server_refused(exc):
-            try:
-                await_only(self.driver.rollback())
-                self.ended = True
-                return True
-            except Exception:
-                pass
-        self.raw.invalidate()
-        return False
-
-    def commit(self, fast: DriverStatement, args: list[Any]) -> bool:
-        """COMMIT: True when done, False when the server refused it (a Galera
-        certification failure: rolled back). A connection lost on the way is
-        raised: the COMMIT may have happened, so the call must not run again."""
-        try:
-            await_only(self.driver.commit())
-        except Exception as exc:
-            if not _server_refused(exc):
-                raise connection_lost(self.raw, fast, args, exc) from exc
-            self.ended = True
-            return False
-        self.ended = True
-        return True
-
-    def close(self) -> None:
-        if self.ended and hasattr(self.raw, "_close_special"):
-            self.raw._close_special(transaction_reset=True)
-        else:
-            self.raw.close()
-
-
-@contextmanager
-def _driver(engine: Engine) -> Iterator[_Driver | None]:
-    """A pooled driver connection for the call, returned to the pool after it;
-    None when there is none to be had or it cannot be used."""
-    raw = checkout(engine)
-    if raw is None:
-        yield None
-        return
-    conn = _Driver(raw)
-    try:
-        yield conn if conn.usable else None
-    finally:
-        conn.close()
-
-
-def _insert_ignore_aiomysql(engine: Engine, fast: DriverStatement, args: list[Any]) -> Row | None:
-    """AiomysqlPath.insert_ignore's work, inside SQLAlchemy's greenlet bridge: the
-    stored row, {} for a duplicate, None to take the ordinary path."""
-    with _driver(engine) as conn:
-        if conn is None:
-            return None
-        try:
-            records, count, shown = conn.run(fast, args)
-        except Exception as exc:  # not committed: the server drops it with the session
-            conn.roll_back(exc)
-            return None
-        if count == 0 and len(records) == 1:
-            return fast.row(records[0]) if conn.commit(fast, args) else None
-        duplicate = not records and count == 1 and [w[1] for w in shown] == [DUPLICATE_KEY]
-        conn.roll_back()
-        return {} if duplicate else None
-
-
-_FetchStatements = tuple[DriverStatement, DriverStatement, DriverStatement]
-
-
-def _get_or_create_aiomysql(
-    engine: Engine, statements: _FetchStatements, params: dict[str, Any], attempts: int
-) -> tuple[Row, bool] | None:
-    """AiomysqlPath.get_or_create's work: (row, created), or None to take the
-    ordinary path (which then reports any error as SQLAlchemy does, and says
-    why a duplicate's row could not be read: a lookup mismatch, a duplicate of
-    another unique key, or a row deleted meanwhile)."""
-    select, locked, insert = statements
-    with _driver(engine) as conn:
-        if conn is None:
-            return None
-        look, values = select.arguments(params), insert.arguments(params)
-        made: list[Any] = []
-        clean = duplicate = False
-        try:  # nothing is committed in here: any error is rolled back
-            found, _, _ = conn.run(select, look)
-            if not found:
-                made, count, shown = conn.run(insert, values)
-                clean = count == 0 and len(made) == 1
-                codes = [w[1] for w in shown]
-                duplicate = not made and count == 1 and codes == [DUPLICATE_KEY]
-                if duplicate:  # made by another caller after this transaction's
-                    # snapshot: a locking read sees the latest committed row
-                    found, _, _ = conn.run(locked, look)
-        except Exception as exc:
-            conn.roll_back(exc)
-            return None
-        if not found and clean:
-            # outside the try: a lost COMMIT is raised, never run again
-            return (insert.row(made[0]), True) if conn.commit(insert, values) else None
-        if not conn.roll_back() or not found:  # a read, or nothing to keep
-            return None
-        return select.row(found[0]), False
-
-
-def _server_refused(exc: BaseException) -> bool:
-    """An error the server sent (the session lives on), not one of the client
-    library's own connection errors (2000-2999: lost, gone away, ...)."""
-    code = exc.args[0] if exc.args else None
-    return isinstance(code, int) and code > 0 and not 2000 <= code < 3000
-
-
-@functools.cache
-def _quiet_cursor() -> type:
-    """aiomysql's cursor without its own ``SHOW WARNINGS`` after every statement
-    that warns (it turns them into Python warnings): the fast path reads them
-    itself, once."""
-    from aiomysql import Cursor  # type: ignore[import-untyped]
-
-    class QuietCursor(Cursor):  # type: ignore[misc]
-        async def _show_warnings(self, conn: Any) -> None:
-            return None
-
-    return QuietCursor
-
-
-# The warning count of the last statement, as the server sent it in the OK (or
-# EOF) packet, read the way each driver keeps it; a driver not listed here is
-# asked with SELECT @@warning_count (one more round trip).
-WARNING_COUNT_READERS: dict[str, Callable[[Any, Any], Any]] = {
-    "pymysql": lambda cursor, _conn: cursor.warning_count,
-    # SQLAlchemy's adapter around the asyncio driver's cursor, which keeps the
-    # last result (with the packet's count) on ``_result``
-    "aiomysql": lambda cursor, _conn: cursor._cursor._result.warning_count,
-    "asyncmy": lambda cursor, _conn: cursor._cursor._result.warning_count,
-    "mysqldb": lambda _cursor, conn: conn.warning_count(),
-    "mariadbconnector": lambda _cursor, conn: conn.warnings,  # (the cursor may be closed)
-}
-
-
-def packet_warning_count(conn: Connection, result: sa.CursorResult[Any]) -> int | None:
-    reader = WARNING_COUNT_READERS.get(conn.dialect.driver)
-    if reader is None:
-        return None
-    try:
-        count = reader(result.context.cursor, conn.connection.driver_connection)
-        return count if isinstance(count, int) else None
-    except Exception:  # another version of the driver, a closed cursor: ask the server
-        return None

@@ -1,0 +1,108 @@
+"""One caller, one connection, one transaction: the per-call cost of a one-row
+insert beside the code it replaces, new rows and duplicates, calls interleaved
+so that the machine's load falls on every contender alike.
+
+    python -m benchmarks.one_row [--url mysql+aiomysql://root@127.0.0.1:3306/test] [--calls 1000]
+
+Contenders: ``onconflict.insert_ignore(conn, ...)`` inside the caller's
+transaction; try-INSERT/except-IntegrityError (in a SAVEPOINT on PostgreSQL,
+where an error aborts the transaction); the database's raw unguarded statement
+(``INSERT IGNORE``, ``ON CONFLICT DO NOTHING``). Prints the median and the
+10th percentile in ms per call. Timing here never gates a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+import onconflict
+
+metadata = sa.MetaData()
+table = sa.Table(
+    "bench_one_row",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("k", sa.String(60), nullable=False, unique=True),
+    sa.Column("v", sa.String(40), nullable=True),
+)
+Call = Callable[[AsyncConnection, str], Awaitable[bool]]
+
+
+async def mine(conn: AsyncConnection, key: str) -> bool:
+    return (await onconflict.insert_ignore(conn, table, [{"k": key}])).inserted_count == 1
+
+
+async def classic(conn: AsyncConnection, key: str) -> bool:
+    try:
+        if conn.dialect.name == "postgresql":
+            async with conn.begin_nested():
+                await conn.execute(table.insert(), {"k": key})
+        else:
+            await conn.execute(table.insert(), {"k": key})
+    except sa.exc.IntegrityError:
+        return False
+    return True
+
+
+def raw_statement(name: str) -> Any:
+    if name in ("mysql", "mariadb"):
+        return mysql.insert(table).prefix_with("IGNORE")
+    if name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", default="mysql+aiomysql://root@127.0.0.1:3306/test")
+    parser.add_argument("--calls", type=int, default=1000)
+    args = parser.parse_args()
+    engine = create_async_engine(args.url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.run_sync(metadata.create_all)
+        await conn.execute(table.insert(), {"k": "dup"})
+    stmt = raw_statement(engine.dialect.name)
+
+    async def raw(conn: AsyncConnection, key: str) -> bool:
+        return (await conn.execute(stmt, {"k": key})).rowcount == 1
+
+    contenders: dict[str, Call] = {
+        "onconflict insert_ignore": mine,
+        "try/except IntegrityError": classic,
+        "raw unguarded statement": raw,
+    }
+    times: dict[tuple[str, str], list[float]] = {
+        (name, case): [] for name in contenders for case in ("new", "duplicate")
+    }
+    async with engine.connect() as conn:
+        await conn.begin()
+        for i in range(args.calls):
+            for case in ("new", "duplicate"):
+                for n, (name, fn) in enumerate(contenders.items()):
+                    key = f"{n}-{i}" if case == "new" else "dup"
+                    start = time.perf_counter()
+                    await fn(conn, key)
+                    times[(name, case)].append((time.perf_counter() - start) * 1000)
+        await conn.rollback()
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await engine.dispose()
+    print(f"{args.calls} calls each, {engine.dialect.name}, one connection, one transaction")
+    print(f"{'contender':28} {'row':10} {'median ms':>10} {'p10 ms':>8}")
+    for (name, case), xs in times.items():
+        xs.sort()
+        print(f"{name:28} {case:10} {statistics.median(xs):10.3f} {xs[len(xs) // 10]:8.3f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
