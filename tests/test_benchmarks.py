@@ -76,6 +76,7 @@ def test_race_without_a_terminal_shows_progress_quick_preset_and_missing_plots(
     assert "onconflict ops/s >= every peer's" in report
 
 
+@pytest.mark.needs("benchmarks")
 def test_one_row_smoke(backend: Backend, tmp_path: Path) -> None:
     """benchmarks.one_row at a tiny size: every contender, new rows and duplicates."""
     import subprocess

@@ -93,7 +93,10 @@ KILLERS = {
     ),
     "mariadb": (
         "SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX"
-        " WHERE trx_rows_modified > 0 AND trx_mysql_thread_id NOT IN (0, CONNECTION_ID())",
+        " WHERE trx_rows_modified > 0 AND trx_mysql_thread_id NOT IN (0, CONNECTION_ID())"
+        # this database's sessions only: a shared server has other writers
+        " AND trx_mysql_thread_id IN"
+        " (SELECT id FROM information_schema.PROCESSLIST WHERE db = DATABASE())",
         "KILL CONNECTION :victim",
     ),
 }
