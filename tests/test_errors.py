@@ -354,14 +354,15 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
 @pytest.mark.parametrize(
     ("exc_args", "unique", "transient", "constraint", "columns"),
     [
-        (
+        pytest.param(
             ("IntegrityError", 1, "ORA-00001: unique constraint (APP.UQ_USERS_EMAIL) violated"),
             True,
             False,
             "UQ_USERS_EMAIL",
             (),
+            id="unique-constraint",
         ),
-        (
+        pytest.param(
             (
                 "IntegrityError",
                 1,
@@ -372,22 +373,25 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
             False,
             "UQ_USERS_EMAIL",
             ("EMAIL",),
+            id="unique-constraint-with-columns",
         ),
-        (
+        pytest.param(
             ("IntegrityError", 1400, 'ORA-01400: cannot insert NULL into ("APP"."USERS"."NAME")'),
             False,
             False,
             None,
             (),
+            id="not-null",
         ),
-        (
+        pytest.param(
             ("IntegrityError", 2290, "ORA-02290: check constraint (APP.CK_NAME) violated"),
             False,
             False,
             None,
             (),
+            id="check",
         ),
-        (
+        pytest.param(
             (
                 "IntegrityError",
                 2291,
@@ -397,8 +401,9 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
             False,
             None,
             (),
+            id="foreign-key",
         ),
-        (
+        pytest.param(
             (
                 "DatabaseError",
                 12899,
@@ -409,20 +414,23 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
             False,
             None,
             (),
+            id="too-long",
         ),
-        (
+        pytest.param(
             ("DatabaseError", 60, "ORA-00060: deadlock detected while waiting for resource"),
             False,
             True,
             None,
             (),
+            id="deadlock",
         ),
-        (
+        pytest.param(
             ("DatabaseError", 8177, "ORA-08177: can't serialize access for this transaction"),
             False,
             True,
             None,
             (),
+            id="serialization-failure",
         ),
     ],
 )
@@ -454,7 +462,7 @@ ODBC = (
 @pytest.mark.parametrize(
     ("cls_name", "state", "number", "text", "unique", "transient", "constraint"),
     [
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             2627,
@@ -463,8 +471,9 @@ ODBC = (
             True,
             False,
             "uq_users_email",
+            id="unique-key-constraint",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             2627,
@@ -473,8 +482,9 @@ ODBC = (
             True,
             False,
             "PK_users",
+            id="primary-key",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             2601,
@@ -483,8 +493,9 @@ ODBC = (
             True,
             False,
             "ix_users_email",
+            id="unique-index",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             515,
@@ -493,8 +504,9 @@ ODBC = (
             False,
             False,
             None,
+            id="not-null",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             547,
@@ -504,8 +516,9 @@ ODBC = (
             False,
             False,
             None,
+            id="foreign-key",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             547,
@@ -515,8 +528,9 @@ ODBC = (
             False,
             False,
             None,
+            id="check",
         ),
-        (
+        pytest.param(
             "DataError",
             "22001",
             2628,
@@ -525,8 +539,9 @@ ODBC = (
             False,
             False,
             None,
+            id="truncated",
         ),
-        (
+        pytest.param(
             "OperationalError",
             "40001",
             1205,
@@ -536,6 +551,7 @@ ODBC = (
             False,
             True,
             None,
+            id="deadlock",
         ),
     ],
 )
@@ -672,10 +688,22 @@ def test_sqlite_busy_is_transient(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("code", "message", "transient"),
     [
-        (9007, "Write conflict, txnStartTS=1, conflictStartTS=2 [try again later]", True),
-        (8005, "Write Conflict, txnStartTS is stale", True),
-        (8002, "[tikv:8002] can not retry select for update statement", True),
-        (1062, "Duplicate entry 'a' for key 'users.email'", False),
+        pytest.param(
+            9007,
+            "Write conflict, txnStartTS=1, conflictStartTS=2 [try again later]",
+            True,
+            id="write-conflict",
+        ),
+        pytest.param(8005, "Write Conflict, txnStartTS is stale", True, id="stale-write-conflict"),
+        pytest.param(
+            8002,
+            "[tikv:8002] can not retry select for update statement",
+            True,
+            id="cannot-retry-select-for-update",
+        ),
+        pytest.param(
+            1062, "Duplicate entry 'a' for key 'users.email'", False, id="duplicate-entry"
+        ),
     ],
 )
 def test_tidb_write_conflicts_are_transient(code: int, message: str, transient: bool) -> None:
