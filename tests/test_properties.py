@@ -114,7 +114,7 @@ def test_calls_against_the_model(backend: Backend) -> None:
         run_state_machine_as_test(
             Calls,
             settings=settings(
-                max_examples=40 if backend.name == "sqlite" else 15,
+                max_examples=backend.property_examples,
                 stateful_step_count=12,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],

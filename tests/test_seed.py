@@ -122,24 +122,18 @@ async def test_progress_is_reported(aengine: AsyncEngine) -> None:
 
 def hold_lock(backend: Backend, release: threading.Event, held: threading.Event) -> None:
     """Take the seed lock as another replica would, until told to let go."""
+    assert backend.seed_lock is not None
     engine = sa.create_engine(backend.sync_url)
     with engine.connect() as conn:
-        if backend.name == "postgresql":
-            conn.execute(
-                sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("onconflict.seed")))
-            )
-        elif backend.name == "mariadb":
-            conn.execute(sa.select(sa.func.get_lock("onconflict.seed", 1)))
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        backend.seed_lock.take(conn)
         held.set()
         release.wait(30)
         conn.rollback()
-        if backend.name == "mariadb":
-            conn.execute(sa.select(sa.func.release_lock("onconflict.seed")))
+        backend.seed_lock.release(conn)
     engine.dispose()
 
 
+@pytest.mark.needs("seed_lock")
 async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Backend) -> None:
     release, held = threading.Event(), threading.Event()
     holder = threading.Thread(target=hold_lock, args=(backend, release, held))
@@ -156,6 +150,7 @@ async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Back
     assert (await onconflict.seed(aengine, {roles: ROLES})).total("inserted") == 2
 
 
+@pytest.mark.crowd  # dozens of connections at once
 def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
     """docs' FastAPI example: eight workers run the start-up seeding at once."""
     url = backend.url
