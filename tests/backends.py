@@ -123,6 +123,7 @@ class Backend:
     killer: Killer | None = None  # None: no server connection to kill
     env: str = ""  # the URL's environment variable (servers)
     default_url: str = ""
+    embedded_url: str = ""  # embedded databases: the URL of a file in the folder {dir}
     on_connect: tuple[str, ...] = ()  # statements run on every new DBAPI connection
     engine_args: Mapping[str, Any] = field(default_factory=dict)  # defaults for engines
     pool_args: bool = True  # False: pool_size / max_overflow do not apply
@@ -204,6 +205,7 @@ SQLITE = Backend(
     on_connect=("PRAGMA foreign_keys=ON", "PRAGMA journal_mode=WAL"),
     engine_args={"connect_args": {"timeout": 60}},
     pool_args=False,
+    embedded_url="sqlite+aiosqlite:///{dir}/test.db",
 )
 
 # -- PostgreSQL -----------------------------------------------------------------------

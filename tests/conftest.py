@@ -46,6 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "handles(*kinds): the handle fixture's kinds for this test (tests/handles.py)"
     )
+    for b in SERVERS.values():  # each server's tests carry its name as a marker
+        config.addinivalue_line("markers", f"{b.name}: needs the {b.name} server ({b.env})")
     _database_per_worker()
 
 
@@ -183,7 +185,7 @@ def backend_at(name: str, tmp_path: Path) -> Backend:
     """The backend of this name, at its URL (SQLite: a file in ``tmp_path``)."""
     declared = BY_NAME[name]
     if not declared.server:
-        return declared.at(f"sqlite+aiosqlite:///{tmp_path / 'test.db'}")
+        return declared.at(declared.embedded_url.format(dir=tmp_path))
     url = os.environ.get(declared.env, declared.default_url)
     require_server(name, url)
     return declared.at(url)
