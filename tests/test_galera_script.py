@@ -65,12 +65,18 @@ def test_one_node_failing_keeps_the_healthy_cluster(
     assert "node1, node2 still running" in str(info.value)
 
 
+def all_down(galera: ModuleType, monkeypatch: pytest.MonkeyPatch, *, fail: int) -> Calls:
+    """No node runs; the first ``fail`` bring-ups fail."""
+    calls = Calls(galera, monkeypatch, fail=fail)
+    monkeypatch.setattr(galera, "pid", lambda node: None)
+    monkeypatch.setattr(galera, "healthy", list)
+    return calls
+
+
 def test_a_failed_start_with_nothing_serving_rebuilds(
     galera: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = Calls(galera, monkeypatch, fail=1)
-    monkeypatch.setattr(galera, "pid", lambda node: None)
-    monkeypatch.setattr(galera, "healthy", list)
+    calls = all_down(galera, monkeypatch, fail=1)
     galera.start([3])
     assert calls.destroyed == 1
     assert calls.brought == [[3], [1, 2, 3]]
@@ -79,9 +85,7 @@ def test_a_failed_start_with_nothing_serving_rebuilds(
 def test_a_second_failure_after_rebuilding_is_reported(
     galera: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = Calls(galera, monkeypatch, fail=2)
-    monkeypatch.setattr(galera, "pid", lambda node: None)
-    monkeypatch.setattr(galera, "healthy", list)
+    calls = all_down(galera, monkeypatch, fail=2)
     with pytest.raises(SystemExit, match="node3 exited"):
         galera.start([1, 2, 3])
     assert calls.destroyed == 1
