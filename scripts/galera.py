@@ -296,6 +296,12 @@ def start(numbers: list[int]) -> None:
     try:
         bring_up(wanted)
     except Failed as error:
+        survivors = healthy()
+        if not rebuild_after_failure(survivors):
+            # a node failed to start or join while others serve: they stay as
+            # they are (a healthy cluster is never deleted to start one node)
+            names = ", ".join(n.name for n in survivors)
+            raise SystemExit(f"galera: {error}\ngalera: {names} still running") from None
         print(f"galera: {error}\ngalera: rebuilding the cluster", file=sys.stderr, flush=True)
         destroy()
         wanted = ALL
@@ -305,6 +311,18 @@ def start(numbers: list[int]) -> None:
             raise SystemExit(f"galera: {again}") from None
     size = wsrep(wanted[0]).get("wsrep_cluster_size")
     print(f"galera: {', '.join(n.name for n in wanted)} synced; cluster size {size}")
+
+
+def healthy() -> list[Node]:
+    """The nodes whose server runs and is synced with the cluster."""
+    return [n for n in ALL if pid(n) is not None and synced(n)]
+
+
+def rebuild_after_failure(survivors: list[Node]) -> bool:
+    """Whether a failed start may delete the cluster and build it anew: only
+    when no node is left serving. A node that fails to start or to join (say
+    ``start --node 3``) is reported, and the nodes that run are kept."""
+    return not survivors
 
 
 def bring_up(wanted: list[Node]) -> None:

@@ -7,96 +7,94 @@ skipped with the reason.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-DEFAULTS = {
-    "postgresql": ("ONCONFLICT_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
-    "mariadb": ("ONCONFLICT_MYSQL_URL", "mysql+aiomysql://root@127.0.0.1:3306/test"),
-}
-SYNC_DRIVERS = {
-    "asyncpg": "psycopg",
-    "psycopg_async": "psycopg",
-    "aiomysql": "pymysql",
-    "asyncmy": "pymysql",
-    "aiosqlite": "pysqlite",
-    "oc_blocking": "",  # DuckDB: tests/duckdb_backend.py's adapter; duckdb-engine itself
-}
+from tests.backends import BACKENDS, BY_NAME, SERVERS, Backend, sync_url
+from tests.handles import KINDS, Handle
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULTS",
+    "IN_CI",
+    "Backend",
+    "SessionStatements",
+    "missing",
+    "require_server",
+    "sync_url",
+]
+
+DEFAULTS = {b.name: (b.env, b.default_url) for b in SERVERS.values()}
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-BACKENDS = ["sqlite", "postgresql", "mariadb", "duckdb"]
 
 
-@dataclass(frozen=True)
-class Facts:
-    """What a backend can have; a test marked ``@pytest.mark.needs("fact", ...)``
-    is skipped, with the reason, on a backend without one of them."""
-
-    partial_indexes: bool = True
-    expression_targets: bool = True
-    """ON CONFLICT can name an expression index (MariaDB has none; DuckDB's
-    ON CONFLICT names columns only)."""
-    savepoints: bool = True
-    locking_reads: bool = True  # SELECT ... FOR UPDATE / FOR SHARE
-    writer_processes: bool = True
-    """Several processes may write to the database at once (DuckDB: one)."""
-    server: bool = True  # a server process (connections to kill, logins to refuse)
-    aborts_on_error: bool = False
-    """Any error aborts the whole transaction (PostgreSQL, DuckDB)."""
-    length_limits: bool = True  # VARCHAR(n) refuses longer values (not SQLite, DuckDB)
-    lock_waits: bool = True
-    """A writer waits for another transaction's uncommitted key (DuckDB instead
-    fails one of the two: optimistic concurrency)."""
-    isolation_levels: bool = True  # execution_options(isolation_level=...)
-    seed_lock: bool = True  # seed takes a database-wide lock (DuckDB: one writer process)
-    benchmarks: bool = True  # the benchmark runner and its peers support it
-    reflection: bool = True
-    """Tables can be reflected (duckdb-engine 0.17 with SQLAlchemy 2.1: its
-    PostgreSQL reflection reads pg_catalog.pg_collation, which DuckDB lacks)."""
-    case_insensitive_keys: bool = True
-    """A unique key can compare case-insensitively (DuckDB's unique indexes
-    compare bytes, whatever the column's collation)."""
-
-
-FACTS = {
-    "sqlite": Facts(server=False, length_limits=False),
-    "postgresql": Facts(aborts_on_error=True),
-    "mariadb": Facts(partial_indexes=False, expression_targets=False),
-    "duckdb": Facts(
-        partial_indexes=False,
-        expression_targets=False,
-        savepoints=False,
-        locking_reads=False,
-        writer_processes=False,
-        server=False,
-        aborts_on_error=True,
-        length_limits=False,
-        lock_waits=False,
-        isolation_levels=False,
-        seed_lock=False,
-        benchmarks=False,
-        reflection=False,
-        case_insensitive_keys=False,
-    ),
-}
-
-
-def sync_url(url: str) -> str:
-    u = make_url(url)
-    backend, _, driver = u.drivername.partition("+")
-    sync = SYNC_DRIVERS.get(driver, driver)
-    return u.set(drivername=f"{backend}+{sync}" if sync else backend).render_as_string(
-        hide_password=False
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs(*facts): runs on the backends having these facts (tests/backends.py)"
     )
+    config.addinivalue_line(
+        "markers", "databases(*names): a database's own mechanism, run on these backends only"
+    )
+    config.addinivalue_line(
+        "markers", "handles(*kinds): the handle fixture's kinds for this test (tests/handles.py)"
+    )
+    for b in SERVERS.values():  # each server's tests carry its name as a marker
+        config.addinivalue_line("markers", f"{b.name}: needs the {b.name} server ({b.env})")
+    _database_per_worker()
+
+
+def _database_per_worker() -> None:
+    """Under pytest-xdist, each worker works in a database of its own on each
+    server (``<database>_gw0``, made if missing): tests create and drop tables
+    of fixed names. Subprocesses the tests start inherit the URL."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    for b in SERVERS.values():
+        url = make_url(os.environ.get(b.env, b.default_url))
+        mine = url.set(database=f"{url.database}_{worker}")
+        try:
+            _ensure_database(url, mine)
+        except Exception:  # the server does not answer: its tests say so
+            continue
+        os.environ[b.env] = mine.render_as_string(hide_password=False)
+
+
+def _ensure_database(configured: sa.URL, mine: sa.URL) -> None:
+    """Create ``mine`` unless it answers, through the configured database."""
+    if _answers(sync_url(mine.render_as_string(hide_password=False))):
+        return
+    server = sa.create_engine(
+        sync_url(configured.render_as_string(hide_password=False)),
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+    )
+    try:
+        quoted = server.dialect.identifier_preparer.quote_identifier(mine.database or "")
+        with server.connect() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {quoted}"))  # a name, quoted: no DDL binds
+    finally:
+        server.dispose()
+
+
+def _answers(url: str) -> bool:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
 
 
 _availability: dict[str, str | None] = {}
@@ -131,85 +129,71 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@dataclass
-class Backend:
-    name: str
-    url: str  # async driver URL
-
-    @property
-    def facts(self) -> Facts:
-        return FACTS[self.name]
-
-    @property
-    def sync_url(self) -> str:
-        return sync_url(self.url)
-
-    def async_engine(self, **kw: Any) -> AsyncEngine:
-        engine = create_async_engine(self.url, **self._engine_args(kw))
-        _sqlite_pragmas(engine.sync_engine)
-        return engine
-
-    def sync_engine(self, **kw: Any) -> Engine:
-        engine = sa.create_engine(self.sync_url, **self._engine_args(kw))
-        _sqlite_pragmas(engine)
-        return engine
-
-    def _engine_args(self, kw: dict[str, Any]) -> dict[str, Any]:
-        if self.name == "sqlite":
-            kw.pop("pool_size", None)
-            kw.pop("max_overflow", None)
-            kw.setdefault("connect_args", {"timeout": 60})
-        return kw
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    if engine.dialect.name != "sqlite":
-        return
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.close()
-
-
-def _backend_params() -> list[Any]:
+def backend_params(metafunc_or_node: Any = None) -> list[Any]:
+    """The backends as pytest params (id and marker: the name), those a test
+    asks for with ``needs`` / ``databases`` markers when given its node."""
+    chosen = BACKENDS
+    if metafunc_or_node is not None:
+        chosen = [b for b in BACKENDS if _wanted(b, metafunc_or_node)]
     return [
-        pytest.param(name, marks=[] if name == "sqlite" else [getattr(pytest.mark, name)], id=name)
-        for name in BACKENDS
+        pytest.param(b.name, marks=[getattr(pytest.mark, b.name)] if b.server else [], id=b.name)
+        for b in chosen
     ]
 
 
-def skip_without_needs(request: pytest.FixtureRequest, name: str) -> None:
-    """Skip a test marked ``needs(...)`` on a backend without one of the facts."""
-    facts = FACTS[name]
-    for mark in request.node.iter_markers("needs"):
-        lacking = [fact for fact in mark.args if not getattr(facts, fact)]
-        if lacking:
-            pytest.skip(f"{name} has no {', '.join(lacking).replace('_', ' ')}")
+def _wanted(backend: Backend, node: Any) -> bool:
+    for mark in node.iter_markers("needs"):
+        unknown = [f for f in mark.args if not hasattr(backend, f)]
+        if unknown:
+            raise pytest.UsageError(f"{node.nodeid}: needs{mark.args}: no fact {unknown}")
+        if not all(getattr(backend, fact) for fact in mark.args):
+            return False
+    for mark in node.iter_markers("databases"):
+        unknown = [name for name in mark.args if name not in BY_NAME]
+        if unknown:
+            raise pytest.UsageError(f"{node.nodeid}: databases{mark.args}: unknown {unknown}")
+        if backend.name not in mark.args:
+            return False
+    return True
 
 
-@pytest.fixture(params=_backend_params())
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    skip_without_needs(request, request.param)
-    return backend_for(request.param, tmp_path)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", backend_params(metafunc.definition), indirect=True)
+    if "handle" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("handles")
+        kinds = mark.args if mark is not None else KINDS
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: handles: unknown {unknown}")
+        metafunc.parametrize("handle", kinds, indirect=True)
 
 
-def backend_for(name: str, directory: Path) -> Backend:
-    """The backend ``name``; an embedded database is a file in ``directory``."""
-    if name == "sqlite":
-        return Backend(name, f"sqlite+aiosqlite:///{directory / 'test.db'}")
-    if name == "duckdb":
-        if importlib.util.find_spec("duckdb_engine") is None:
-            missing("duckdb and duckdb-engine are not installed (pip install onconflict[duckdb])")
-        import tests.duckdb_backend  # noqa: F401  (registers duckdb+oc_blocking)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup``, tests that must not overlap run on
+    one worker, in turn: those of the one Galera cluster, and those opening
+    dozens of connections at once (two of them at a time would pass
+    PostgreSQL's default max_connections of 100)."""
+    for item in items:
+        for group in ("galera", "crowd"):
+            if item.get_closest_marker(group) is not None:
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
 
-        return Backend(name, f"duckdb+oc_blocking:///{directory / 'test.duckdb'}")
-    env, default = DEFAULTS[name]
-    url = os.environ.get(env, default)
+
+def backend_at(name: str, tmp_path: Path) -> Backend:
+    """The backend of this name, at its URL (SQLite: a file in ``tmp_path``)."""
+    declared = BY_NAME[name]
+    if not declared.server:
+        return declared.at(declared.embedded_url.format(dir=tmp_path))
+    url = os.environ.get(declared.env, declared.default_url)
     require_server(name, url)
-    return Backend(name, url)
+    return declared.at(url)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return backend_at(request.param, tmp_path)
 
 
 @pytest.fixture
@@ -227,10 +211,16 @@ def sengine(backend: Backend) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def handle(request: pytest.FixtureRequest, aengine: AsyncEngine, sengine: Engine) -> Handle:
+    """The public API through one kind of handle (tests/handles.py)."""
+    return Handle(request.param, aengine, sengine)
+
+
+@pytest.fixture
 async def tables(aengine: AsyncEngine, backend: Backend) -> AsyncIterator[None]:
     from tests.schema import metadata, parent, partial_metadata
 
-    metas = [metadata] + ([partial_metadata] if backend.facts.partial_indexes else [])
+    metas = [metadata] + ([partial_metadata] if backend.partial_indexes else [])
     async with aengine.begin() as conn:
         for md in metas:
             await conn.run_sync(md.drop_all)

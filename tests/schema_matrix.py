@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlmodel import Field, SQLModel
 
-ALL = ("sqlite", "postgresql", "mariadb", "duckdb")
+from tests.backends import Backend, ci_collated, has, run_setup
 
 metadata = sa.MetaData()
 
@@ -45,9 +45,9 @@ class Feature:
     updated: dict[str, Any] | None = None
     again: dict[str, Any] = field(default_factory=dict)  # key values of the repeat calls
     on: Any = None  # the conflict target passed to every call (None: chosen by onconflict)
-    backends: tuple[str, ...] = ALL
+    needs: tuple[str, ...] = ()  # facts of tests/backends.py the table needs to exist
     why_not: str = ""  # why the feature does not exist on the other backends
-    refused: Mapping[str, str] = field(default_factory=dict)  # backend -> why it must refuse
+    refused: Mapping[str, str] = field(default_factory=dict)  # missing fact -> why refused
     tables: tuple[sa.Table, ...] = ()  # what to create (default: the target's table)
     instance_of: type | None = None  # the session front must return instances of this class
 
@@ -61,6 +61,13 @@ class Feature:
 
     def all_tables(self) -> tuple[sa.Table, ...]:
         return self.tables or (self.table,)
+
+    def applies_to(self, backend: Backend) -> bool:
+        return all(getattr(backend, fact) for fact in self.needs)
+
+    def refusal(self, backend: Backend) -> str:
+        """Why this backend must refuse the feature ("" if it must not)."""
+        return next((why for fact, why in self.refused.items() if not getattr(backend, fact)), "")
 
     def out_names(self) -> dict[str, str]:
         """Column key -> the name results use."""
@@ -230,30 +237,19 @@ expression = sa.Table(
     sa.Column("v", sa.String(20), nullable=True),
 )
 sa.Index("uq_m_expr_lower_email", sa.func.lower(expression.c.email), unique=True).ddl_if(
-    dialect=("postgresql", "sqlite")
+    callable_=has("expression_indexes")
 )
 
-# case-insensitive collation: MariaDB's default; SQLite NOCASE; PostgreSQL a
-# nondeterministic ICU collation ----------------------------------------------------
-PG_CI_COLLATION = sa.DDL(
-    "CREATE COLLATION IF NOT EXISTS oc_m_ci"
-    " (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
-)
+# case-insensitive collation (Backend.ci_collation): MariaDB's default; SQLite
+# NOCASE; PostgreSQL a nondeterministic ICU collation --------------------------------
 collated = sa.Table(
     "oc_m_collate",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column(
-        "code",
-        sa.String(20)
-        .with_variant(sa.String(20, collation="NOCASE"), "sqlite")
-        .with_variant(sa.String(20, collation="oc_m_ci"), "postgresql"),
-        nullable=False,
-        unique=True,
-    ),
+    sa.Column("code", ci_collated(), nullable=False, unique=True),
     sa.Column("v", sa.String(20), nullable=True),
 )
-sa.event.listen(collated, "before_create", PG_CI_COLLATION.execute_if(dialect="postgresql"))
+sa.event.listen(collated, "before_create", run_setup("ci_collation_setup"))
 
 # partitioned table (PostgreSQL) -------------------------------------------------------
 partitioned = sa.Table(
@@ -387,8 +383,8 @@ FEATURES = [
         on="email",
         change={"v": "y"},
         stored={"email": "a@x", "active": True, "v": "x"},
-        backends=("sqlite", "postgresql"),
-        why_not="MariaDB and DuckDB have no partial indexes",
+        needs=("partial_indexes",),
+        why_not="MariaDB has no partial indexes",
     ),
     Feature(
         "expression_index",
@@ -400,10 +396,7 @@ FEATURES = [
         change={"v": "y"},
         stored={"email": "a@x", "v": "x"},
         updated={"v": "y"},  # whether upsert rewrites email to 'A@X' is not decided
-        refused={
-            "mariadb": "MariaDB 10.11 has no expression (functional) indexes",
-            "duckdb": "DuckDB's ON CONFLICT names columns only, not an expression index",
-        },
+        refused={"expression_indexes": "no expression (functional) indexes (MariaDB 10.11)"},
     ),
     Feature(
         "collation",
@@ -413,8 +406,6 @@ FEATURES = [
         key=("code",),
         change={"v": "y"},
         stored={"code": "abc", "v": "x"},
-        backends=("sqlite", "postgresql", "mariadb"),
-        why_not="DuckDB's unique indexes compare bytes, whatever the column's collation",
     ),
     Feature(
         "partitioned",
@@ -423,7 +414,7 @@ FEATURES = [
         key=("region", "k"),
         change={"v": "y"},
         stored={"region": "eu", "k": "a", "v": "x"},
-        backends=("postgresql",),
+        needs=("partitioned_tables",),
         why_not="partitioned tables are a PostgreSQL feature",
     ),
     Feature(

@@ -14,14 +14,14 @@ from tests.conftest import Backend
 
 
 @pytest.mark.parametrize("kind", ["race", "bulk"])
-@pytest.mark.needs("benchmarks")
 def test_smoke(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
     url = backend.url
-    if backend.name == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}"
+    if not backend.server:  # a file of its own, beside the benchmark's output
+        (tmp_path / "bench").mkdir()
+        url = backend.embedded_url.format(dir=tmp_path / "bench")
     sizes = (
         ["--workers", "1,3", "--keys", "4", "--dups", "0,50,99", "--calls", "24", "--settle", "0"]
         if kind == "race"
@@ -76,15 +76,14 @@ def test_race_without_a_terminal_shows_progress_quick_preset_and_missing_plots(
     assert "onconflict ops/s >= every peer's" in report
 
 
-@pytest.mark.needs("benchmarks")
 def test_one_row_smoke(backend: Backend, tmp_path: Path) -> None:
     """benchmarks.one_row at a tiny size: every contender, new rows and duplicates."""
     import subprocess
     import sys
 
     url = backend.url
-    if backend.name == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'one.db'}"
+    if not backend.server:
+        url = backend.embedded_url.format(dir=tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.one_row", "--url", url, "--calls", "3"],
         capture_output=True,

@@ -23,6 +23,8 @@ import onconflict.sync
 from onconflict.retry import Attempts, Restart, Retry
 from tests.conftest import Backend
 
+pytestmark = pytest.mark.crowd  # up to 128 callers at once
+
 ISSUE_17 = contention.Cell("upsert_where", "engine", 32, 20, 5)
 
 
@@ -67,6 +69,7 @@ async def test_issue_17_upsert_where(backend: Backend, caplog: pytest.LogCapture
 
 @pytest.mark.mariadb
 @pytest.mark.parametrize("front", ["async", "sync"])
+@pytest.mark.databases("mariadb")  # MariaDB's locking
 async def test_update_or_create_race_takes_the_exclusive_lock_first(
     backend: Backend,
     aengine: AsyncEngine,
@@ -78,8 +81,6 @@ async def test_update_or_create_race_takes_the_exclusive_lock_first(
     losers of the creation race restart at once and take the row's exclusive
     lock first; no deadlock at all (they used to upgrade the shared lock of
     the lost race: about 18 deadlocks in 32 callers)."""
-    if backend.name != "mariadb":
-        pytest.skip("MariaDB's locking")
     import anyio
 
     caplog.set_level(logging.INFO, logger="onconflict")

@@ -10,11 +10,10 @@ with their real message formats.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,11 @@ ROWS = {
     "foreign_key": "(3, 'c', 99, 1)",
     "too_long": "(3, 'toolong', NULL, 1)",
 }
-EXPECTED = {  # family: (duplicate constraint, pk constraint, duplicate columns, pk columns)
-    "postgresql": ("uq_cls_email", "oc_cls_pkey", ("email",), ("id",)),
-    "mysql": ("uq_cls_email", "PRIMARY", (), ()),
-    "sqlite": (None, None, ("email",), ("id",)),
+EXPECTED = {  # family: (duplicate constraint, pk constraint, duplicate columns, pk columns,
+    #                   the table named, when the error names it)
+    "postgresql": ("uq_cls_email", "oc_cls_pkey", ("email",), ("id",), "oc_cls"),
+    "mysql": ("uq_cls_email", "PRIMARY", (), (), None),
+    "sqlite": (None, None, ("email",), ("id",), "oc_cls"),
 }
 
 
@@ -129,22 +129,22 @@ def _run_dbapi(conn: Any, ddl: list[str], statements: list[str]) -> list[BaseExc
     return out
 
 
-# Sync DB-API drivers: (module, server, DDL, connect keyword for the database name)
+# Sync DB-API drivers: (module, server, classifier family, DDL, default port,
+# connect keyword for the database name)
 DBAPI_DRIVERS = {
-    "psycopg2": ("psycopg2", "postgresql", PG_DDL, "dbname"),
-    "psycopg": ("psycopg", "postgresql", PG_DDL, "dbname"),
-    "pg8000": ("pg8000.dbapi", "postgresql", PG_DDL, "database"),
-    "pymysql": ("pymysql", "mariadb", MYSQL_DDL, "database"),
-    "mysqlclient": ("MySQLdb", "mariadb", MYSQL_DDL, "database"),
-    "mariadb-connector": ("mariadb", "mariadb", MYSQL_DDL, "database"),
+    "psycopg2": ("psycopg2", "postgresql", "postgresql", PG_DDL, 5432, "dbname"),
+    "psycopg": ("psycopg", "postgresql", "postgresql", PG_DDL, 5432, "dbname"),
+    "pg8000": ("pg8000.dbapi", "postgresql", "postgresql", PG_DDL, 5432, "database"),
+    "pymysql": ("pymysql", "mariadb", "mysql", MYSQL_DDL, 3306, "database"),
+    "mysqlclient": ("MySQLdb", "mariadb", "mysql", MYSQL_DDL, 3306, "database"),
+    "mariadb-connector": ("mariadb", "mariadb", "mysql", MYSQL_DDL, 3306, "database"),
 }
 
 
 def dbapi_errors(driver: str, statements: list[str]) -> list[BaseException | None]:
-    module, server, ddl, db_keyword = DBAPI_DRIVERS[driver]
+    module, server, _family, ddl, default_port, db_keyword = DBAPI_DRIVERS[driver]
     mod = need(module)
     d = dsn(server)
-    default_port = 5432 if server == "postgresql" else 3306
     password = d["password"] or (None if driver == "pg8000" else "")
     conn = mod.connect(
         host=d["host"],
@@ -280,7 +280,7 @@ async def produce(driver: str, tmp_path: Path) -> tuple[str, list[BaseException 
         )
     if driver == "sqlite3":
         return "sqlite", await asyncio.to_thread(sqlite3_errors, statements, sqlite_file)
-    family = "postgresql" if DBAPI_DRIVERS[driver][1] == "postgresql" else "mysql"
+    family = DBAPI_DRIVERS[driver][2]
     return family, await asyncio.to_thread(dbapi_errors, driver, statements)
 
 
@@ -307,7 +307,7 @@ async def test_real_errors_classify(driver: str, tmp_path: Path) -> None:
     family, errors = await produce(driver, tmp_path)
     got = dict(zip(KINDS, errors, strict=True))
     assert all(isinstance(e, BaseException) for e in got.values()), got
-    dup_name, pk_name, dup_cols, pk_cols = EXPECTED[family]
+    dup_name, pk_name, dup_cols, pk_cols, table = EXPECTED[family]
 
     dup = onconflict.unique_violation(got["duplicate"])  # type: ignore[arg-type]
     assert dup is not None
@@ -317,8 +317,8 @@ async def test_real_errors_classify(driver: str, tmp_path: Path) -> None:
     pk = onconflict.unique_violation(got["pk_duplicate"])  # type: ignore[arg-type]
     assert pk is not None
     assert (pk.constraint, pk.columns) == (pk_name, pk_cols)
-    if family in ("postgresql", "sqlite"):
-        assert dup.table == "oc_cls"
+    if table is not None:
+        assert dup.table == table
 
     for kind in ("not_null", "check", "foreign_key", "too_long"):
         exc = got[kind]
@@ -354,14 +354,15 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
 @pytest.mark.parametrize(
     ("exc_args", "unique", "transient", "constraint", "columns"),
     [
-        (
+        pytest.param(
             ("IntegrityError", 1, "ORA-00001: unique constraint (APP.UQ_USERS_EMAIL) violated"),
             True,
             False,
             "UQ_USERS_EMAIL",
             (),
+            id="unique-constraint",
         ),
-        (
+        pytest.param(
             (
                 "IntegrityError",
                 1,
@@ -372,22 +373,25 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
             False,
             "UQ_USERS_EMAIL",
             ("EMAIL",),
+            id="unique-constraint-with-columns",
         ),
-        (
+        pytest.param(
             ("IntegrityError", 1400, 'ORA-01400: cannot insert NULL into ("APP"."USERS"."NAME")'),
             False,
             False,
             None,
             (),
+            id="not-null",
         ),
-        (
+        pytest.param(
             ("IntegrityError", 2290, "ORA-02290: check constraint (APP.CK_NAME) violated"),
             False,
             False,
             None,
             (),
+            id="check",
         ),
-        (
+        pytest.param(
             (
                 "IntegrityError",
                 2291,
@@ -397,8 +401,9 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
             False,
             None,
             (),
+            id="foreign-key",
         ),
-        (
+        pytest.param(
             (
                 "DatabaseError",
                 12899,
@@ -409,20 +414,23 @@ def oracle_error(cls_name: str, code: int, message: str) -> BaseException:
             False,
             None,
             (),
+            id="too-long",
         ),
-        (
+        pytest.param(
             ("DatabaseError", 60, "ORA-00060: deadlock detected while waiting for resource"),
             False,
             True,
             None,
             (),
+            id="deadlock",
         ),
-        (
+        pytest.param(
             ("DatabaseError", 8177, "ORA-08177: can't serialize access for this transaction"),
             False,
             True,
             None,
             (),
+            id="serialization-failure",
         ),
     ],
 )
@@ -454,7 +462,7 @@ ODBC = (
 @pytest.mark.parametrize(
     ("cls_name", "state", "number", "text", "unique", "transient", "constraint"),
     [
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             2627,
@@ -463,8 +471,9 @@ ODBC = (
             True,
             False,
             "uq_users_email",
+            id="unique-key-constraint",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             2627,
@@ -473,8 +482,9 @@ ODBC = (
             True,
             False,
             "PK_users",
+            id="primary-key",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             2601,
@@ -483,8 +493,9 @@ ODBC = (
             True,
             False,
             "ix_users_email",
+            id="unique-index",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             515,
@@ -493,8 +504,9 @@ ODBC = (
             False,
             False,
             None,
+            id="not-null",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             547,
@@ -504,8 +516,9 @@ ODBC = (
             False,
             False,
             None,
+            id="foreign-key",
         ),
-        (
+        pytest.param(
             "IntegrityError",
             "23000",
             547,
@@ -515,8 +528,9 @@ ODBC = (
             False,
             False,
             None,
+            id="check",
         ),
-        (
+        pytest.param(
             "DataError",
             "22001",
             2628,
@@ -525,8 +539,9 @@ ODBC = (
             False,
             False,
             None,
+            id="truncated",
         ),
-        (
+        pytest.param(
             "OperationalError",
             "40001",
             1205,
@@ -536,6 +551,7 @@ ODBC = (
             False,
             True,
             None,
+            id="deadlock",
         ),
     ],
 )
@@ -672,10 +688,22 @@ def test_sqlite_busy_is_transient(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("code", "message", "transient"),
     [
-        (9007, "Write conflict, txnStartTS=1, conflictStartTS=2 [try again later]", True),
-        (8005, "Write Conflict, txnStartTS is stale", True),
-        (8002, "[tikv:8002] can not retry select for update statement", True),
-        (1062, "Duplicate entry 'a' for key 'users.email'", False),
+        pytest.param(
+            9007,
+            "Write conflict, txnStartTS=1, conflictStartTS=2 [try again later]",
+            True,
+            id="write-conflict",
+        ),
+        pytest.param(8005, "Write Conflict, txnStartTS is stale", True, id="stale-write-conflict"),
+        pytest.param(
+            8002,
+            "[tikv:8002] can not retry select for update statement",
+            True,
+            id="cannot-retry-select-for-update",
+        ),
+        pytest.param(
+            1062, "Duplicate entry 'a' for key 'users.email'", False, id="duplicate-entry"
+        ),
     ],
 )
 def test_tidb_write_conflicts_are_transient(code: int, message: str, transient: bool) -> None:
@@ -723,45 +751,6 @@ def _table(engine: sa.Engine) -> sa.Table:
     return t
 
 
-@contextlib.contextmanager
-def _lock_holder(backend: Backend, engine: sa.Engine, t: sa.Table) -> Iterator[None]:
-    """Another connection holding what the next write on ``engine`` needs."""
-    if backend.name == "sqlite":
-        holder = sqlite3.connect(engine.url.database or "", isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            holder.rollback()
-            holder.close()
-        return
-    with engine.connect() as holder:
-        if backend.name in ("mariadb", "duckdb"):  # DuckDB: the other update conflicts
-            holder.execute(t.update().where(t.c.id == 1).values(email="c"))  # row lock held
-            yield
-        else:  # PostgreSQL: a row committed after the other side's snapshot
-            yield
-        holder.rollback()
-
-
-def _provoke_transient(backend: Backend, conn: sa.Connection, t: sa.Table) -> None:
-    """Run, on ``conn`` (inside its transaction), a write that fails with a real
-    transient error: SQLite busy, MariaDB lock wait timeout, PostgreSQL
-    serialization failure."""
-    if backend.name == "mariadb":
-        conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = 1"))
-    if backend.name == "postgresql":
-        conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-        conn.execute(sa.select(1))
-        with conn.engine.begin() as other:  # (again on a later attempt)
-            other.execute(t.delete().where(t.c.id == 3))
-            other.execute(t.insert().values(id=3, email="z"))
-        stmt: Any = sa.dialects.postgresql.insert(t).values(id=3, email="z")
-        conn.execute(stmt.on_conflict_do_nothing())
-        return
-    conn.execute(t.update().where(t.c.id == 1).values(email="d"))
-
-
 async def test_error_raised_while_handling_a_duplicate_is_not_one(backend: Backend) -> None:
     """A ValueError raised inside ``except IntegrityError:`` is a bug of the
     handler, not a duplicate; ``raise ... from`` still says it is."""
@@ -791,19 +780,21 @@ async def test_error_raised_while_handling_a_duplicate_is_not_one(backend: Backe
         engine.dispose()
 
 
+@pytest.mark.needs("transient")
 async def test_retrying_does_not_rerun_a_bug_raised_while_handling_a_transient_error(
     backend: Backend,
 ) -> None:
-    connect_args = {"timeout": 0} if backend.name == "sqlite" else {}
-    engine = backend.sync_engine(connect_args=connect_args)
+    transient = backend.transient
+    assert transient is not None
+    engine = backend.sync_engine(connect_args=dict(transient.connect_args))
     try:
         t = _table(engine)
         calls: list[BaseException] = []
 
         def handler(conn: sa.Connection) -> None:
-            with _lock_holder(backend, engine, t):
+            with transient.hold(engine, t):
                 try:
-                    _provoke_transient(backend, conn, t)
+                    transient.provoke(conn, t)
                 except sa.exc.DBAPIError as exc:
                     calls.append(exc)
                     raise KeyError("bug in the handler")  # noqa: B904
@@ -817,9 +808,9 @@ async def test_retrying_does_not_rerun_a_bug_raised_while_handling_a_transient_e
         assert not onconflict.is_transient(info.value)
 
         def plain(conn: sa.Connection) -> None:  # the same error, re-raised as it is
-            with _lock_holder(backend, engine, t):
+            with transient.hold(engine, t):
                 try:
-                    _provoke_transient(backend, conn, t)
+                    transient.provoke(conn, t)
                 except sa.exc.DBAPIError as exc:
                     calls.append(exc)
                     raise

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 import onconflict
 import onconflict.sync
 from tests.conftest import Backend, SessionStatements
+from tests.handles import ENGINES, Handle
 from tests.schema import Item, accounts, tags, users
 
 pytestmark = pytest.mark.usefixtures("tables")
@@ -32,12 +33,10 @@ async def count(engine: AsyncEngine, table: sa.Table) -> int:
         return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
 
 
-@pytest.mark.parametrize("front", ["async", "sync"])
-async def test_get_then_create(aengine: AsyncEngine, sengine: Engine, front: str) -> None:
+@pytest.mark.handles(*ENGINES)
+async def test_get_then_create(aengine: AsyncEngine, sengine: Engine, handle: Handle) -> None:
     async def call(*args: Any, **kw: Any) -> tuple[Any, bool]:
-        if front == "async":
-            return await onconflict.get_or_create(aengine, *args, **kw)
-        return onconflict.sync.get_or_create(sengine, *args, **kw)
+        return await handle.call("get_or_create", *args, **kw)
 
     row, created = await call(users, {"email": "a@x"}, {"name": "alice"})
     assert created is True
@@ -47,12 +46,10 @@ async def test_get_then_create(aengine: AsyncEngine, sengine: Engine, front: str
     assert again == row  # defaults are not applied to an existing row
 
 
-@pytest.mark.parametrize("front", ["async", "sync"])
-async def test_update_or_create(aengine: AsyncEngine, sengine: Engine, front: str) -> None:
+@pytest.mark.handles(*ENGINES)
+async def test_update_or_create(aengine: AsyncEngine, sengine: Engine, handle: Handle) -> None:
     async def call(*args: Any, **kw: Any) -> tuple[Any, bool]:
-        if front == "async":
-            return await onconflict.update_or_create(aengine, *args, **kw)
-        return onconflict.sync.update_or_create(sengine, *args, **kw)
+        return await handle.call("update_or_create", *args, **kw)
 
     row, created = await call(users, {"email": "a@x"}, {"name": "alice"})
     assert created
@@ -63,6 +60,7 @@ async def test_update_or_create(aengine: AsyncEngine, sengine: Engine, front: st
     assert (same["name"], created) == ("bob", False)
 
 
+@pytest.mark.crowd  # dozens of connections at once
 async def test_64_coroutines_one_key(aengine: AsyncEngine) -> None:
     got: list[tuple[Any, bool]] = []
 
@@ -79,6 +77,7 @@ async def test_64_coroutines_one_key(aengine: AsyncEngine) -> None:
     assert await count(aengine, users) == 1
 
 
+@pytest.mark.crowd  # dozens of connections at once
 async def test_64_coroutines_update_or_create(aengine: AsyncEngine) -> None:
     got: list[bool] = []
 
@@ -95,7 +94,7 @@ async def test_64_coroutines_update_or_create(aengine: AsyncEngine) -> None:
     assert await count(aengine, users) == 1
 
 
-@pytest.mark.needs("writer_processes")
+@pytest.mark.crowd  # dozens of connections at once
 def test_8_processes_one_key(backend: Backend, tmp_path: Path) -> None:
     """Separate processes (separate pools, separate event loops) at once."""
     start = time.time() + 3
@@ -149,14 +148,12 @@ async def test_works_inside_the_callers_transaction(aengine: AsyncEngine) -> Non
     assert await count(aengine, users) == 1
 
 
-@pytest.mark.needs("lock_waits")
+@pytest.mark.needs("concurrent_writers")  # SQLite serialises writers: no interleaving
 async def test_lost_race_keeps_the_callers_earlier_work(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
     """Another transaction holds the key uncommitted; ours waits on the conflict,
     then finds the row it committed. Our earlier work survives."""
-    if backend.name == "sqlite":
-        pytest.skip("SQLite serialises writers: there is no interleaving to lose")
     async with aengine.connect() as other:
         await other.execute(users.insert(), [{"email": "k@x", "name": "other"}])  # not committed
         async with aengine.connect() as mine:
@@ -175,13 +172,12 @@ async def test_lost_race_keeps_the_callers_earlier_work(
 
 @pytest.mark.postgresql
 @pytest.mark.parametrize("level", ["REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.databases("postgresql")  # PostgreSQL isolation levels
 async def test_postgresql_strict_isolation_raises_retryable(
     aengine: AsyncEngine, backend: Backend, level: str
 ) -> None:
     """Under REPEATABLE READ / SERIALIZABLE a row committed after the snapshot
     cannot be read: PostgreSQL raises 40001, which retrying() resolves."""
-    if backend.name != "postgresql":
-        pytest.skip("PostgreSQL isolation levels")
     strict = aengine.execution_options(isolation_level=level)
     async with strict.connect() as mine:
         await mine.execute(sa.select(1))  # the snapshot
@@ -206,11 +202,10 @@ async def test_postgresql_strict_isolation_raises_retryable(
 
 
 @pytest.mark.mariadb
+@pytest.mark.databases("mariadb")  # its REPEATABLE READ
 async def test_mariadb_repeatable_read_resolves(aengine: AsyncEngine, backend: Backend) -> None:
     """MariaDB's default REPEATABLE READ: the re-read after the duplicate is a
     locking read, which sees the row committed after the snapshot."""
-    if backend.name != "mariadb":
-        pytest.skip("MariaDB")
     async with aengine.connect() as mine:
         await mine.execute(sa.select(users.c.id))  # the snapshot
         async with aengine.begin() as other:
@@ -220,12 +215,11 @@ async def test_mariadb_repeatable_read_resolves(aengine: AsyncEngine, backend: B
 
 
 @pytest.mark.mariadb
+@pytest.mark.databases("mariadb")  # the driver-level get_or_create is MariaDB's (aiomysql)
 async def test_mariadb_engine_statements(backend: Backend) -> None:
     """MariaDB + aiomysql, an engine: a hit is SELECT + ROLLBACK (a read), a miss
     SELECT + guarded INSERT + COMMIT, counted by the server on the one pooled
     session; a bad row is undone and raised as before, nothing stored."""
-    if backend.name != "mariadb":
-        pytest.skip("the driver-level get_or_create is MariaDB's (aiomysql)")
     engine = backend.async_engine(pool_size=1, max_overflow=0)
     try:
         await onconflict.get_or_create(engine, users, {"email": "w@x"}, {"name": "w"})
@@ -246,10 +240,9 @@ async def test_mariadb_engine_statements(backend: Backend) -> None:
 
 
 @pytest.mark.postgresql
+@pytest.mark.databases("postgresql")  # the one-statement path is PostgreSQL's
 async def test_postgresql_one_round_trip(aengine: AsyncEngine, backend: Backend) -> None:
     """Counted at the driver: every query asyncpg sends, BEGIN and COMMIT included."""
-    if backend.name != "postgresql":
-        pytest.skip("the one-statement path is PostgreSQL's")
     queries: list[str] = []
 
     def log(record: Any) -> None:
@@ -415,14 +408,12 @@ async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -
     assert row["kind"] == "manager"
 
 
-@pytest.mark.parametrize("front", ["async", "sync"])
+@pytest.mark.handles(*ENGINES)
 async def test_autoincrement_key_given_as_none_in_defaults_is_numbered(
-    aengine: AsyncEngine, sengine: Engine, front: str
+    aengine: AsyncEngine, sengine: Engine, handle: Handle
 ) -> None:
     async def call(*args: Any) -> tuple[Any, bool]:
-        if front == "async":
-            return await onconflict.get_or_create(aengine, *args)
-        return onconflict.sync.get_or_create(sengine, *args)
+        return await handle.call("get_or_create", *args)
 
     row, created = await call(users, {"email": "n@x"}, {"name": "n", "id": None})
     assert created
@@ -482,49 +473,23 @@ async def django_tables(aengine: AsyncEngine) -> AsyncIterator[None]:
 FRONTS = ["async-engine", "async-connection", "async-session", "sync-engine", "sync-connection"]
 
 
-async def via(
-    front: str, aengine: AsyncEngine, sengine: Engine, fn: str, *args: Any, **kw: Any
-) -> Any:
-    """Call onconflict.<fn> (or onconflict.sync.<fn>) through the given front."""
-    if front == "async-engine":
-        return await getattr(onconflict, fn)(aengine, *args, **kw)
-    if front == "async-connection":
-        async with aengine.begin() as conn:
-            return await getattr(onconflict, fn)(conn, *args, **kw)
-    if front == "async-session":
-        async with AsyncSession(aengine) as session:
-            got = await getattr(onconflict, fn)(session, *args, **kw)
-            await session.commit()
-            return got
-    if front == "sync-engine":
-        return await anyio.to_thread.run_sync(
-            lambda: getattr(onconflict.sync, fn)(sengine, *args, **kw)
-        )
-
-    def in_connection() -> Any:
-        with sengine.begin() as conn:
-            return getattr(onconflict.sync, fn)(conn, *args, **kw)
-
-    return await anyio.to_thread.run_sync(in_connection)
-
-
 @pytest.mark.usefixtures("django_tables")
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.handles(*FRONTS)
 async def test_python_side_defaults(
-    aengine: AsyncEngine, sengine: Engine, backend: Backend, front: str
+    aengine: AsyncEngine, sengine: Engine, backend: Backend, handle: Handle
 ) -> None:
     """Scalar, callable and context-taking Python-side defaults are computed on
     every path, the driver-level ones included (a new value per call)."""
-    dialect = "sqlite" if backend.name == "sqlite" else aengine.dialect.name
-    row, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
+    dialect = aengine.dialect.name
+    row, created = await handle.call("get_or_create", stamped, {"name": "a"})
     assert created
     assert len(row["token"]) == 32
     assert (row["kind"], row["made_on"]) == ("plain", f"a@{dialect}")
-    again, created = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "a"})
+    again, created = await handle.call("get_or_create", stamped, {"name": "a"})
     assert (again, created) == (row, False)
-    other, _ = await via(front, aengine, sengine, "get_or_create", stamped, {"name": "b"})
+    other, _ = await handle.call("get_or_create", stamped, {"name": "b"})
     assert other["token"] != row["token"]
-    done = await via(front, aengine, sengine, "insert_ignore", stamped, [{"name": "c"}])
+    done = await handle.call("insert_ignore", stamped, [{"name": "c"}])
     (made,) = done.inserted
     assert len(made["token"]) == 32
     assert made["kind"] == "plain"
@@ -579,12 +544,12 @@ async def stored_people(aengine: AsyncEngine) -> list[dict[str, Any]]:
 
 
 @pytest.mark.usefixtures("django_tables")
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.handles(*FRONTS)
 @pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
 async def test_lookup_mismatch_raises_at_once(
     aengine: AsyncEngine,
     sengine: Engine,
-    front: str,
+    handle: Handle,
     fn: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -604,10 +569,7 @@ async def test_lookup_mismatch_raises_at_once(
 
     monkeypatch.setattr(support, "get_or_create_once", counted)
     with pytest.raises(onconflict.LookupMismatchError, match="last"):
-        await via(
-            front,
-            aengine,
-            sengine,
+        await handle.call(
             fn,
             people,
             {"first": "John", "last": "Other"},
@@ -618,42 +580,35 @@ async def test_lookup_mismatch_raises_at_once(
 
 
 @pytest.mark.usefixtures("django_tables")
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.handles(*FRONTS)
 async def test_update_or_create_by_primary_key_keeps_other_columns(
-    aengine: AsyncEngine, sengine: Engine, front: str
+    aengine: AsyncEngine, sengine: Engine, handle: Handle
 ) -> None:
     """update_or_create(pk=..., defaults=...): the existing row is UPDATEd, so a
     NOT NULL column not given (city) is not needed; Core applies ``onupdate``."""
     before = await lennon(aengine)
-    row, created = await via(
-        front, aengine, sengine, "update_or_create", people, {"id": before["id"]}, {"born": 1941}
+    row, created = await handle.call(
+        "update_or_create", people, {"id": before["id"]}, {"born": 1941}
     )
     assert created is False
     assert row == {**before, "born": 1941}
     assert await stored_people(aengine) == [row]
-    made, created = await via(
-        front, aengine, sengine, "update_or_create", stamped, {"name": "s"}, {"kind": "k1"}
-    )
+    made, created = await handle.call("update_or_create", stamped, {"name": "s"}, {"kind": "k1"})
     assert (created, made["kind"], made["changed"]) == (True, "k1", None)
-    changed, created = await via(
-        front, aengine, sengine, "update_or_create", stamped, {"name": "s"}, {"kind": "k2"}
-    )
+    changed, created = await handle.call("update_or_create", stamped, {"name": "s"}, {"kind": "k2"})
     assert (created, changed["kind"], changed["changed"]) == (False, "k2", 1)
     assert changed["token"] == made["token"]
 
 
 @pytest.mark.usefixtures("django_tables")
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.handles(*FRONTS)
 async def test_create_defaults_and_callables(
-    aengine: AsyncEngine, sengine: Engine, front: str
+    aengine: AsyncEngine, sengine: Engine, handle: Handle
 ) -> None:
     """Django 5.0's create_defaults: used only when the row is created (then
     ``defaults`` are not); callables among the values are called."""
     create = {"last": lambda: "McCartney", "city": "Liv", "born": 1941}
-    row, created = await via(
-        front,
-        aengine,
-        sengine,
+    row, created = await handle.call(
         "update_or_create",
         people,
         {"first": "Paul"},
@@ -662,10 +617,7 @@ async def test_create_defaults_and_callables(
     )
     assert created is True
     assert (row["last"], row["born"], row["city"]) == ("McCartney", 1941, "Liv")
-    row, created = await via(
-        front,
-        aengine,
-        sengine,
+    row, created = await handle.call(
         "update_or_create",
         people,
         {"first": "Paul"},
@@ -674,10 +626,7 @@ async def test_create_defaults_and_callables(
     )
     assert created is False
     assert (row["last"], row["born"], row["city"]) == ("McCartney", 1942, "Liv")
-    got, created = await via(
-        front,
-        aengine,
-        sengine,
+    got, created = await handle.call(
         "get_or_create",
         people,
         {"first": "George"},
@@ -685,10 +634,7 @@ async def test_create_defaults_and_callables(
     )
     assert (got["last"], created) == ("Harrison", True)
     # nothing to update: a get_or_create that creates from create_defaults
-    got, created = await via(
-        front,
-        aengine,
-        sengine,
+    got, created = await handle.call(
         "update_or_create",
         people,
         {"first": "Ringo"},
@@ -701,10 +647,7 @@ async def test_create_defaults_and_callables(
         "Starr",
     ]
     with pytest.raises(ValueError, match="both in lookup and in create_defaults"):
-        await via(
-            front,
-            aengine,
-            sengine,
+        await handle.call(
             "update_or_create",
             people,
             {"first": "Paul"},
@@ -714,33 +657,29 @@ async def test_create_defaults_and_callables(
 
 
 @pytest.mark.usefixtures("django_tables")
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.handles(*FRONTS)
 @pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
 async def test_null_in_a_key_column_is_refused(
-    aengine: AsyncEngine, sengine: Engine, front: str, fn: str
+    aengine: AsyncEngine, sengine: Engine, handle: Handle, fn: str
 ) -> None:
     """NULL never matches in a unique key: refused before any SQL, instead of a
     new row on every call. NULL in a lookup column outside the key matches."""
     for _ in range(2):
         with pytest.raises(ValueError, match="'nick' is None"):
-            await via(front, aengine, sengine, fn, people, {"nick": None}, {"born": 1})
+            await handle.call(fn, people, {"nick": None}, {"born": 1})
     assert await stored_people(aengine) == []
     lookup = {"first": "Pete", "born": None}
-    made, created = await via(
-        front, aengine, sengine, fn, people, lookup, {"last": "B", "city": "L"}
-    )
+    made, created = await handle.call(fn, people, lookup, {"last": "B", "city": "L"})
     assert created is True
-    again, created = await via(
-        front, aengine, sengine, fn, people, lookup, {"last": "B", "city": "L"}
-    )
+    again, created = await handle.call(fn, people, lookup, {"last": "B", "city": "L"})
     assert (again, created) == (made, False)
 
 
 @pytest.mark.usefixtures("django_tables")
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.handles(*FRONTS)
 @pytest.mark.parametrize("fn", ["get_or_create", "update_or_create"])
 async def test_defaults_colliding_with_another_unique_key_raise_at_once(
-    aengine: AsyncEngine, sengine: Engine, front: str, fn: str
+    aengine: AsyncEngine, sengine: Engine, handle: Handle, fn: str
 ) -> None:
     """The values collide with another row on a unique key that is not the
     lookup's (nick): the database's IntegrityError, at once, nothing stored."""
@@ -749,10 +688,7 @@ async def test_defaults_colliding_with_another_unique_key_raise_at_once(
         await conn.execute(people.update().values(nick="johnny"))
     before["nick"] = "johnny"
     with pytest.raises(sa.exc.IntegrityError) as info:
-        await via(
-            front,
-            aengine,
-            sengine,
+        await handle.call(
             fn,
             people,
             {"first": "Paul"},
@@ -762,6 +698,7 @@ async def test_defaults_colliding_with_another_unique_key_raise_at_once(
     assert await stored_people(aengine) == [before]
 
 
+@pytest.mark.crowd  # dozens of connections at once
 @pytest.mark.usefixtures("django_tables")
 async def test_32_coroutines_update_or_create_one_key(aengine: AsyncEngine) -> None:
     """32 callers on one new key, each with its own value: one creates (from
@@ -833,13 +770,12 @@ async def test_session_holding_the_row_gets_the_new_values(
 
 
 @pytest.mark.usefixtures("django_tables")
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's
 async def test_python_side_defaults_on_the_copy_path(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
     """insert_ignore's bulk path (PostgreSQL, asyncpg, COPY) leaves a table with
     Python-side defaults to SQLAlchemy's path, which computes them per row."""
-    if backend.name != "postgresql":
-        pytest.skip("the COPY path is PostgreSQL's")
     from onconflict.dialects.postgresql.copy import COPY_THRESHOLD
 
     rows = [{"name": f"n{i}"} for i in range(COPY_THRESHOLD)]

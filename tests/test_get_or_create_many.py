@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import subprocess
@@ -24,45 +25,20 @@ from sqlalchemy.orm import Session
 import onconflict
 import onconflict.sync
 from tests.conftest import Backend
+from tests.handles import KINDS, Handle
 from tests.schema import Item, accounts, storm, subscriptions, tags, users
 
 pytestmark = pytest.mark.usefixtures("tables")
 ROOT = Path(__file__).resolve().parent.parent
-FRONTS = [
-    "async-engine",
-    "async-connection",
-    "async-session",
-    "sync-engine",
-    "sync-connection",
-    "sync-session",
-]
+FRONTS = KINDS  # every handle: {async, sync} x {engine, connection, session}
 
 Call = Callable[..., Awaitable[onconflict.GetOrCreateResult]]
 
 
-def caller(front: str, aengine: AsyncEngine, sengine: Engine) -> Call:
-    """get_or_create_many through one front and handle; the caller's own
-    transaction (connection, session) is committed after the call."""
-
-    async def call(*args: Any, **kw: Any) -> onconflict.GetOrCreateResult:
-        many, sync_many = onconflict.get_or_create_many, onconflict.sync.get_or_create_many
-        if front == "async-engine":
-            return await many(aengine, *args, **kw)
-        if front == "async-connection":
-            async with aengine.begin() as conn:
-                return await many(conn, *args, **kw)
-        if front == "async-session":
-            async with AsyncSession(aengine) as session, session.begin():
-                return await many(session, *args, **kw)
-        if front == "sync-engine":
-            return sync_many(sengine, *args, **kw)
-        if front == "sync-connection":
-            with sengine.begin() as conn:
-                return sync_many(conn, *args, **kw)
-        with Session(sengine) as session, session.begin():
-            return sync_many(session, *args, **kw)
-
-    return call
+def caller(handle: Handle) -> Call:
+    """get_or_create_many through one handle; the caller's own transaction
+    (connection, session) is committed after the call."""
+    return functools.partial(handle.call, "get_or_create_many")
 
 
 async def stored(engine: AsyncEngine, table: sa.Table, key: str = "id") -> dict[Any, Any]:
@@ -75,11 +51,11 @@ async def count(engine: AsyncEngine, table: sa.Table) -> int:
         return int((await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one())
 
 
-@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.handles(*FRONTS)
 async def test_stored_row_for_every_input_row(
-    aengine: AsyncEngine, sengine: Engine, front: str
+    aengine: AsyncEngine, sengine: Engine, handle: Handle
 ) -> None:
-    call = caller(front, aengine, sengine)
+    call = caller(handle)
     async with aengine.begin() as conn:
         await conn.execute(users.insert(), [{"email": "old@x", "name": "old"}])
     rows = [
@@ -167,13 +143,13 @@ async def odd_table(aengine: AsyncEngine) -> AsyncIterator[None]:
 
 
 @pytest.mark.usefixtures("odd_table")
-@pytest.mark.parametrize("front", ["async-engine", "sync-connection"])
+@pytest.mark.handles("async-engine", "sync-connection")
 async def test_key_identity_as_the_database_sees_it(
-    aengine: AsyncEngine, sengine: Engine, front: str
+    aengine: AsyncEngine, sengine: Engine, handle: Handle
 ) -> None:
     """Column key != name; a TypeDecorator that lower-cases the key; a
     Python-side default computed per row."""
-    call = caller(front, aengine, sengine)
+    call = caller(handle)
     result = await call(odd, [{"tag": "t1"}, {"tag": "t2"}, {"tag": "t1"}], on=["tag"])
     assert result.created == [True, True, False]
     assert result.rows[0] is result.rows[2]
@@ -197,14 +173,14 @@ async def test_collation_decides_the_key(aengine: AsyncEngine, backend: Backend)
     """MariaDB's default collation ignores case: "Foo" and "foo" are one key
     there (one row, the first created) and two on PostgreSQL and SQLite."""
     result = await onconflict.get_or_create_many(aengine, tags, [{"slug": "Foo"}, {"slug": "foo"}])
-    if backend.name == "mariadb":
+    if backend.folds_case:
         assert result.created == [True, False]
         assert result.rows[0] is result.rows[1]
         again = await onconflict.get_or_create_many(aengine, tags, [{"slug": "FOO"}])
         assert (again.created, again.rows[0]["slug"]) == ([False], "Foo")
     else:
         assert result.created == [True, True]
-    assert await count(aengine, tags) == (1 if backend.name == "mariadb" else 2)
+    assert await count(aengine, tags) == (1 if backend.folds_case else 2)
 
 
 async def test_refused_before_any_sql(aengine: AsyncEngine) -> None:
@@ -229,29 +205,28 @@ async def test_refused_before_any_sql(aengine: AsyncEngine) -> None:
 
 
 @pytest.mark.usefixtures("backend")
+@pytest.mark.needs("partial_indexes")  # no partial indexes on MariaDB
 async def test_partial_index_refused(aengine: AsyncEngine, backend: Backend) -> None:
-    if backend.name == "mariadb":
-        pytest.skip("no partial indexes on MariaDB")
     with pytest.raises(onconflict.NotSupportedError, match="partial"):
         await onconflict.get_or_create_many(
             aengine, subscriptions, [{"email": "a@x", "active": True}], on="email"
         )
 
 
-@pytest.mark.parametrize("front", ["async-engine", "async-connection", "sync-session"])
+@pytest.mark.handles("async-engine", "async-connection", "sync-session")
 async def test_only_duplicates_are_skipped(
-    aengine: AsyncEngine, sengine: Engine, backend: Backend, front: str
+    aengine: AsyncEngine, sengine: Engine, backend: Backend, handle: Handle
 ) -> None:
     """NOT NULL, CHECK, foreign key, too long, a duplicate of another unique
     key: raised, and nothing of the call is stored."""
-    call = caller(front, aengine, sengine)
+    call = caller(handle)
     good = {"email": "good@x", "name": "good"}
     bad_rows: list[dict[str, Any]] = [
         {"email": "b@x", "name": None},
         {"email": "b@x", "name": ""},
         {"email": "b@x", "name": "f", "pid": 99},
     ]
-    if backend.facts.length_limits:  # SQLite and DuckDB have none
+    if backend.enforces_length:  # SQLite has no length limit
         bad_rows.append({"email": "b@x", "name": "toolongname"})
     for bad in bad_rows:
         with pytest.raises(sa.exc.DBAPIError):
@@ -276,7 +251,7 @@ async def test_the_callers_earlier_work_survives_a_failed_call(
             await onconflict.get_or_create_many(
                 conn, users, [{"email": "g@x", "name": "g"}, {"email": "b@x", "name": ""}]
             )
-        if backend.facts.aborts_on_error:  # the error aborted the whole transaction
+        if backend.error_aborts_transaction:  # the error aborted the whole transaction
             await conn.rollback()
             return
         await conn.commit()
@@ -284,9 +259,9 @@ async def test_the_callers_earlier_work_survives_a_failed_call(
     assert await count(aengine, users) == 0
 
 
-@pytest.mark.parametrize("front", ["async-engine", "sync-connection"])
+@pytest.mark.handles("async-engine", "sync-connection")
 async def test_large_inputs_are_chunked(
-    aengine: AsyncEngine, sengine: Engine, backend: Backend, front: str
+    aengine: AsyncEngine, sengine: Engine, backend: Backend, handle: Handle
 ) -> None:
     """More rows than one statement carries (page size, parameter budget), some
     there already, repeats, and rows of two shapes."""
@@ -295,7 +270,7 @@ async def test_large_inputs_are_chunked(
     rows: list[dict[str, Any]] = [{"slug": f"s{i:05d}"} for i in range(2500)]
     rows += [{"slug": f"s{i:05d}", "label": "x"} for i in range(2400, 2600)]
     random.Random(7).shuffle(rows)
-    result = await caller(front, aengine, sengine)(tags, rows)
+    result = await caller(handle)(tags, rows)
     assert [r["slug"] for r in result.rows] == [r["slug"] for r in rows]
     first: dict[str, int] = {}
     for i, r in enumerate(rows):
@@ -307,6 +282,7 @@ async def test_large_inputs_are_chunked(
     assert await count(aengine, tags) == 2600
 
 
+@pytest.mark.crowd  # dozens of connections at once
 async def test_64_coroutines_overlapping_key_sets(aengine: AsyncEngine) -> None:
     """Each key created exactly once across all callers, and every caller gets
     every row's id (the same id for a key, whoever made it)."""
@@ -341,7 +317,7 @@ def check_race(outcomes: list[tuple[str, Any, bool]], distinct: int) -> None:
     assert all(makers[k] == 1 for k in ids), makers
 
 
-@pytest.mark.needs("writer_processes")
+@pytest.mark.crowd  # dozens of connections at once
 def test_8_processes_overlapping_key_sets(backend: Backend, aengine: AsyncEngine) -> None:
     """Separate processes (pools, event loops) at once, on overlapping key sets."""
     start = time.time() + 3
@@ -374,13 +350,12 @@ async def _count_again(backend: Backend) -> int:
 
 
 @pytest.mark.postgresql
+@pytest.mark.databases("postgresql")  # PostgreSQL isolation levels
 async def test_postgresql_repeatable_read_through_retrying(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
     """Under REPEATABLE READ a key committed after the snapshot cannot be read:
     PostgreSQL raises 40001 (transient), which retrying() resolves."""
-    if backend.name != "postgresql":
-        pytest.skip("PostgreSQL isolation levels")
     strict = aengine.execution_options(isolation_level="REPEATABLE READ")
     async with strict.connect() as mine:
         await mine.execute(sa.select(1))  # the snapshot
@@ -411,13 +386,12 @@ async def test_postgresql_repeatable_read_through_retrying(
 
 
 @pytest.mark.mariadb
+@pytest.mark.databases("mariadb")  # its REPEATABLE READ
 async def test_mariadb_repeatable_read_finds_rows_committed_after_the_snapshot(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
     """MariaDB's default REPEATABLE READ: the read after the skipped insert is a
     locking read, which sees rows committed after the snapshot."""
-    if backend.name != "mariadb":
-        pytest.skip("MariaDB")
     async with aengine.connect() as mine:
         await mine.execute(sa.select(users.c.id))  # the snapshot
         async with aengine.begin() as other:
@@ -435,14 +409,12 @@ async def test_mariadb_repeatable_read_finds_rows_committed_after_the_snapshot(
     assert (again.created, again.rows[0]["name"]) == ([False], "other")
 
 
-@pytest.mark.needs("lock_waits")
+@pytest.mark.needs("concurrent_writers")  # SQLite serialises writers: no interleaving
 async def test_lost_race_waits_for_the_other_transaction(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
     """Another transaction holds a key uncommitted; the call waits on it, then
     returns the row it committed as existing."""
-    if backend.name == "sqlite":
-        pytest.skip("SQLite serialises writers: there is no interleaving to lose")
     async with aengine.connect() as other:
         await other.execute(users.insert(), [{"email": "k@x", "name": "other"}])  # not committed
         call = asyncio.ensure_future(
@@ -459,11 +431,10 @@ async def test_lost_race_waits_for_the_other_transaction(
 
 
 @pytest.mark.postgresql
+@pytest.mark.databases("postgresql")  # the one-statement path and sequences are PostgreSQL's
 async def test_postgresql_one_statement_and_no_sequence_values_burnt(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
-    if backend.name != "postgresql":
-        pytest.skip("the one-statement path and sequences are PostgreSQL's")
     sent: list[tuple[str, Any]] = []  # (statement, isolation level)
 
     @sa.event.listens_for(aengine.sync_engine, "before_cursor_execute")
@@ -494,7 +465,6 @@ async def test_postgresql_one_statement_and_no_sequence_values_burnt(
 
 
 @pytest.mark.usefixtures("inheritance_tables")
-@pytest.mark.needs("savepoints")  # in a session: the rows of another class are undone
 async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -> None:
     """Through a subclass: the discriminator is written, instances are of the
     subclass, and a key stored as another class's row is a mismatch."""

@@ -14,30 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 import onconflict
 import onconflict.sync
+from tests.backends import driver_code
 from tests.conftest import Backend, SessionStatements
+from tests.handles import ENGINES, Handle
 from tests.schema import Item, accounts, active_email, pairs, subscriptions, tags, users
 
-pytestmark = pytest.mark.usefixtures("tables")
-
-# a SAVEPOINT per row: not on a backend without savepoints (DuckDB refuses it)
-CLASSIFY = pytest.param("classify", marks=pytest.mark.needs("savepoints"))
-
-
-class Front:
-    """The async API on the async driver, or the sync twin on the sync driver."""
-
-    def __init__(self, kind: str, aengine: AsyncEngine, sengine: Engine) -> None:
-        self.kind, self.aengine, self.sengine = kind, aengine, sengine
-
-    async def insert_ignore(self, table: Any, rows: Any, **kw: Any) -> onconflict.InsertResult:
-        if self.kind == "async":
-            return await onconflict.insert_ignore(self.aengine, table, rows, **kw)
-        return onconflict.sync.insert_ignore(self.sengine, table, rows, **kw)
-
-
-@pytest.fixture(params=["async", "sync"])
-def front(request: pytest.FixtureRequest, aengine: AsyncEngine, sengine: Engine) -> Front:
-    return Front(request.param, aengine, sengine)
+# the async API on the async driver, and the sync twin on the sync driver
+pytestmark = [pytest.mark.usefixtures("tables"), pytest.mark.handles(*ENGINES)]
 
 
 async def rows_of(engine: AsyncEngine, table: sa.Table, order: Any = None) -> list[dict[str, Any]]:
@@ -61,10 +44,11 @@ def statements(aengine: AsyncEngine) -> Iterator[list[str]]:
 # -- exact outcomes ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["native", CLASSIFY])
-async def test_mixed_batch_outcomes(front: Front, aengine: AsyncEngine, strategy: str) -> None:
-    await front.insert_ignore(users, [{"email": "a@x", "name": "alice"}])
-    result = await front.insert_ignore(
+@pytest.mark.parametrize("strategy", ["native", "classify"])
+async def test_mixed_batch_outcomes(handle: Handle, aengine: AsyncEngine, strategy: str) -> None:
+    await handle.call("insert_ignore", users, [{"email": "a@x", "name": "alice"}])
+    result = await handle.call(
+        "insert_ignore",
         users,
         [
             {"email": "b@x", "name": "bob"},
@@ -88,22 +72,27 @@ async def test_mixed_batch_outcomes(front: Front, aengine: AsyncEngine, strategy
     assert {r["id"] for r in result.inserted} == {r["id"] for r in stored[1:]}
 
 
-async def test_natural_and_composite_keys(front: Front, aengine: AsyncEngine) -> None:
-    first = await front.insert_ignore(tags, [{"slug": "x", "label": "X"}, {"slug": "y"}])
+async def test_natural_and_composite_keys(handle: Handle, aengine: AsyncEngine) -> None:
+    first = await handle.call("insert_ignore", tags, [{"slug": "x", "label": "X"}, {"slug": "y"}])
     assert first.inserted == [{"slug": "x", "label": "X"}, {"slug": "y", "label": None}]
-    again = await front.insert_ignore(tags, [{"slug": "y", "label": "Y"}, {"slug": "z"}])
+    again = await handle.call("insert_ignore", tags, [{"slug": "y", "label": "Y"}, {"slug": "z"}])
     assert again.existing == [{"slug": "y", "label": "Y"}]
     assert [r["slug"] for r in again.inserted] == ["z"]
 
-    p = await front.insert_ignore(
-        pairs, [{"a": 1, "b": 1, "v": "first"}, {"a": 1, "b": 2}, {"a": 1, "b": 1, "v": "dup"}]
+    p = await handle.call(
+        "insert_ignore",
+        pairs,
+        [{"a": 1, "b": 1, "v": "first"}, {"a": 1, "b": 2}, {"a": 1, "b": 1, "v": "dup"}],
     )
     assert [(r["a"], r["b"], r["v"]) for r in p.inserted] == [(1, 1, "first"), (1, 2, None)]
     assert p.existing == [{"a": 1, "b": 1, "v": "dup"}]
 
 
-async def test_heterogeneous_rows_use_their_own_columns(front: Front, aengine: AsyncEngine) -> None:
-    result = await front.insert_ignore(
+async def test_heterogeneous_rows_use_their_own_columns(
+    handle: Handle, aengine: AsyncEngine
+) -> None:
+    result = await handle.call(
+        "insert_ignore",
         users,
         [
             {"email": "a@x", "name": "a"},
@@ -128,31 +117,15 @@ async def test_empty_rows_send_no_sql(aengine: AsyncEngine, statements: list[str
     assert statements == []
 
 
-async def test_generator_input(front: Front) -> None:
-    result = await front.insert_ignore(tags, ({"slug": str(i)} for i in range(3)))
+async def test_generator_input(handle: Handle) -> None:
+    result = await handle.call("insert_ignore", tags, ({"slug": str(i)} for i in range(3)))
     assert result.inserted_count == 3
 
 
 # -- only duplicates are skipped ---------------------------------------------
 
-EXPECTED_ERROR = {
-    # violation: {backend: driver code}
-    # DuckDB has no codes: the classifier's reading of its message
-    "not_null": {"postgresql": "23502", "mariadb": 1048, "sqlite": 1299, "duckdb": "not null"},
-    "check": {"postgresql": "23514", "mariadb": 4025, "sqlite": 275, "duckdb": "check"},
-    "foreign_key": {
-        "postgresql": "23503",
-        "mariadb": 1452,
-        "sqlite": 787,
-        "duckdb": "foreign key",
-    },
-    "too_long": {
-        "postgresql": "22001",
-        "mariadb": 1406,
-        "sqlite": None,
-        "duckdb": None,
-    },  # SQLite and DuckDB have no length limit
-}
+# the driver code each violation raises is backend.error_codes[violation] (None:
+# the database stores the row, e.g. SQLite and text longer than VARCHAR(n))
 BAD_ROW = {
     "not_null": {"email": "n@x", "name": None},
     "check": {"email": "n@x", "name": ""},
@@ -161,23 +134,11 @@ BAD_ROW = {
 }
 
 
-def driver_code(exc: BaseException) -> Any:
-    orig = getattr(exc, "orig", None)
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):  # MySQL errno (its .sqlstate is a generic 23000)
-        return args[0]
-    for attr in ("sqlstate", "sqlite_errorcode"):
-        code = getattr(orig, attr, None)
-        if code is not None:
-            return code
-    return onconflict.classify.error_code(exc)  # DuckDB: read from the message
-
-
 @pytest.mark.parametrize("alone", [False, True], ids=["batch", "alone"])
-@pytest.mark.parametrize("strategy", ["native", CLASSIFY])
-@pytest.mark.parametrize("violation", list(EXPECTED_ERROR))
+@pytest.mark.parametrize("strategy", ["native", "classify"])
+@pytest.mark.parametrize("violation", list(BAD_ROW))
 async def test_other_violations_raise_and_store_nothing(
-    front: Front,
+    handle: Handle,
     aengine: AsyncEngine,
     backend: Backend,
     violation: str,
@@ -186,7 +147,7 @@ async def test_other_violations_raise_and_store_nothing(
 ) -> None:
     """Also for a bad row alone: a one-row call that owns its transaction takes
     MariaDB's path without a SAVEPOINT, and must still store nothing."""
-    await front.insert_ignore(users, [{"email": "a@x", "name": "alice"}])
+    await handle.call("insert_ignore", users, [{"email": "a@x", "name": "alice"}])
     batch = [
         {"email": "a@x", "name": "alice"},  # a true duplicate in the same call
         {"email": "ok@x", "name": "fine"},
@@ -194,29 +155,33 @@ async def test_other_violations_raise_and_store_nothing(
     ]
     if alone:
         batch = [BAD_ROW[violation]]
-    expected = EXPECTED_ERROR[violation][backend.name]
+    expected = backend.error_codes[violation]
     if expected is None:
-        result = await front.insert_ignore(users, batch, strategy=strategy)
+        result = await handle.call("insert_ignore", users, batch, strategy=strategy)
         assert result.inserted[-1]["name"] == "toolongname"  # stored as given, not cut
         return
     with pytest.raises(sa.exc.DBAPIError) as info:
-        await front.insert_ignore(users, batch, strategy=strategy)
+        await handle.call("insert_ignore", users, batch, strategy=strategy)
     assert driver_code(info.value) == expected
     assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x"]
 
 
-async def test_primary_key_duplicate(front: Front, aengine: AsyncEngine, backend: Backend) -> None:
-    on_id = onconflict.ANY_KEY if backend.name == "mariadb" else "id"
-    first = await front.insert_ignore(users, [{"id": 7, "email": "a@x", "name": "alice"}], on=on_id)
+async def test_primary_key_duplicate(
+    handle: Handle, aengine: AsyncEngine, backend: Backend
+) -> None:
+    on_id = "id" if backend.one_key_target else onconflict.ANY_KEY
+    first = await handle.call(
+        "insert_ignore", users, [{"id": 7, "email": "a@x", "name": "alice"}], on=on_id
+    )
     assert first.inserted[0]["id"] == 7
     rows = [{"id": 7, "email": "new@x", "name": "new"}, {"id": 8, "email": "b@x", "name": "bob"}]
-    if backend.name == "mariadb":
+    if backend.one_key_target:
+        result = await handle.call("insert_ignore", users, rows, on="id")
+    else:
         # MySQL cannot target the primary key alone: email could collide too
         with pytest.raises(ValueError, match=r"no conflict target.*uq_users_email"):
-            await front.insert_ignore(users, rows, on="id")
-        result = await front.insert_ignore(users, rows, on=onconflict.ANY_KEY)
-    else:
-        result = await front.insert_ignore(users, rows, on="id")
+            await handle.call("insert_ignore", users, rows, on="id")
+        result = await handle.call("insert_ignore", users, rows, on=onconflict.ANY_KEY)
     assert result.existing == [rows[0]]
     assert [r["id"] for r in result.inserted] == [8]
     assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x", "b@x"]
@@ -227,11 +192,11 @@ async def test_conflict_on_another_key_raises(aengine: AsyncEngine, backend: Bac
         aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY
     )
     clash = [{"email": "b@x", "handle": "a"}]  # new email, taken handle
-    if backend.name == "mariadb":
-        with pytest.raises(ValueError, match="ANY_KEY"):
+    if backend.one_key_target:
+        with pytest.raises(sa.exc.IntegrityError):
             await onconflict.insert_ignore(aengine, accounts, clash, on="email")
     else:
-        with pytest.raises(sa.exc.IntegrityError):
+        with pytest.raises(ValueError, match="ANY_KEY"):
             await onconflict.insert_ignore(aengine, accounts, clash, on="email")
     result = await onconflict.insert_ignore(aengine, accounts, clash, on=onconflict.ANY_KEY)
     assert result.existing == clash
@@ -239,9 +204,7 @@ async def test_conflict_on_another_key_raises(aengine: AsyncEngine, backend: Bac
 
 
 @pytest.mark.needs("partial_indexes")
-async def test_partial_unique_index(aengine: AsyncEngine, backend: Backend) -> None:
-    if backend.name == "mariadb":
-        pytest.skip("MariaDB has no partial indexes")
+async def test_partial_unique_index(aengine: AsyncEngine) -> None:
     rows = [
         {"email": "a@x", "active": True},
         {"email": "a@x", "active": False},
@@ -344,7 +307,8 @@ async def test_bad_handle(aengine: AsyncEngine) -> None:
 # -- concurrency and size ----------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["native", CLASSIFY])
+@pytest.mark.crowd  # dozens of connections at once
+@pytest.mark.parametrize("strategy", ["native", "classify"])
 async def test_64_coroutines_insert_the_same_rows(aengine: AsyncEngine, strategy: Any) -> None:
     rows = [{"slug": f"key-{i:03d}", "label": "x"} for i in range(100)]
     counts: list[int] = []
@@ -378,11 +342,10 @@ async def test_100k_rows(aengine: AsyncEngine, backend: Backend) -> None:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(pairs))).scalar() == n
 
 
+@pytest.mark.needs("returning_optional")
 async def test_without_returning_one_row_per_statement(backend: Backend) -> None:
     """SQLite < 3.35 and MySQL 8 have no INSERT ... RETURNING: one row per
     statement, outcome from the affected-row count. Forced on the real server."""
-    if backend.name == "postgresql":
-        pytest.skip("PostgreSQL always has RETURNING")
     engine = backend.async_engine()
     try:
         async with engine.connect():
@@ -411,12 +374,12 @@ async def test_failed_multi_statement_call_leaves_nothing_in_callers_transaction
         await conn.execute(tags.insert(), [{"slug": "mine"}])
         with pytest.raises(sa.exc.IntegrityError):
             await onconflict.insert_ignore(conn, users, big)
-        if backend.facts.aborts_on_error:
+        if backend.error_aborts_transaction:
             await conn.rollback()  # PostgreSQL aborts the whole transaction on any error
         else:
             await conn.commit()  # the caller's own work can still be committed
     assert len(await rows_of(aengine, users)) == 0
-    expected = [] if backend.facts.aborts_on_error else [{"slug": "mine", "label": None}]
+    expected = [] if backend.error_aborts_transaction else [{"slug": "mine", "label": None}]
     assert await rows_of(aengine, tags) == expected
 
 
@@ -436,7 +399,6 @@ async def test_first_call_in_a_transaction_stays_in_it(
 # -- the classify strategy -------------------------------------------------------
 
 
-@pytest.mark.needs("savepoints")
 async def test_classify_raises_for_a_duplicate_of_another_key(aengine: AsyncEngine) -> None:
     await onconflict.insert_ignore(
         aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY
@@ -455,7 +417,6 @@ async def test_classify_raises_for_a_duplicate_of_another_key(aengine: AsyncEngi
     assert any_key.existing == clash
 
 
-@pytest.mark.needs("savepoints")
 async def test_classify_primary_key_target(aengine: AsyncEngine) -> None:
     async with aengine.begin() as conn:
         await conn.execute(users.insert(), [{"id": 5, "email": "a@x", "name": "a"}])
@@ -465,7 +426,6 @@ async def test_classify_primary_key_target(aengine: AsyncEngine) -> None:
     assert result.existing_count == 1
 
 
-@pytest.mark.needs("savepoints")
 async def test_classify_keeps_the_callers_transaction_alive(aengine: AsyncEngine) -> None:
     """On PostgreSQL a failed INSERT aborts the transaction; the per-row SAVEPOINT
     keeps the caller's earlier work."""
@@ -480,7 +440,6 @@ async def test_classify_keeps_the_callers_transaction_alive(aengine: AsyncEngine
     assert [r["slug"] for r in await rows_of(aengine, tags)] == ["after", "mine", "new", "taken"]
 
 
-@pytest.mark.needs("savepoints")
 async def test_classify_logs_the_error_it_raises(
     aengine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -494,11 +453,10 @@ async def test_classify_logs_the_error_it_raises(
     assert record.exc_info is not None
 
 
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
 async def test_postgresql_copy_path_for_large_calls(aengine: AsyncEngine, backend: Backend) -> None:
     """Above the threshold, asyncpg calls COPY into a temporary table and insert
     from it: the same exact outcomes as the statement path."""
-    if backend.name != "postgresql":
-        pytest.skip("the COPY path is PostgreSQL's (asyncpg)")
     from onconflict.dialects.postgresql.copy import COPY_THRESHOLD
 
     seen: list[str] = []
@@ -518,13 +476,12 @@ async def test_postgresql_copy_path_for_large_calls(aengine: AsyncEngine, backen
         assert (await conn.execute(sa.select(sa.func.count()).select_from(pairs))).scalar() == n
 
 
+@pytest.mark.databases("postgresql")  # the autocommit path is PostgreSQL's (asyncpg)
 async def test_one_row_with_an_engine_is_one_round_trip(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
     """PostgreSQL + asyncpg: a one-row call that owns its work is one statement in
     autocommit (counted at the driver); errors still come as SQLAlchemy's."""
-    if backend.name != "postgresql":
-        pytest.skip("the autocommit path is PostgreSQL's (asyncpg)")
     queries: list[str] = []
 
     @sa.event.listens_for(aengine.sync_engine, "connect")
@@ -552,13 +509,12 @@ BAD_USERS = [
 ]
 
 
+@pytest.mark.databases("mariadb")  # the driver-level guarded path is MariaDB's (aiomysql)
 async def test_one_row_with_an_engine_on_mariadb_is_insert_and_commit(backend: Backend) -> None:
     """MariaDB + aiomysql: a one-row call that owns its work runs on the driver
     connection: a plain INSERT ... RETURNING then COMMIT for a new row; the
     INSERT (error 1062) and ROLLBACK for a duplicate (counted by the server, on
     the one pooled session). Every other outcome is undone and raised as before."""
-    if backend.name != "mariadb":
-        pytest.skip("the driver-level guarded path is MariaDB's (aiomysql)")
     engine = backend.async_engine(pool_size=1, max_overflow=0)
     try:
         await onconflict.insert_ignore(engine, users, [{"email": "w@x", "name": "w"}])
@@ -585,7 +541,6 @@ async def test_one_row_with_an_engine_on_mariadb_is_insert_and_commit(backend: B
         await engine.dispose()
 
 
-@pytest.mark.needs("isolation_levels")
 async def test_an_autocommit_engine_still_gets_all_or_nothing(backend: Backend) -> None:
     """An engine created with isolation_level="AUTOCOMMIT": a call that owns its
     work still runs in one transaction of its own. Without it, the first chunks
@@ -597,7 +552,7 @@ async def test_an_autocommit_engine_still_gets_all_or_nothing(backend: Backend) 
         for _ in range(2):  # the second call runs on a connected engine
             got = await onconflict.insert_ignore(engine, users, [{"email": "a@x", "name": "a"}])
         assert got.existing_count == 1
-        bad = BAD_USERS if backend.name == "mariadb" else BAD_USERS[:1]
+        bad = BAD_USERS if backend.guarded_ignore else BAD_USERS[:1]
         for row in bad:
             with pytest.raises(sa.exc.DBAPIError):
                 await onconflict.insert_ignore(engine, users, [row])
@@ -621,13 +576,12 @@ async def test_an_autocommit_engine_still_gets_all_or_nothing(backend: Backend) 
         sync.dispose()
 
 
+@pytest.mark.databases("mariadb")  # the INSERT IGNORE guard is MySQL's and MariaDB's
 async def test_mariadb_refuses_a_connection_in_autocommit(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
     """The caller's own connection in AUTOCOMMIT: the guard cannot undo a coerced
     row there, so MySQL/MariaDB calls are refused before any SQL."""
-    if backend.name != "mariadb":
-        pytest.skip("the INSERT IGNORE guard is MySQL's and MariaDB's")
     async with aengine.connect() as conn:
         auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
         with pytest.raises(onconflict.UnsafeInsertError, match="AUTOCOMMIT"):
@@ -639,7 +593,7 @@ async def test_mariadb_refuses_a_connection_in_autocommit(
 
 
 async def test_autoincrement_key_given_as_none_is_numbered(
-    front: Front, aengine: AsyncEngine
+    handle: Handle, aengine: AsyncEngine
 ) -> None:
     """As Django and Rails do, on every database alike (PostgreSQL raised NOT
     NULL, SQLite OutcomeMismatchError, MariaDB inserted)."""
@@ -648,13 +602,15 @@ async def test_autoincrement_key_given_as_none_is_numbered(
         {"id": None, "email": "b@x", "name": "b"},
         {"id": None, "email": "a@x", "name": "dup"},  # repeated in the call
     ]
-    first = await front.insert_ignore(users, given)
+    first = await handle.call("insert_ignore", users, given)
     assert [r["email"] for r in first.inserted] == ["a@x", "b@x"]
     assert all(isinstance(r["id"], int) for r in first.inserted)
     assert first.existing == [given[2]]
     assert given[0] == {"id": None, "email": "a@x", "name": "a"}  # input rows unchanged
-    again = await front.insert_ignore(
-        users, [{"id": None, "email": "a@x", "name": "a"}, {"email": "c@x", "name": "c"}]
+    again = await handle.call(
+        "insert_ignore",
+        users,
+        [{"id": None, "email": "a@x", "name": "a"}, {"email": "c@x", "name": "c"}],
     )
     assert again.existing == [{"id": None, "email": "a@x", "name": "a"}]
     assert [r["email"] for r in again.inserted] == ["c@x"]
@@ -665,7 +621,7 @@ async def test_autoincrement_key_given_as_none_is_numbered(
         ("c@x", again.inserted[0]["id"]),
     ]
     # an ORM class: the attribute given as None
-    items = await front.insert_ignore(Item, [{"id": None, "code": "i1"}])
+    items = await handle.call("insert_ignore", Item, [{"id": None, "code": "i1"}])
     assert isinstance(items.inserted[0]["id"], int)
     assert items.inserted[0]["code"] == "i1"
 
@@ -689,22 +645,26 @@ async def test_autoincrement_key_as_none_in_a_session_and_connection(aengine: As
 
 @pytest.mark.usefixtures("inheritance_tables")
 async def test_single_table_inheritance_sets_the_discriminator(
-    front: Front, aengine: AsyncEngine
+    handle: Handle, aengine: AsyncEngine
 ) -> None:
     from tests.schema import Employee, Engineer, Manager
 
-    first = await front.insert_ignore(
-        Manager, [{"email": "m@x", "name": "m", "budget": 5}, {"email": "m2@x", "name": "m2"}]
+    first = await handle.call(
+        "insert_ignore",
+        Manager,
+        [{"email": "m@x", "name": "m", "budget": 5}, {"email": "m2@x", "name": "m2"}],
     )
     assert [(r["email"], r["kind"]) for r in first.inserted] == [
         ("m@x", "manager"),
         ("m2@x", "manager"),
     ]
-    eng = await front.insert_ignore(Engineer, [{"email": "e@x", "name": "e", "language": "py"}])
+    eng = await handle.call(
+        "insert_ignore", Engineer, [{"email": "e@x", "name": "e", "language": "py"}]
+    )
     assert eng.inserted[0]["kind"] == "engineer"
-    again = await front.insert_ignore(Manager, [{"email": "m@x", "name": "other"}])
+    again = await handle.call("insert_ignore", Manager, [{"email": "m@x", "name": "other"}])
     assert again.existing == [{"email": "m@x", "name": "other"}]  # as given
-    base = await front.insert_ignore(Employee, [{"email": "p@x", "name": "p"}])
+    base = await handle.call("insert_ignore", Employee, [{"email": "p@x", "name": "p"}])
     assert base.inserted[0]["kind"] == "employee"
     async with AsyncSession(aengine) as session:
         loaded = {e.email: e for e in (await session.scalars(sa.select(Employee))).all()}
@@ -715,7 +675,9 @@ async def test_single_table_inheritance_sets_the_discriminator(
         "p@x": "Employee",
     }
     with pytest.raises(ValueError, match="polymorphic identity"):
-        await front.insert_ignore(Manager, [{"email": "x@x", "name": "x", "kind": "engineer"}])
+        await handle.call(
+            "insert_ignore", Manager, [{"email": "x@x", "name": "x", "kind": "engineer"}]
+        )
 
 
 @pytest.mark.usefixtures("inheritance_tables")
@@ -743,7 +705,7 @@ async def test_joined_table_inheritance_is_refused_before_sql(
 
 @pytest.mark.parametrize("on", ["name", ["name"], ["email", "name"], [users.c.note]])
 async def test_a_target_no_unique_key_covers_is_refused_before_sql(
-    front: Front, aengine: AsyncEngine, statements: list[str], on: Any
+    handle: Handle, aengine: AsyncEngine, statements: list[str], on: Any
 ) -> None:
     """MariaDB (no conflict target) stored the first of two rows sharing a
     non-unique value and reported the other as existing; PostgreSQL and SQLite
@@ -752,24 +714,22 @@ async def test_a_target_no_unique_key_covers_is_refused_before_sql(
     with pytest.raises(
         ValueError, match=r"no primary key, unique constraint or unique index"
     ) as info:
-        await front.insert_ignore(users, rows, on=on)
+        await handle.call("insert_ignore", users, rows, on=on)
     assert "uq_users_email (email)" in str(info.value)  # the unique keys it could use
     assert not [s for s in statements if "oc_users" in s]
     assert await rows_of(aengine, users) == []
 
 
-@pytest.mark.needs("partial_indexes")
+@pytest.mark.needs("partial_indexes")  # MariaDB has no partial indexes
 async def test_a_column_whose_only_unique_index_is_partial(
-    front: Front, aengine: AsyncEngine, backend: Backend
+    handle: Handle, aengine: AsyncEngine, backend: Backend
 ) -> None:
-    if backend.name == "mariadb":
-        pytest.skip("MariaDB has no partial indexes")
     rows = [
         {"email": "a@x", "active": True},
         {"email": "a@x", "active": False},
         {"email": "a@x", "active": True},
     ]
-    result = await front.insert_ignore(subscriptions, rows, on="email")
+    result = await handle.call("insert_ignore", subscriptions, rows, on="email")
     assert [r["active"] for r in result.inserted] == [True, False]
     assert result.existing == [rows[2]]
     target = onconflict._target.resolve_target(subscriptions, ["email"], {"email", "active"})
@@ -781,14 +741,17 @@ async def test_a_column_whose_only_unique_index_is_partial(
 # -- SQL expressions as row values ---------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["auto", CLASSIFY])
+@pytest.mark.parametrize("strategy", ["auto", "classify"])
 async def test_sql_expressions_as_values_of_other_columns(
-    front: Front, aengine: AsyncEngine, strategy: Any
+    handle: Handle, aengine: AsyncEngine, strategy: Any
 ) -> None:
     """MariaDB stored func.lower("X") as the text 'lower(:lower_1)'; the value
     now goes in the statement itself, on every database."""
-    one = await front.insert_ignore(
-        users, [{"email": "a@x", "name": sa.func.lower("ALICE")}], strategy=strategy
+    one = await handle.call(
+        "insert_ignore",
+        users,
+        [{"email": "a@x", "name": sa.func.lower("ALICE")}],
+        strategy=strategy,
     )
     assert one.inserted[0]["name"] == "alice"
     rows = [
@@ -796,7 +759,7 @@ async def test_sql_expressions_as_values_of_other_columns(
         {"email": "b@x", "name": sa.func.lower("BOB")},
         {"email": "c@x", "name": sa.func.upper("carl")},
     ]
-    result = await front.insert_ignore(users, rows, strategy=strategy)
+    result = await handle.call("insert_ignore", users, rows, strategy=strategy)
     assert result.existing == [rows[0]]
     assert [(r["email"], r["name"]) for r in result.inserted] == [("b@x", "bob"), ("c@x", "CARL")]
     stored = [(r["email"], r["name"]) for r in await rows_of(aengine, users)]
@@ -804,11 +767,12 @@ async def test_sql_expressions_as_values_of_other_columns(
 
 
 async def test_sql_expression_values_still_get_the_guard(
-    front: Front, aengine: AsyncEngine
+    handle: Handle, aengine: AsyncEngine
 ) -> None:
     """A value the expression makes too long (or NULL) still raises, nothing stored."""
     with pytest.raises(sa.exc.DBAPIError):
-        await front.insert_ignore(
+        await handle.call(
+            "insert_ignore",
             users,
             [{"email": "a@x", "name": "ok"}, {"email": "b@x", "name": sa.null()}],
         )
@@ -825,23 +789,21 @@ async def test_sql_expression_values_still_get_the_guard(
     ids=["key", "key_literal", "any_key"],
 )
 async def test_sql_expressions_where_rows_are_paired_by_value_are_refused(
-    front: Front, aengine: AsyncEngine, on: Any, row: dict[str, Any]
+    handle: Handle, aengine: AsyncEngine, on: Any, row: dict[str, Any]
 ) -> None:
     with pytest.raises(ValueError, match="SQL expression"):
-        await front.insert_ignore(users, [row], on=on)
+        await handle.call("insert_ignore", users, [row], on=on)
     assert await rows_of(aengine, users) == []
 
 
 async def test_sql_expressions_in_get_or_create_defaults(
-    front: Front, aengine: AsyncEngine
+    handle: Handle, aengine: AsyncEngine
 ) -> None:
     """PostgreSQL's one-statement get_or_create bound the expression as a
     parameter (asyncpg refused it); MariaDB's driver-level path sent its text."""
 
     async def call(fn: str, defaults: dict[str, Any]) -> Any:
-        if front.kind == "async":
-            return await getattr(onconflict, fn)(front.aengine, users, {"email": "a@x"}, defaults)
-        return getattr(onconflict.sync, fn)(front.sengine, users, {"email": "a@x"}, defaults)
+        return await handle.call(fn, users, {"email": "a@x"}, defaults)
 
     row, created = await call("get_or_create", {"name": sa.func.lower("ALICE")})
     assert (row["name"], created) == ("alice", True)

@@ -16,20 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import onconflict
-from tests.conftest import DEFAULTS, Backend, require_server
+from tests.conftest import Backend
 from tests.schema import parent, tags, users
 
-pytestmark = [pytest.mark.mariadb, pytest.mark.usefixtures("tables")]
-
-
-@pytest.fixture
-def backend() -> Backend:  # MariaDB only, whatever the default parametrisation
-    import os
-
-    env, default = DEFAULTS["mariadb"]
-    url = os.environ.get(env, default)
-    require_server("mariadb", url)
-    return Backend("mariadb", url)
+# MariaDB's own mechanism: the INSERT IGNORE warning guard
+pytestmark = [
+    pytest.mark.mariadb,
+    pytest.mark.databases("mariadb"),
+    pytest.mark.usefixtures("tables"),
+]
 
 
 @pytest.fixture

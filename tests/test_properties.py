@@ -107,7 +107,6 @@ class Calls(RuleBasedStateMachine):
         assert stored == self.model
 
 
-@pytest.mark.needs("savepoints")  # the calls include strategy="classify"
 def test_calls_against_the_model(backend: Backend) -> None:
     engine = backend.sync_engine()
     Calls.engine = engine
@@ -115,7 +114,7 @@ def test_calls_against_the_model(backend: Backend) -> None:
         run_state_machine_as_test(
             Calls,
             settings=settings(
-                max_examples=40 if backend.name == "sqlite" else 15,
+                max_examples=backend.property_examples,
                 stateful_step_count=12,
                 deadline=None,
                 suppress_health_check=[HealthCheck.too_slow],

@@ -58,6 +58,7 @@ async def test_a_webhook_delivered_64_times_at_once_is_handled_once(
     assert len(effects) == 1
 
 
+@pytest.mark.crowd  # dozens of connections at once
 async def test_start_up_seeding_and_get_or_create_under_a_race(
     client: httpx.AsyncClient,
 ) -> None:
@@ -89,6 +90,7 @@ async def create_role(i: int, url: str) -> tuple[str, bool]:
         await engine.dispose()
 
 
+@pytest.mark.crowd  # dozens of connections at once
 async def test_processes_race_on_the_same_keys(onconflict_url: str) -> None:
     engine = create_async_engine(onconflict_url)
     async with engine.begin() as conn:

@@ -67,8 +67,8 @@ def run_storm(url: str, processes: int = 16, coroutines: int = 64) -> list[dict[
     return [json.loads(out) for out, _ in outputs]
 
 
+@pytest.mark.crowd  # dozens of connections at once
 @pytest.mark.slow
-@pytest.mark.needs("writer_processes")
 async def test_process_storm(aengine: AsyncEngine, backend: Backend) -> None:
     """16 processes x 64 coroutines mixing insert_ignore, upsert and get_or_create
     on 20 hot keys: every key once, one creator per key, no error."""
@@ -83,32 +83,13 @@ async def test_process_storm(aengine: AsyncEngine, backend: Backend) -> None:
 
 # -- a connection killed in the middle of a large batch -------------------------------
 
-KILLERS = {
-    # the connection of any other session whose transaction has written (MariaDB:
-    # thread id 0 is a transaction no session owns any more, being rolled back)
-    "postgresql": (
-        "SELECT pid FROM pg_stat_activity WHERE backend_xid IS NOT NULL"
-        " AND pid <> pg_backend_pid() AND datname = current_database()",
-        "SELECT pg_terminate_backend(:victim)",
-    ),
-    "mariadb": (
-        "SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX"
-        " WHERE trx_rows_modified > 0 AND trx_mysql_thread_id NOT IN (0, CONNECTION_ID())"
-        # this database's sessions only: a shared server has other writers
-        " AND trx_mysql_thread_id IN"
-        " (SELECT id FROM information_schema.PROCESSLIST WHERE db = DATABASE())",
-        "KILL CONNECTION :victim",
-    ),
-}
 
-
-@pytest.mark.needs("server")
+@pytest.mark.needs("killer")  # SQLite: no server connection; see test_sqlite_writer_killed
 async def test_connection_killed_mid_batch(aengine: AsyncEngine, backend: Backend) -> None:
     """The call fails with a clear error, nothing of it is committed, and the same
     call run again converges to the full table."""
-    if backend.name == "sqlite":
-        pytest.skip("SQLite has no server connection; see test_sqlite_writer_killed")
-    find, kill = KILLERS[backend.name]
+    assert backend.killer is not None  # the connection of another session that has written
+    find, kill = backend.killer.find, backend.killer.kill
     rows = [{"a": i, "b": 0, "v": "x"} for i in range(150_000)]
     call = asyncio.ensure_future(onconflict.insert_ignore(aengine, pairs, rows))
     killer = create_async_engine(backend.url)
@@ -174,14 +155,8 @@ def test_sqlite_writer_killed(tmp_path: Path) -> None:
 
 # -- isolation levels ---------------------------------------------------------------
 
-LEVELS = {
-    "postgresql": ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"],
-    "mariadb": ["READ COMMITTED", "REPEATABLE READ"],
-    "sqlite": ["SERIALIZABLE"],
-    "duckdb": [],  # no isolation levels to choose (snapshot isolation)
-}
 
-
+@pytest.mark.crowd  # dozens of connections at once
 @pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
 async def test_isolation_levels_with_retrying(
     aengine: AsyncEngine, backend: Backend, level: str, caplog: pytest.LogCaptureFixture
@@ -190,7 +165,7 @@ async def test_isolation_levels_with_retrying(
     snapshot, yield to the others, then one insert_ignore, upsert or
     get_or_create on a shared key. Under retrying() all succeed and every key
     exists once; the log counts the transient errors that were retried."""
-    if level not in LEVELS[backend.name]:
+    if level not in backend.isolation_levels:
         pytest.skip(f"{backend.name} has no {level} of its own")
     caplog.set_level("INFO", logger="onconflict")
     engine = aengine.execution_options(isolation_level=level)
@@ -280,9 +255,7 @@ async def test_hostile_names_and_values(
 
 async def test_nul_bytes(aengine: AsyncEngine, backend: Backend, hostile: sa.Table) -> None:
     row = {HOSTILE_KEY: "nul", HOSTILE_COL: "before\x00after"}
-    if (
-        backend.name == "postgresql"
-    ):  # PostgreSQL text cannot hold NUL: its own error, nothing stored
+    if not backend.text_holds_nul:  # PostgreSQL: its own error, nothing stored
         with pytest.raises(sa.exc.DBAPIError):
             await onconflict.insert_ignore(aengine, hostile, [row])
         assert await count(aengine, hostile) == 0
@@ -308,7 +281,6 @@ async def test_invalid_identifiers_are_refused(
         await onconflict.insert_ignore(aengine, storm, rows, **kw)
 
 
-@pytest.mark.needs("reflection")  # the CLI reflects the tables it seeds
 async def test_hostile_seed_file(backend: Backend, hostile: sa.Table, tmp_path: Path) -> None:
     data = {HOSTILE_TABLE: [{HOSTILE_KEY: "a", HOSTILE_COL: "'; DROP TABLE x; --"}]}
     path = tmp_path / "hostile.json"
@@ -325,10 +297,8 @@ async def test_hostile_seed_file(backend: Backend, hostile: sa.Table, tmp_path: 
     assert "unknown table" in refused.output
 
 
-@pytest.mark.needs("server")
+@pytest.mark.needs("server")  # no password
 async def test_passwords_never_in_the_libraries_errors(backend: Backend) -> None:
-    if backend.name == "sqlite":
-        pytest.skip("no password")
     url = sa.engine.make_url(backend.url).set(password="s3cr3t-pw", port=1)
     engine = create_async_engine(url)
     try:
@@ -427,13 +397,12 @@ async def count_directly(backend: Backend) -> int:
         await direct.dispose()
 
 
+@pytest.mark.databases("postgresql")  # the autocommitted driver-level path (asyncpg)
 async def test_reply_lost_after_commit_is_raised_not_rerun(backend: Backend) -> None:
     """The one-row fast path runs autocommitted on asyncpg. When the connection
     dies after the server committed but before the reply came back, the call
     must fail (its outcome is unknown) rather than run again and report the
     row it created as existing."""
-    if backend.name != "postgresql":
-        pytest.skip("the autocommitted driver-level path is PostgreSQL's (asyncpg)")
     async with proxied(backend) as (proxy, engine):
         proxy.arm()  # the next message: Bind/Execute/Sync of the INSERT
         with pytest.raises(sa.exc.DBAPIError) as info:
@@ -447,6 +416,7 @@ async def test_reply_lost_after_commit_is_raised_not_rerun(backend: Backend) -> 
     assert await count_directly(backend) == 3
 
 
+@pytest.mark.databases("mariadb")  # the guarded driver-level path is MariaDB's (aiomysql)
 async def test_mariadb_reply_lost_after_commit_is_raised_insert_lost_is_rerun(
     backend: Backend,
 ) -> None:
@@ -454,8 +424,6 @@ async def test_mariadb_reply_lost_after_commit_is_raised_insert_lost_is_rerun(
     connection lost after the INSERT (not committed: the server rolls it back)
     lets the call run again on a new connection; lost after the COMMIT was sent,
     the outcome is unknown and the call fails."""
-    if backend.name != "mariadb":
-        pytest.skip("the guarded driver-level path is MariaDB's (aiomysql)")
     async with proxied(backend) as (proxy, engine):
         proxy.arm()  # the INSERT reaches the server, its reply does not
         lost = await onconflict.insert_ignore(engine, pairs, [{"a": 3, "b": 0, "v": "x"}])
@@ -473,12 +441,11 @@ async def test_mariadb_reply_lost_after_commit_is_raised_insert_lost_is_rerun(
     assert await count_directly(backend) == 4
 
 
+@pytest.mark.databases("mariadb")  # the driver-level get_or_create is MariaDB's (aiomysql)
 async def test_mariadb_get_or_create_commit_lost_is_raised(backend: Backend) -> None:
     """MariaDB's driver-level get_or_create: SELECT, INSERT, COMMIT. Lost after
     the INSERT, the call runs again (nothing was committed) and creates the row;
     lost after the COMMIT, it raises, and run again it finds the row."""
-    if backend.name != "mariadb":
-        pytest.skip("the driver-level get_or_create is MariaDB's (aiomysql)")
     async with proxied(backend) as (proxy, engine):
         proxy.arm(after=1)  # the SELECT answers; the INSERT's reply is lost
         made, created = await onconflict.get_or_create(engine, pairs, {"a": 3, "b": 0})
@@ -497,14 +464,12 @@ async def test_mariadb_get_or_create_commit_lost_is_raised(backend: Backend) -> 
     assert await count_directly(backend) == 4
 
 
-@pytest.mark.needs("server")
+@pytest.mark.needs("server")  # SQLite has no server
 async def test_server_unreachable_raises_sqlalchemys_error(backend: Backend) -> None:
     """The driver-level paths check a connection out of the pool themselves; when
     a new one cannot be made (the server is gone), the call raises what the
     ordinary path raises (SQLAlchemy's wrapped error for aiomysql; asyncpg's
     refused connection is an OSError SQLAlchemy does not wrap)."""
-    if backend.name == "sqlite":
-        pytest.skip("SQLite has no server")
     async with proxied(backend) as (proxy, engine):
         await engine.dispose()  # no pooled connection left
         proxy.server.close()  # and no new one can be made

@@ -12,7 +12,7 @@ per backend for the module; each test deletes the rows of its feature first.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +25,14 @@ from sqlmodel import SQLModel
 
 import onconflict
 import onconflict.sync
-from tests.conftest import BACKENDS, Backend, backend_for
+from tests.conftest import Backend, backend_at, backend_params
+from tests.handles import Handle
 from tests.schema_matrix import FEATURES, Feature, metadata, nullable_unique, on_update
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 OPS = ["insert_ignore", "upsert", "get_or_create", "update_or_create", "seed"]
-FRONTS = ["engine", "connection", "session", "sync"]
+FRONTS = ["async-engine", "async-connection", "async-session", "sync-engine"]
 MISSING = "<missing>"
 
 
@@ -47,26 +48,18 @@ class Db:
         return self.backend.name
 
 
-def _db_params() -> list[Any]:
-    return [
-        pytest.param(n, marks=[] if n == "sqlite" else [getattr(pytest.mark, n)], id=n)
-        for n in BACKENDS
-    ]
+def _tables(backend: Backend) -> list[sa.Table]:
+    return [t for f in FEATURES if f.applies_to(backend) for t in f.all_tables()]
 
 
-def _tables(backend: str) -> list[sa.Table]:
-    return [t for f in FEATURES if backend in f.backends for t in f.all_tables()]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=_db_params())
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=backend_params())
 async def db(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Db]:
-    name = request.param
-    backend = backend_for(name, tmp_path_factory.mktemp("matrix"))
+    backend = backend_at(request.param, tmp_path_factory.mktemp("matrix"))
     aengine = backend.async_engine(pool_size=5, max_overflow=5)
     sengine = backend.sync_engine()
-    tables = _tables(name)
+    tables = _tables(backend)
     with sengine.begin() as conn:
         for md in (metadata, SQLModel.metadata):
             mine = [t for t in tables if t.metadata is md]
@@ -111,18 +104,10 @@ class Front:
 
     async def raw(self, op: str, *args: Any, **kw: Any) -> Any:
         """``onconflict.<op>`` (or ``onconflict.sync.<op>``) through this front."""
-        if self.kind == "sync":
-            return getattr(onconflict.sync, op)(self.db.sengine, *args, **kw)
-        call: Callable[..., Coroutine[Any, Any, Any]] = getattr(onconflict, op)
-        if self.kind == "engine":
-            return await call(self.db.aengine, *args, **kw)
-        if self.kind == "connection":
-            async with self.db.aengine.connect() as conn, conn.begin():
-                return await call(conn, *args, **kw)
-        async with AsyncSession(self.db.aengine) as session:
-            result = _plain(await call(session, *args, **kw), self.feature, self.instances)
-            await session.commit()
-            return result
+        handle = Handle(self.kind, self.db.aengine, self.db.sengine)
+        if handle.on != "session":
+            return await handle.run(op, args, kw)
+        return await handle.run(op, args, kw, lambda got: _plain(got, self.feature, self.instances))
 
     async def step(self, what: str, op: str, *args: Any, **kw: Any) -> Any:
         """The call, an error it raises turned into a failure naming the step."""
@@ -365,7 +350,7 @@ def clear(db: Db, f: Feature) -> None:
 
 
 def applicable(db: Db, f: Feature) -> None:
-    if db.name not in f.backends:
+    if not f.applies_to(db.backend):
         pytest.skip(f"not applicable: {f.why_not}")
 
 
@@ -376,13 +361,13 @@ async def test_cell(db: Db, feature: Feature, op: str, front_kind: str) -> None:
     applicable(db, feature)
     clear(db, feature)
     front = Front(front_kind, db, feature)
-    why = feature.refused.get(db.name)
+    why = feature.refusal(db.backend)
     if why:
         await refused(front, db, feature, op, why)
         return
     await OPERATIONS[op](front, db, feature)
     fetching = op in ("get_or_create", "update_or_create")
-    if front_kind == "session" and feature.instance_of and fetching:
+    if front_kind == "async-session" and feature.instance_of and fetching:
         kinds = {c.__name__ for c in front.instances}
         assert kinds == {feature.instance_of.__name__}, (
             f"{op} in an AsyncSession: expected {feature.instance_of.__name__} instances,"

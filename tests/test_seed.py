@@ -63,7 +63,6 @@ async def test_insert_twice_children_listed_first(aengine: AsyncEngine) -> None:
     assert not again.changed
 
 
-@pytest.mark.needs("reflection")
 async def test_tables_by_name_are_reflected(aengine: AsyncEngine, sengine: Any) -> None:
     report = onconflict.sync.seed(sengine, {"users": USERS, "roles": ROLES})
     assert report.total("inserted") == 4
@@ -123,21 +122,14 @@ async def test_progress_is_reported(aengine: AsyncEngine) -> None:
 
 def hold_lock(backend: Backend, release: threading.Event, held: threading.Event) -> None:
     """Take the seed lock as another replica would, until told to let go."""
+    assert backend.seed_lock is not None
     engine = sa.create_engine(backend.sync_url)
     with engine.connect() as conn:
-        if backend.name == "postgresql":
-            conn.execute(
-                sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("onconflict.seed")))
-            )
-        elif backend.name == "mariadb":
-            conn.execute(sa.select(sa.func.get_lock("onconflict.seed", 1)))
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        backend.seed_lock.take(conn)
         held.set()
         release.wait(30)
         conn.rollback()
-        if backend.name == "mariadb":
-            conn.execute(sa.select(sa.func.release_lock("onconflict.seed")))
+        backend.seed_lock.release(conn)
     engine.dispose()
 
 
@@ -158,7 +150,7 @@ async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Back
     assert (await onconflict.seed(aengine, {roles: ROLES})).total("inserted") == 2
 
 
-@pytest.mark.needs("writer_processes")
+@pytest.mark.crowd  # dozens of connections at once
 def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
     """docs' FastAPI example: eight workers run the start-up seeding at once."""
     url = backend.url
@@ -185,7 +177,6 @@ def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
 
 
 @pytest.mark.parametrize("driver", ["async", "sync"])
-@pytest.mark.needs("writer_processes")
 def test_4_replicas_seed_a_fresh_database_with_the_cli_at_once(
     backend: Backend, driver: str
 ) -> None:

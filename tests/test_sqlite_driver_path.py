@@ -87,16 +87,11 @@ def traced(engine: AsyncEngine) -> tuple[list[str], list[int]]:
     return sql, hops
 
 
-def sqlite_only(backend: Backend) -> None:
-    if backend.name != "sqlite":
-        pytest.skip("the driver-level path described here is SQLite's (aiosqlite)")
-
-
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_one_hop_with_begin_immediate_and_commit(made: AsyncEngine, backend: Backend) -> None:
     """A new row and a duplicate: BEGIN IMMEDIATE, the INSERT, COMMIT, in one hop
     to aiosqlite's thread, and no rollback from the pool afterwards; get_or_create
     the same with its SELECT(s)."""
-    sqlite_only(backend)
     sql, hops = traced(made)
     await made.dispose()
     await onconflict.insert_ignore(made, things, [{"code": "warm"}])  # connect first
@@ -199,12 +194,12 @@ async def test_events_and_options_take_the_ordinary_path(
     assert (await onconflict.get_or_create(optioned, things, {"code": "b"}))[1] is False
 
 
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_options_and_echo_bypass_the_driver_level_path(
     made: AsyncEngine, backend: Backend
 ) -> None:
     """On SQLite: the trace shows SQLAlchemy's own transaction (BEGIN, not
     BEGIN IMMEDIATE) for an engine with execution options, echo or a listener."""
-    sqlite_only(backend)
     sql: list[str] = []
 
     @sa.event.listens_for(made.sync_engine, "connect")
@@ -236,13 +231,13 @@ async def test_options_and_echo_bypass_the_driver_level_path(
         sa.event.remove(made.sync_engine, "after_cursor_execute", listener)
 
 
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_a_locked_database_raises_and_a_killed_connection_is_replaced(
     made: AsyncEngine, backend: Backend, tmp_path: Any
 ) -> None:
     """Another process holding the write lock: the call waits its busy timeout
     and raises SQLAlchemy's OperationalError, nothing stored; a pooled
     connection closed underneath is dropped and the call runs on a new one."""
-    sqlite_only(backend)
     engine = backend.async_engine(connect_args={"timeout": 0.2})
     try:
         await onconflict.insert_ignore(engine, things, [{"code": "a"}])
@@ -268,6 +263,7 @@ async def test_a_locked_database_raises_and_a_killed_connection_is_replaced(
         await engine.dispose()
 
 
+@pytest.mark.crowd  # dozens of connections at once
 async def test_concurrent_callers_get_exact_outcomes(made: AsyncEngine, backend: Backend) -> None:
     """32 callers over 5 keys, insert_ignore and get_or_create: exactly one
     insert and one create per key."""
@@ -287,6 +283,7 @@ async def test_concurrent_callers_get_exact_outcomes(made: AsyncEngine, backend:
     assert len(await stored(made)) == 10
 
 
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_concurrent_calls_share_hops_and_stay_all_or_nothing(
     made: AsyncEngine, backend: Backend
 ) -> None:
@@ -294,7 +291,6 @@ async def test_concurrent_calls_share_hops_and_stay_all_or_nothing(
     transaction with a savepoint per call: fewer hops than calls, and a call
     that fails (NOT NULL, CHECK, foreign key) raises its own error with nothing
     of it stored, while the calls batched with it keep exact outcomes."""
-    sqlite_only(backend)
     sql, hops = traced(made)
     await made.dispose()
     await onconflict.insert_ignore(made, things, [{"code": "warm"}])
@@ -323,6 +319,7 @@ async def test_concurrent_calls_share_hops_and_stay_all_or_nothing(
     assert codes == sorted(["warm", *(f"k{i}" for i in range(8)), *(f"g{i}" for i in range(4))])
 
 
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_an_engine_used_by_the_path_is_not_kept_alive(
     made: AsyncEngine, backend: Backend
 ) -> None:
@@ -331,7 +328,6 @@ async def test_an_engine_used_by_the_path_is_not_kept_alive(
     import gc
     import weakref
 
-    sqlite_only(backend)
     engine = backend.async_engine()
     await asyncio.gather(
         *(onconflict.insert_ignore(engine, things, [{"code": f"w{i % 3}"}]) for i in range(8))
@@ -344,6 +340,7 @@ async def test_an_engine_used_by_the_path_is_not_kept_alive(
     assert gone() is None
 
 
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_a_driver_in_autocommit_mode_still_commits_each_call(
     made: AsyncEngine, backend: Backend
 ) -> None:
@@ -351,7 +348,6 @@ async def test_a_driver_in_autocommit_mode_still_commits_each_call(
     autocommit=True, where commit() does nothing, where available): the path
     ends its own transaction, the row is committed and the pool gets the
     connection back outside any transaction."""
-    sqlite_only(backend)
     import sys
 
     args: dict[str, Any] = {"isolation_level": None}

@@ -15,10 +15,13 @@ import onconflict
 import onconflict.sync
 from onconflict._upsert import prepare_upsert
 from onconflict.dialects.mysql import MySQL
+from tests.backends import driver_code
 from tests.conftest import Backend
+from tests.handles import ENGINES, Handle
 from tests.schema import Item, metadata, parent, subscriptions, users
 
-pytestmark = pytest.mark.usefixtures("tables")
+# the async API on the async driver, and the sync twin on the sync driver
+pytestmark = [pytest.mark.usefixtures("tables"), pytest.mark.handles(*ENGINES)]
 
 docs = sa.Table(
     "oc_docs",
@@ -33,21 +36,6 @@ docs = sa.Table(
 )
 
 
-class Front:
-    def __init__(self, kind: str, aengine: AsyncEngine, sengine: Engine) -> None:
-        self.kind, self.aengine, self.sengine = kind, aengine, sengine
-
-    async def upsert(self, rows: Any, **kw: Any) -> onconflict.UpsertResult:
-        if self.kind == "async":
-            return await onconflict.upsert(self.aengine, docs, rows, **kw)
-        return onconflict.sync.upsert(self.sengine, docs, rows, **kw)
-
-
-@pytest.fixture(params=["async", "sync"])
-def front(request: pytest.FixtureRequest, aengine: AsyncEngine, sengine: Engine) -> Front:
-    return Front(request.param, aengine, sengine)
-
-
 async def stored(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
     async with engine.connect() as conn:
         return {r["slug"]: dict(r) for r in (await conn.execute(sa.select(docs))).mappings()}
@@ -57,9 +45,11 @@ def row(slug: str, title: str = "t", version: int = 1, **kw: Any) -> dict[str, A
     return {"slug": slug, "title": title, "version": version, **kw}
 
 
-async def test_outcome_table(front: Front, aengine: AsyncEngine) -> None:
-    await front.upsert([row("same"), row("change"), row("older", version=5)])
-    result = await front.upsert(
+async def test_outcome_table(handle: Handle, aengine: AsyncEngine) -> None:
+    await handle.call("upsert", docs, [row("same"), row("change"), row("older", version=5)])
+    result = await handle.call(
+        "upsert",
+        docs,
         [
             row("new"),  # inserted
             row("same"),  # holds these values already: unchanged with skip_unchanged
@@ -81,20 +71,24 @@ async def test_outcome_table(front: Front, aengine: AsyncEngine) -> None:
     assert result.updated[0]["id"] == now["change"]["id"]
 
 
-async def test_without_skip_unchanged_an_equal_row_is_updated(front: Front) -> None:
-    await front.upsert([row("a")])
-    result = await front.upsert([row("a")])
+async def test_without_skip_unchanged_an_equal_row_is_updated(handle: Handle) -> None:
+    await handle.call("upsert", docs, [row("a")])
+    result = await handle.call("upsert", docs, [row("a")])
     assert (result.updated_count, result.unchanged_count) == (1, 0)
 
 
-async def test_update_columns_and_expressions(front: Front, aengine: AsyncEngine) -> None:
-    await front.upsert([row("a", title="first", hits=1)])
+async def test_update_columns_and_expressions(handle: Handle, aengine: AsyncEngine) -> None:
+    await handle.call("upsert", docs, [row("a", title="first", hits=1)])
     # only the listed columns change
-    only = await front.upsert([row("a", title="second", version=9)], update=["title"])
+    only = await handle.call(
+        "upsert", docs, [row("a", title="second", version=9)], update=["title"]
+    )
     assert only.updated[0]["title"] == "second"
     assert only.updated[0]["version"] == 1
     # expressions: stored + incoming, a literal, the incoming value
-    counted = await front.upsert(
+    counted = await handle.call(
+        "upsert",
+        docs,
         [row("a", title="x", hits=5), row("b", title="new", hits=5)],
         update={
             "hits": docs.c.hits + onconflict.excluded("hits"),
@@ -110,67 +104,48 @@ async def test_update_columns_and_expressions(front: Front, aengine: AsyncEngine
 
 @pytest.mark.parametrize(("policy", "title"), [("last", "third"), ("first", "first")])
 async def test_keys_repeated_in_one_call(
-    front: Front, aengine: AsyncEngine, policy: Any, title: str
+    handle: Handle, aengine: AsyncEngine, policy: Any, title: str
 ) -> None:
     rows = [row("a", title="first"), row("b"), row("a", title="second"), row("a", title="third")]
-    result = await front.upsert(rows, duplicates=policy)
+    result = await handle.call("upsert", docs, rows, duplicates=policy)
     assert [r["slug"] for r in result.inserted] == (["a", "b"] if policy == "first" else ["b", "a"])
     assert (await stored(aengine))["a"]["title"] == title
     losers = [r for r in rows if r["slug"] == "a" and r["title"] != title]
     assert result.unchanged == losers
 
 
-async def test_repeated_keys_can_be_refused(front: Front, aengine: AsyncEngine) -> None:
+async def test_repeated_keys_can_be_refused(handle: Handle, aengine: AsyncEngine) -> None:
     with pytest.raises(ValueError, match=r"rows 0 and 2 have the same key \(slug='a'\)"):
-        await front.upsert([row("a"), row("b"), row("a")], duplicates="error")
+        await handle.call("upsert", docs, [row("a"), row("b"), row("a")], duplicates="error")
     assert await stored(aengine) == {}
 
 
+# violation: the change that makes a row violate it; the driver code it raises is
+# backend.error_codes[violation] (None: the database stores the row as given)
 BAD_UPDATE = {
-    # DuckDB has no codes: the classifier's reading of its message
-    "not_null": (
-        {"title": None},
-        {"postgresql": "23502", "mariadb": 1048, "sqlite": 1299, "duckdb": "not null"},
-    ),
-    "check": (
-        {"title": ""},
-        {"postgresql": "23514", "mariadb": 4025, "sqlite": 275, "duckdb": "check"},
-    ),
-    "foreign_key": (
-        {"pid": 99},
-        {"postgresql": "23503", "mariadb": 1452, "sqlite": 787, "duckdb": "foreign key"},
-    ),
-    "too_long": (
-        {"title": "much too long"},
-        {"postgresql": "22001", "mariadb": 1406, "sqlite": None, "duckdb": None},
-    ),
+    "not_null": {"title": None},
+    "check": {"title": ""},
+    "foreign_key": {"pid": 99},
+    "too_long": {"title": "much too long"},
 }
-
-
-def code_of(exc: BaseException) -> Any:
-    orig = getattr(exc, "orig", None)
-    args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):
-        return args[0]
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorcode", None)
-    return code if code is not None else onconflict.classify.error_code(exc)  # DuckDB
 
 
 @pytest.mark.parametrize("violation", list(BAD_UPDATE))
 @pytest.mark.parametrize("existing", [True, False], ids=["update", "insert"])
 async def test_only_key_conflicts_become_updates(
-    front: Front, aengine: AsyncEngine, backend: Backend, violation: str, existing: bool
+    handle: Handle, aengine: AsyncEngine, backend: Backend, violation: str, existing: bool
 ) -> None:
-    await front.upsert([row("a", title="keep"), row("b", title="keep")])
-    change, codes = BAD_UPDATE[violation]
+    await handle.call("upsert", docs, [row("a", title="keep"), row("b", title="keep")])
+    change = BAD_UPDATE[violation]
     bad = {**row("a" if existing else "new"), **change}
-    if codes[backend.name] is None:  # SQLite stores long text as given
-        result = await front.upsert([bad])
+    code = backend.error_codes[violation]
+    if code is None:  # SQLite stores long text as given
+        result = await handle.call("upsert", docs, [bad])
         assert (result.updated or result.inserted)[0]["title"] == "much too long"
         return
     with pytest.raises(sa.exc.DBAPIError) as info:
-        await front.upsert([row("b", title="changed"), row("c"), bad])
-    assert code_of(info.value) == codes[backend.name]
+        await handle.call("upsert", docs, [row("b", title="changed"), row("c"), bad])
+    assert driver_code(info.value) == code
     now = await stored(aengine)
     assert sorted(now) == ["a", "b"]
     assert now["a"]["title"] == now["b"]["title"] == "keep"
@@ -207,7 +182,7 @@ async def test_orm_class_with_attribute_names(aengine: AsyncEngine) -> None:
     assert result.updated[0]["code"] == "a"
 
 
-async def test_rows_carrying_only_the_key(front: Front, aengine: AsyncEngine) -> None:
+async def test_rows_carrying_only_the_key(handle: Handle, aengine: AsyncEngine) -> None:
     t = sa.Table("oc_tags", metadata, extend_existing=True)
     first = await onconflict.upsert(aengine, t, [{"slug": "x"}])
     again = await onconflict.upsert(aengine, t, [{"slug": "x"}, {"slug": "y"}])
@@ -225,11 +200,10 @@ async def test_100k_rows(aengine: AsyncEngine) -> None:
     assert result.inserted[0]["slug"] == "s000001"
 
 
+@pytest.mark.databases("postgresql")  # xmin is PostgreSQL's
 async def test_postgresql_skip_unchanged_writes_no_row_version(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
-    if backend.name != "postgresql":
-        pytest.skip("xmin is PostgreSQL's")
     await onconflict.upsert(aengine, docs, [row("a")])
 
     async def xmin() -> str:
@@ -244,9 +218,8 @@ async def test_postgresql_skip_unchanged_writes_no_row_version(
     assert await xmin() != before
 
 
+@pytest.mark.databases("mariadb")  # the one-row-per-statement path of MySQL 8
 async def test_mysql_without_returning(backend: Backend) -> None:
-    if backend.name != "mariadb":
-        pytest.skip("the one-row-per-statement path of MySQL 8")
     engine = backend.async_engine()
     try:
         async with engine.connect():
@@ -318,14 +291,14 @@ def test_mysql_statements_compile() -> None:
 
 
 async def test_autoincrement_key_given_as_none_is_numbered(
-    front: Front, aengine: AsyncEngine
+    handle: Handle, aengine: AsyncEngine
 ) -> None:
     """The database numbers the row, on every database; the row is matched by
     the other unique key (slug)."""
-    first = await front.upsert([row("a", id=None), row("b", id=None)])
+    first = await handle.call("upsert", docs, [row("a", id=None), row("b", id=None)])
     assert [r["slug"] for r in first.inserted] == ["a", "b"]
     assert all(isinstance(r["id"], int) for r in first.inserted)
-    again = await front.upsert([row("a", "new", id=None), row("c", id=None)])
+    again = await handle.call("upsert", docs, [row("a", "new", id=None), row("c", id=None)])
     assert [(r["slug"], r["title"], r["id"]) for r in again.updated] == [
         ("a", "new", first.inserted[0]["id"])
     ]
@@ -382,8 +355,6 @@ undeclared = sa.Table(
 
 @pytest.fixture
 async def partitioned(aengine: AsyncEngine, backend: Backend) -> Any:
-    if backend.name != "postgresql":
-        pytest.skip("partitioned tables are PostgreSQL's")
     async with aengine.begin() as conn:
         await conn.run_sync(part_metadata.drop_all)
         await conn.run_sync(part_metadata.create_all)
@@ -398,23 +369,14 @@ def prow(k: str, region: str = "eu", title: str = "t", version: int = 1) -> dict
 
 @pytest.mark.postgresql
 @pytest.mark.usefixtures("partitioned")
+@pytest.mark.databases("postgresql")  # partitioned tables are PostgreSQL's
 @pytest.mark.parametrize("table", [parts, undeclared], ids=["declared", "undeclared"])
-@pytest.mark.parametrize("handle", ["engine", "connection", "session", "sync"])
+@pytest.mark.handles("async-engine", "async-connection", "async-session", "sync-engine")
 async def test_partitioned_table_outcomes(
-    aengine: AsyncEngine, sengine: Engine, table: sa.Table, handle: str
+    aengine: AsyncEngine, table: sa.Table, handle: Handle
 ) -> None:
     async def call(rows: Any, **kw: Any) -> onconflict.UpsertResult:
-        if handle == "engine":
-            return await onconflict.upsert(aengine, table, rows, **kw)
-        if handle == "connection":
-            async with aengine.begin() as conn:
-                return await onconflict.upsert(conn, table, rows, **kw)
-        if handle == "session":
-            async with AsyncSession(aengine) as session:
-                got = await onconflict.upsert(session, table, rows, **kw)
-                await session.commit()
-                return got
-        return onconflict.sync.upsert(sengine, table, rows, **kw)
+        return await handle.call("upsert", table, rows, **kw)
 
     first = await call([prow("same"), prow("change"), prow("older", version=5), prow("x", "us")])
     assert len(first.inserted) == 4
@@ -446,8 +408,10 @@ async def test_partitioned_table_outcomes(
     assert count == 6
 
 
+@pytest.mark.crowd  # dozens of connections at once
 @pytest.mark.postgresql
 @pytest.mark.usefixtures("partitioned")
+@pytest.mark.databases("postgresql")  # partitioned tables are PostgreSQL's
 @pytest.mark.parametrize("table", [parts, undeclared], ids=["declared", "undeclared"])
 async def test_partitioned_table_concurrent_outcomes_are_exact(
     aengine: AsyncEngine, table: sa.Table
@@ -472,6 +436,7 @@ async def test_partitioned_table_concurrent_outcomes_are_exact(
 
 @pytest.mark.postgresql
 @pytest.mark.usefixtures("partitioned")
+@pytest.mark.databases("postgresql")  # partitioned tables are PostgreSQL's
 @pytest.mark.parametrize("table", [parts, undeclared], ids=["declared", "undeclared"])
 async def test_partitioned_table_get_update_or_create_and_seed(
     aengine: AsyncEngine, sengine: Engine, table: sa.Table
@@ -510,6 +475,7 @@ async def test_partitioned_table_get_update_or_create_and_seed(
 
 @pytest.mark.postgresql
 @pytest.mark.usefixtures("partitioned")
+@pytest.mark.databases("postgresql")  # partitioned tables are PostgreSQL's
 async def test_partitioned_table_refuses_excluded_of_a_column_not_carried(
     aengine: AsyncEngine,
 ) -> None:
@@ -526,22 +492,24 @@ async def test_partitioned_table_refuses_excluded_of_a_column_not_carried(
 
 def _greatest(backend: Backend) -> Any:
     # SQLite's two-argument max() is its greatest()
-    return sa.func.max if backend.name == "sqlite" else sa.func.greatest
+    return backend.greatest
 
 
 @pytest.mark.parametrize("kind", ["scalar", "column_expression", "function"])
 async def test_bound_values_in_update_for_many_existing_rows(
-    front: Front, aengine: AsyncEngine, backend: Backend, kind: str
+    handle: Handle, aengine: AsyncEngine, backend: Backend, kind: str
 ) -> None:
     """MariaDB ran ON DUPLICATE KEY UPDATE as executemany, whose drivers cannot
     send the UPDATE part's bound values (TypeError with 2 rows or more)."""
-    await front.upsert([row("a", hits=1), row("b", hits=1), row("c", hits=1)])
+    await handle.call("upsert", docs, [row("a", hits=1), row("b", hits=1), row("c", hits=1)])
     update = {
         "scalar": {"version": 7},
         "column_expression": {"hits": docs.c.hits + 1},
         "function": {"version": _greatest(backend)(docs.c.version, 7)},
     }[kind]
-    result = await front.upsert([row("a"), row("b"), row("c"), row("d")], update=update)
+    result = await handle.call(
+        "upsert", docs, [row("a"), row("b"), row("c"), row("d")], update=update
+    )
     assert [r["slug"] for r in result.updated] == ["a", "b", "c"]
     assert [r["slug"] for r in result.inserted] == ["d"]
     now = await stored(aengine)
@@ -554,13 +522,15 @@ async def test_bound_values_in_update_for_many_existing_rows(
 
 
 async def test_default_update_leaves_the_primary_key_alone(
-    front: Front, aengine: AsyncEngine
+    handle: Handle, aengine: AsyncEngine
 ) -> None:
     """on= another unique key: the rows' primary key is not written into an
     existing row (Rails and Django never update primary keys)."""
-    first = await front.upsert([row("a", title="one")])
+    first = await handle.call("upsert", docs, [row("a", title="one")])
     kept = first.inserted[0]["id"]
-    result = await front.upsert([{**row("a", title="two"), "id": kept + 100}], on="slug")
+    result = await handle.call(
+        "upsert", docs, [{**row("a", title="two"), "id": kept + 100}], on="slug"
+    )
     assert result.updated[0]["id"] == kept
     assert result.updated[0]["title"] == "two"
     now = await stored(aengine)
@@ -580,12 +550,8 @@ stamped = sa.Table(
 STAMPS = ("by_scalar", "by_callable", "by_expression")
 
 
-async def _upsert_stamped(
-    kind: str, aengine: AsyncEngine, sengine: Engine, rows: Any, **kw: Any
-) -> Any:
-    if kind == "async":
-        return await onconflict.upsert(aengine, stamped, rows, **kw)
-    return onconflict.sync.upsert(sengine, stamped, rows, **kw)
+async def _upsert_stamped(handle: Handle, rows: Any, **kw: Any) -> Any:
+    return await handle.call("upsert", stamped, rows, **kw)
 
 
 @pytest.mark.parametrize(
@@ -600,13 +566,11 @@ async def _upsert_stamped(
     ids=["default", "names", "mapping", "where", "skip_unchanged"],
 )
 async def test_onupdate_is_applied_to_every_update(
-    front: Front, aengine: AsyncEngine, sengine: Engine, kw: dict[str, Any]
+    handle: Handle, aengine: AsyncEngine, sengine: Engine, kw: dict[str, Any]
 ) -> None:
-    await _upsert_stamped(
-        front.kind, aengine, sengine, [{"k": "a", "v": "1"}, {"k": "b", "v": "1"}]
-    )
+    await _upsert_stamped(handle, [{"k": "a", "v": "1"}, {"k": "b", "v": "1"}])
     rows = [{"k": "a", "v": "2"}, {"k": "b", "v": "1"}, {"k": "c", "v": "1"}]
-    result = await _upsert_stamped(front.kind, aengine, sengine, rows, **kw)
+    result = await _upsert_stamped(handle, rows, **kw)
     assert [r["k"] for r in result.inserted] == ["c"]
     assert [r[s] for r in result.inserted for s in STAMPS] == [None, None, None]
     changed = ["a"] if "where" in kw or "skip_unchanged" in kw else ["a", "b"]
@@ -620,29 +584,23 @@ async def test_onupdate_is_applied_to_every_update(
 
 
 async def test_onupdate_yields_to_update_naming_the_column(
-    front: Front, aengine: AsyncEngine, sengine: Engine
+    handle: Handle, aengine: AsyncEngine, sengine: Engine
 ) -> None:
-    await _upsert_stamped(front.kind, aengine, sengine, [{"k": "a", "v": "1"}])
+    await _upsert_stamped(handle, [{"k": "a", "v": "1"}])
     result = await _upsert_stamped(
-        front.kind,
-        aengine,
-        sengine,
+        handle,
         [{"k": "a", "v": "2"}],
         update={"v": onconflict.excluded("v"), "by_scalar": 1, "by_expression": sa.func.abs(-2)},
     )
     (a,) = result.updated
     assert [a[s] for s in STAMPS] == [1, 8, 2]
-    carried = await _upsert_stamped(
-        front.kind, aengine, sengine, [{"k": "a", "v": "3", "by_callable": 5}]
-    )
+    carried = await _upsert_stamped(handle, [{"k": "a", "v": "3", "by_callable": 5}])
     (a,) = carried.updated
     assert [a[s] for s in STAMPS] == [7, 5, 9]
 
 
-async def _upsert_users(front: Front, rows: Any, **kw: Any) -> Any:
-    if front.kind == "async":
-        return await onconflict.upsert(front.aengine, users, rows, **kw)
-    return onconflict.sync.upsert(front.sengine, users, rows, **kw)
+async def _upsert_users(handle: Handle, rows: Any, **kw: Any) -> Any:
+    return await handle.call("upsert", users, rows, **kw)
 
 
 async def _users(aengine: AsyncEngine) -> list[tuple[Any, ...]]:
@@ -651,13 +609,13 @@ async def _users(aengine: AsyncEngine) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.execute(stmt)]
 
 
-async def test_rows_that_can_hit_two_unique_keys(front: Front, aengine: AsyncEngine) -> None:
+async def test_rows_that_can_hit_two_unique_keys(handle: Handle, aengine: AsyncEngine) -> None:
     """Primary key and email: the target is the primary key, and a row's email
     may be taken by another row. MariaDB has no conflict target, and used to
     refuse the call; now every database gives the same exact outcomes."""
-    await _upsert_users(front, [{"id": 1, "email": "a@x", "name": "a"}])
+    await _upsert_users(handle, [{"id": 1, "email": "a@x", "name": "a"}])
     result = await _upsert_users(
-        front,
+        handle,
         [
             {"id": 1, "email": "a@x", "name": "a2"},  # same key: updated
             {"id": 2, "email": "b@x", "name": "b"},  # new: inserted
@@ -665,47 +623,45 @@ async def test_rows_that_can_hit_two_unique_keys(front: Front, aengine: AsyncEng
     )
     assert [(r["id"], r["name"]) for r in result.updated] == [(1, "a2")]
     assert [(r["id"], r["email"]) for r in result.inserted] == [(2, "b@x")]
-    moved = await _upsert_users(front, [{"id": 1, "email": "c@x", "name": "a3"}])
+    moved = await _upsert_users(handle, [{"id": 1, "email": "c@x", "name": "a3"}])
     assert [(r["id"], r["email"]) for r in moved.updated] == [(1, "c@x")]
     before = [(1, "c@x", "a3"), (2, "b@x", "b")]
     assert await _users(aengine) == before
     # a new key whose email another row has: a duplicate outside the target
     with pytest.raises(sa.exc.IntegrityError):
         await _upsert_users(
-            front, [{"id": 3, "email": "d@x", "name": "d"}, {"id": 4, "email": "b@x", "name": "e"}]
+            handle, [{"id": 3, "email": "d@x", "name": "d"}, {"id": 4, "email": "b@x", "name": "e"}]
         )
     assert await _users(aengine) == before
     # an existing key updated to an email another row has
     with pytest.raises(sa.exc.IntegrityError):
         await _upsert_users(
-            front, [{"id": 5, "email": "e@x", "name": "e"}, {"id": 1, "email": "b@x", "name": "f"}]
+            handle, [{"id": 5, "email": "e@x", "name": "e"}, {"id": 1, "email": "b@x", "name": "f"}]
         )
     assert await _users(aengine) == before
 
 
-async def test_a_target_no_unique_key_covers_is_refused(front: Front, aengine: AsyncEngine) -> None:
+async def test_a_target_no_unique_key_covers_is_refused(
+    handle: Handle, aengine: AsyncEngine
+) -> None:
     """MariaDB stored the first of two rows sharing a non-unique value and
     reported the second as existing; PostgreSQL and SQLite refused the statement
     only once it was sent. Now refused before SQL, on every database."""
     for on in ("title", ["title", "version"], [docs.c.version]):
         with pytest.raises(ValueError, match=r"no primary key, unique constraint or unique index"):
-            await front.upsert([row("a"), row("b")], on=on)
+            await handle.call("upsert", docs, [row("a"), row("b")], on=on)
     assert await stored(aengine) == {}
 
 
-@pytest.mark.needs("partial_indexes")
+@pytest.mark.needs("partial_indexes")  # MariaDB has no partial indexes
 async def test_a_column_with_only_a_partial_unique_index(
-    front: Front, aengine: AsyncEngine, sengine: Engine, backend: Backend
+    handle: Handle, aengine: AsyncEngine, sengine: Engine, backend: Backend
 ) -> None:
     """on="email" where the only unique index on email is partial: that index,
     with its WHERE (as naming the index does)."""
-    if backend.name == "mariadb":
-        pytest.skip("MariaDB has no partial indexes")
 
     async def call(rows: Any) -> Any:
-        if front.kind == "async":
-            return await onconflict.upsert(aengine, subscriptions, rows, on="email")
-        return onconflict.sync.upsert(sengine, subscriptions, rows, on="email")
+        return await handle.call("upsert", subscriptions, rows, on="email")
 
     first = await call([{"email": "a@x", "active": True}, {"email": "b@x", "active": False}])
     assert first.inserted_count == 2
@@ -729,11 +685,13 @@ async def test_a_column_with_only_a_partial_unique_index(
     ids=["update_all", "where"],
 )
 async def test_sql_expressions_as_values_of_other_columns(
-    front: Front, aengine: AsyncEngine, kw: dict[str, Any]
+    handle: Handle, aengine: AsyncEngine, kw: dict[str, Any]
 ) -> None:
-    first = await front.upsert([row("a", title=sa.func.lower("ONE"))], **kw)
+    first = await handle.call("upsert", docs, [row("a", title=sa.func.lower("ONE"))], **kw)
     assert first.inserted[0]["title"] == "one"
-    result = await front.upsert(
+    result = await handle.call(
+        "upsert",
+        docs,
         [row("a", title=sa.func.upper("two")), row("b", title=sa.func.lower("NEW")), row("c")],
         **kw,
     )
@@ -743,9 +701,9 @@ async def test_sql_expressions_as_values_of_other_columns(
     assert {k: v["title"] for k, v in now.items()} == {"a": "TWO", "b": "new", "c": "t"}
 
 
-async def test_sql_expression_in_the_key_is_refused(front: Front, aengine: AsyncEngine) -> None:
+async def test_sql_expression_in_the_key_is_refused(handle: Handle, aengine: AsyncEngine) -> None:
     with pytest.raises(ValueError, match=r"key columns .* need plain values"):
-        await front.upsert([row("a"), {**row("b"), "slug": sa.func.lower("B")}])
+        await handle.call("upsert", docs, [row("a"), {**row("b"), "slug": sa.func.lower("B")}])
     assert await stored(aengine) == {}
 
 
@@ -770,9 +728,8 @@ async def test_concurrent_upserts_of_rows_with_two_unique_keys(aengine: AsyncEng
         assert (await conn.execute(sa.select(sa.func.count()).select_from(users))).scalar() == 10
 
 
+@pytest.mark.databases("mariadb")  # the one-row-per-statement path of MySQL 8
 async def test_two_unique_keys_on_mysql_without_returning(backend: Backend) -> None:
-    if backend.name != "mariadb":
-        pytest.skip("the one-row-per-statement path of MySQL 8")
     engine = backend.async_engine()
     try:
         async with engine.connect():
@@ -795,14 +752,13 @@ async def test_two_unique_keys_on_mysql_without_returning(backend: Backend) -> N
         await engine.dispose()
 
 
-@pytest.mark.parametrize("handle", ["async_connection", "async_session", "connection", "session"])
+@pytest.mark.parametrize("held", ["async_connection", "async_session", "connection", "session"])
 async def test_two_keys_and_bound_updates_in_the_callers_transaction(
-    aengine: AsyncEngine, sengine: Engine, handle: str
+    aengine: AsyncEngine, sengine: Engine, held: str
 ) -> None:
     """The MariaDB paths above (bound values in update=, a second unique key,
     an other-key duplicate raised) inside the caller's transaction, on every
     handle: the caller commits what worked and rolls back what raised."""
-    from sqlalchemy.ext.asyncio import AsyncSession
     from sqlalchemy.orm import Session
 
     new = [{"id": 1, "email": "a@x", "name": "a"}, {"id": 2, "email": "b@x", "name": "b"}]
@@ -828,13 +784,13 @@ async def test_two_keys_and_bound_updates_in_the_callers_transaction(
             onconflict.sync.upsert(conn, users, clash)
         conn.rollback()
 
-    if handle == "async_connection":
+    if held == "async_connection":
         async with aengine.connect() as aconn:
             await run_async(aconn)
-    elif handle == "async_session":
+    elif held == "async_session":
         async with AsyncSession(aengine) as asession:
             await run_async(asession)
-    elif handle == "connection":
+    elif held == "connection":
         with sengine.connect() as conn:
             run_sync(conn)
     else:
