@@ -10,7 +10,6 @@ ordinary path then runs, and reports errors as SQLAlchemy does.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -91,9 +90,10 @@ class DriverStatement:
         return [proc(values[k]) if proc else values[k] for k, proc in self.params]
 
     def rows(self, records: list[Any]) -> list[Row]:
-        if self.plain:  # C-level: dict(zip(names, record)) for each record
-            return list(map(dict, map(zip, itertools.repeat(self.names), records)))
-        return list(map(self.row, records))
+        if self.plain:  # (a map chain measured no faster: 0.52-0.94 s vs 0.57-0.89 s, 10^6)
+            names = self.names
+            return [dict(zip(names, record, strict=True)) for record in records]
+        return [self.row(record) for record in records]
 
     def row(self, record: Any) -> Row:
         if self.plain:

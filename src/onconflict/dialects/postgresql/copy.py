@@ -36,7 +36,7 @@ def _copyable(cols: list[sa.Column[Any]], rows: list[Row], dialect: Dialect) -> 
         if pytype not in (int, str, float, bool, bytes):
             return None
         kinds.append(pytype)
-    # every row of a group has the same columns: one C-level getter for all
+    # every row of a group has the same columns: one getter for all
     get = operator.itemgetter(*(c.key for c in cols))
     records = list(map(get, rows))
     columns = [records] if len(cols) == 1 else list(zip(*records, strict=True))
