@@ -24,12 +24,15 @@ from sqlalchemy.dialects.postgresql import CITEXT
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from onconflict.classify import error_code
+
 SYNC_DRIVERS = {
     "asyncpg": "psycopg",
     "psycopg_async": "psycopg",
     "aiomysql": "pymysql",
     "asyncmy": "pymysql",
     "aiosqlite": "pysqlite",
+    "oc_blocking": "",  # DuckDB: tests/duckdb_backend.py's adapter; duckdb-engine itself
 }
 
 SEED_LOCK = "onconflict.seed"  # the name seed() locks by default
@@ -38,14 +41,17 @@ SEED_LOCK = "onconflict.seed"  # the name seed() locks by default
 def sync_url(url: str) -> str:
     u = make_url(url)
     backend, _, driver = u.drivername.partition("+")
-    return u.set(drivername=f"{backend}+{SYNC_DRIVERS.get(driver, driver)}").render_as_string(
+    sync = SYNC_DRIVERS.get(driver, driver)
+    return u.set(drivername=f"{backend}+{sync}" if sync else backend).render_as_string(
         hide_password=False
     )
 
 
 def driver_code(exc: BaseException) -> Any:
     """The driver's code of a database error: MySQL's errno (its sqlstate is a
-    generic 23000), PostgreSQL's SQLSTATE, SQLite's extended result code."""
+    generic 23000), PostgreSQL's SQLSTATE, SQLite's extended result code; else
+    the classifier's reading of it (DuckDB has no codes: the kind its message
+    names, such as ``"not null"``)."""
     orig = getattr(exc, "orig", None)
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int):
@@ -54,7 +60,7 @@ def driver_code(exc: BaseException) -> Any:
         code = getattr(orig, attr, None)
         if code is not None:
             return code
-    return None
+    return error_code(exc)
 
 
 # -- what differs between databases, as hooks -------------------------------------------
@@ -99,6 +105,19 @@ class Backend:
     url: str = ""  # async driver URL; set per test by the backend fixture
     server: bool = True  # a server (URL, connections, passwords); False: embedded
     concurrent_writers: bool = True  # False: writers are serialised (no interleaving)
+    writer_processes: bool = True  # several processes may write at once (DuckDB: one)
+    lock_waits: bool = True
+    """A writer waits for another transaction's uncommitted key or row (DuckDB
+    instead fails one of the two at once: optimistic concurrency)."""
+    savepoints: bool = True  # SAVEPOINT (strategy="classify", a session's nested work)
+    reflection: bool = True
+    """Tables can be reflected by name (duckdb-engine 0.17 on SQLAlchemy 2.1
+    reads pg_catalog.pg_collation, which DuckDB lacks)."""
+    case_insensitive_keys: bool = True
+    """A unique key can compare case-insensitively (``ci_string``,
+    ``ci_collation``; DuckDB's unique indexes compare bytes, whatever the
+    collation)."""
+    benchmarks: bool = True  # benchmarks/ runs on it (its peers, its URL)
     partial_indexes: bool = True
     expression_indexes: bool = True
     partitioned_tables: bool = False  # PARTITION BY / PARTITION OF
@@ -127,6 +146,9 @@ class Backend:
     on_connect: tuple[str, ...] = ()  # statements run on every new DBAPI connection
     engine_args: Mapping[str, Any] = field(default_factory=dict)  # defaults for engines
     pool_args: bool = True  # False: pool_size / max_overflow do not apply
+    imports: tuple[str, ...] = ()
+    """Modules the URL needs (a test-side dialect); missing: as a server that
+    does not answer."""
 
     def at(self, url: str) -> Backend:
         return dataclasses.replace(self, url=url)
@@ -269,7 +291,7 @@ POSTGRESQL = Backend(
 
 
 @contextlib.contextmanager
-def _mariadb_hold(engine: Engine, t: sa.Table) -> Iterator[None]:
+def _hold_row(engine: Engine, t: sa.Table) -> Iterator[None]:
     with engine.connect() as holder:
         holder.execute(t.update().where(t.c.id == 1).values(email="c"))  # row lock held
         yield
@@ -292,7 +314,7 @@ MARIADB = Backend(
     guarded_ignore=True,
     error_codes={"not_null": 1048, "check": 4025, "foreign_key": 1452, "too_long": 1406},
     isolation_levels=("READ COMMITTED", "REPEATABLE READ"),
-    transient=Transient(_mariadb_hold, _mariadb_provoke),
+    transient=Transient(_hold_row, _mariadb_provoke),
     seed_lock=SeedLock(
         lambda conn: conn.execute(sa.select(sa.func.get_lock(SEED_LOCK, 1))),
         lambda conn: conn.execute(sa.select(sa.func.release_lock(SEED_LOCK))),
@@ -310,7 +332,37 @@ MARIADB = Backend(
     default_url="mysql+aiomysql://root@127.0.0.1:3306/test",
 )
 
-BACKENDS: list[Backend] = [SQLITE, POSTGRESQL, MARIADB]
+# -- DuckDB ---------------------------------------------------------------------------
+# No async driver: the async front runs through tests/duckdb_backend.py's blocking
+# adapter (duckdb+oc_blocking), the sync front through duckdb-engine itself.
+
+DUCKDB = Backend(
+    "duckdb",
+    "duckdb",
+    server=False,
+    writer_processes=False,  # one process holds the file
+    lock_waits=False,  # a second writer of a row or key fails at once (or at COMMIT)
+    savepoints=False,
+    reflection=False,
+    case_insensitive_keys=False,
+    benchmarks=False,
+    partial_indexes=False,  # an index's WHERE is refused
+    expression_indexes=False,  # ON CONFLICT names columns only
+    enforces_length=False,
+    error_aborts_transaction=True,
+    # no codes: the kind the classifier reads from the message
+    error_codes={
+        "not_null": "not null",
+        "check": "check",
+        "foreign_key": "foreign key",
+        "too_long": None,
+    },
+    transient=Transient(_hold_row, _update_first),  # a write-write conflict, at once
+    embedded_url="duckdb+oc_blocking:///{dir}/test.duckdb",
+    imports=("tests.duckdb_backend",),
+)
+
+BACKENDS: list[Backend] = [SQLITE, POSTGRESQL, MARIADB, DUCKDB]
 BY_NAME = {b.name: b for b in BACKENDS}
 BY_DIALECT = {b.dialect: b for b in BACKENDS}
 

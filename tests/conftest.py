@@ -7,6 +7,7 @@ skipped with the reason.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -46,8 +47,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "handles(*kinds): the handle fixture's kinds for this test (tests/handles.py)"
     )
-    for b in SERVERS.values():  # each server's tests carry its name as a marker
-        config.addinivalue_line("markers", f"{b.name}: needs the {b.name} server ({b.env})")
+    for b in BACKENDS:  # each backend's tests carry its name as a marker
+        where = f"the {b.name} server ({b.env})" if b.server else f"{b.name} (embedded)"
+        config.addinivalue_line("markers", f"{b.name}: needs {where}")
     _database_per_worker()
 
 
@@ -135,10 +137,7 @@ def backend_params(metafunc_or_node: Any = None) -> list[Any]:
     chosen = BACKENDS
     if metafunc_or_node is not None:
         chosen = [b for b in BACKENDS if _wanted(b, metafunc_or_node)]
-    return [
-        pytest.param(b.name, marks=[getattr(pytest.mark, b.name)] if b.server else [], id=b.name)
-        for b in chosen
-    ]
+    return [pytest.param(b.name, marks=[getattr(pytest.mark, b.name)], id=b.name) for b in chosen]
 
 
 def _wanted(backend: Backend, node: Any) -> bool:
@@ -169,11 +168,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("handle", kinds, indirect=True)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup``, tests that must not overlap run on
     one worker, in turn: those of the one Galera cluster, and those opening
     dozens of connections at once (two of them at a time would pass
     PostgreSQL's default max_connections of 100)."""
+    _deselect_unwanted(config, items)
     for item in items:
         for group in ("galera", "crowd"):
             if item.get_closest_marker(group) is not None:
@@ -181,14 +181,47 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 break
 
 
+def _deselect_unwanted(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``needs`` mark on one ``pytest.param`` (such as ``strategy="classify"``,
+    which needs savepoints) is known only once the test is collected: drop the
+    combinations with a backend lacking the fact, as ``pytest_generate_tests``
+    drops those of a mark on the test."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        backend = _backend_of(item)
+        (kept if backend is None or _wanted(backend, item) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def _backend_of(item: pytest.Item) -> Backend | None:
+    callspec = getattr(item, "callspec", None)
+    name = callspec.params.get("backend") if callspec is not None else None
+    return BY_NAME.get(name) if isinstance(name, str) else None
+
+
 def backend_at(name: str, tmp_path: Path) -> Backend:
     """The backend of this name, at its URL (SQLite: a file in ``tmp_path``)."""
     declared = BY_NAME[name]
+    _import(declared)
     if not declared.server:
         return declared.at(declared.embedded_url.format(dir=tmp_path))
     url = os.environ.get(declared.env, declared.default_url)
     require_server(name, url)
     return declared.at(url)
+
+
+def _import(backend: Backend) -> None:
+    """The modules the backend's URL needs (``Backend.imports``), or say why not."""
+    for module in backend.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            missing(
+                f"{backend.name}: {module} cannot be imported ({exc}); pip install -e '.[test]'"
+            )
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from tests.conftest import Backend
 
 
 @pytest.mark.parametrize("kind", ["race", "bulk"])
+@pytest.mark.needs("benchmarks")
 def test_smoke(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -76,6 +77,7 @@ def test_race_without_a_terminal_shows_progress_quick_preset_and_missing_plots(
     assert "onconflict ops/s >= every peer's" in report
 
 
+@pytest.mark.needs("benchmarks")
 def test_one_row_smoke(backend: Backend, tmp_path: Path) -> None:
     """benchmarks.one_row at a tiny size: every contender, new rows and duplicates."""
     import subprocess

@@ -1,6 +1,6 @@
 """DuckDB: what it does differently, measured on the real thing (docs/dialects.md).
 
-The generic tests run on DuckDB as the ``duckdb`` backend (tests/conftest.py);
+The generic tests run on DuckDB as the ``duckdb`` backend (tests/backends.py);
 these pin the facts behind its support class, the refusals, the classifier on
 DuckDB's own errors, and what the async front does without an async driver.
 """

@@ -95,6 +95,7 @@ async def test_64_coroutines_update_or_create(aengine: AsyncEngine) -> None:
 
 
 @pytest.mark.crowd  # dozens of connections at once
+@pytest.mark.needs("writer_processes")
 def test_8_processes_one_key(backend: Backend, tmp_path: Path) -> None:
     """Separate processes (separate pools, separate event loops) at once."""
     start = time.time() + 3
@@ -149,6 +150,7 @@ async def test_works_inside_the_callers_transaction(aengine: AsyncEngine) -> Non
 
 
 @pytest.mark.needs("concurrent_writers")  # SQLite serialises writers: no interleaving
+@pytest.mark.needs("lock_waits")  # DuckDB fails the second writer instead
 async def test_lost_race_keeps_the_callers_earlier_work(
     aengine: AsyncEngine, backend: Backend
 ) -> None:

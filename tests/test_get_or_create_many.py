@@ -318,6 +318,7 @@ def check_race(outcomes: list[tuple[str, Any, bool]], distinct: int) -> None:
 
 
 @pytest.mark.crowd  # dozens of connections at once
+@pytest.mark.needs("writer_processes")
 def test_8_processes_overlapping_key_sets(backend: Backend, aengine: AsyncEngine) -> None:
     """Separate processes (pools, event loops) at once, on overlapping key sets."""
     start = time.time() + 3
@@ -410,6 +411,7 @@ async def test_mariadb_repeatable_read_finds_rows_committed_after_the_snapshot(
 
 
 @pytest.mark.needs("concurrent_writers")  # SQLite serialises writers: no interleaving
+@pytest.mark.needs("lock_waits")  # DuckDB fails the second writer instead
 async def test_lost_race_waits_for_the_other_transaction(
     aengine: AsyncEngine, backend: Backend
 ) -> None:
@@ -465,6 +467,7 @@ async def test_postgresql_one_statement_and_no_sequence_values_burnt(
 
 
 @pytest.mark.usefixtures("inheritance_tables")
+@pytest.mark.needs("savepoints")  # in a session: the rows of another class are undone
 async def test_single_table_inheritance(aengine: AsyncEngine, sengine: Engine) -> None:
     """Through a subclass: the discriminator is written, instances are of the
     subclass, and a key stored as another class's row is a mismatch."""

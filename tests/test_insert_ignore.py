@@ -22,6 +22,9 @@ from tests.schema import Item, accounts, active_email, pairs, subscriptions, tag
 # the async API on the async driver, and the sync twin on the sync driver
 pytestmark = [pytest.mark.usefixtures("tables"), pytest.mark.handles(*ENGINES)]
 
+# a SAVEPOINT per row: only where the database has savepoints
+CLASSIFY = pytest.param("classify", marks=pytest.mark.needs("savepoints"))
+
 
 async def rows_of(engine: AsyncEngine, table: sa.Table, order: Any = None) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
@@ -44,7 +47,7 @@ def statements(aengine: AsyncEngine) -> Iterator[list[str]]:
 # -- exact outcomes ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["native", "classify"])
+@pytest.mark.parametrize("strategy", ["native", CLASSIFY])
 async def test_mixed_batch_outcomes(handle: Handle, aengine: AsyncEngine, strategy: str) -> None:
     await handle.call("insert_ignore", users, [{"email": "a@x", "name": "alice"}])
     result = await handle.call(
@@ -135,7 +138,7 @@ BAD_ROW = {
 
 
 @pytest.mark.parametrize("alone", [False, True], ids=["batch", "alone"])
-@pytest.mark.parametrize("strategy", ["native", "classify"])
+@pytest.mark.parametrize("strategy", ["native", CLASSIFY])
 @pytest.mark.parametrize("violation", list(BAD_ROW))
 async def test_other_violations_raise_and_store_nothing(
     handle: Handle,
@@ -308,7 +311,7 @@ async def test_bad_handle(aengine: AsyncEngine) -> None:
 
 
 @pytest.mark.crowd  # dozens of connections at once
-@pytest.mark.parametrize("strategy", ["native", "classify"])
+@pytest.mark.parametrize("strategy", ["native", CLASSIFY])
 async def test_64_coroutines_insert_the_same_rows(aengine: AsyncEngine, strategy: Any) -> None:
     rows = [{"slug": f"key-{i:03d}", "label": "x"} for i in range(100)]
     counts: list[int] = []
@@ -399,6 +402,7 @@ async def test_first_call_in_a_transaction_stays_in_it(
 # -- the classify strategy -------------------------------------------------------
 
 
+@pytest.mark.needs("savepoints")
 async def test_classify_raises_for_a_duplicate_of_another_key(aengine: AsyncEngine) -> None:
     await onconflict.insert_ignore(
         aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY
@@ -417,6 +421,7 @@ async def test_classify_raises_for_a_duplicate_of_another_key(aengine: AsyncEngi
     assert any_key.existing == clash
 
 
+@pytest.mark.needs("savepoints")
 async def test_classify_primary_key_target(aengine: AsyncEngine) -> None:
     async with aengine.begin() as conn:
         await conn.execute(users.insert(), [{"id": 5, "email": "a@x", "name": "a"}])
@@ -426,6 +431,7 @@ async def test_classify_primary_key_target(aengine: AsyncEngine) -> None:
     assert result.existing_count == 1
 
 
+@pytest.mark.needs("savepoints")
 async def test_classify_keeps_the_callers_transaction_alive(aengine: AsyncEngine) -> None:
     """On PostgreSQL a failed INSERT aborts the transaction; the per-row SAVEPOINT
     keeps the caller's earlier work."""
@@ -440,6 +446,7 @@ async def test_classify_keeps_the_callers_transaction_alive(aengine: AsyncEngine
     assert [r["slug"] for r in await rows_of(aengine, tags)] == ["after", "mine", "new", "taken"]
 
 
+@pytest.mark.needs("savepoints")
 async def test_classify_logs_the_error_it_raises(
     aengine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -541,6 +548,7 @@ async def test_one_row_with_an_engine_on_mariadb_is_insert_and_commit(backend: B
         await engine.dispose()
 
 
+@pytest.mark.needs("isolation_levels")  # DuckDB's driver sets none, not even AUTOCOMMIT
 async def test_an_autocommit_engine_still_gets_all_or_nothing(backend: Backend) -> None:
     """An engine created with isolation_level="AUTOCOMMIT": a call that owns its
     work still runs in one transaction of its own. Without it, the first chunks
@@ -741,7 +749,7 @@ async def test_a_column_whose_only_unique_index_is_partial(
 # -- SQL expressions as row values ---------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["auto", "classify"])
+@pytest.mark.parametrize("strategy", ["auto", CLASSIFY])
 async def test_sql_expressions_as_values_of_other_columns(
     handle: Handle, aengine: AsyncEngine, strategy: Any
 ) -> None:

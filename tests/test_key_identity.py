@@ -390,6 +390,7 @@ def _ci_table(backend: Backend) -> sa.Table:
     )
 
 
+@pytest.mark.needs("case_insensitive_keys")
 async def test_case_insensitive_key_column(
     handle: Handle, backend: Backend, aengine: AsyncEngine
 ) -> None:
@@ -432,6 +433,7 @@ async def test_case_insensitive_key_column(
 # -- the other handles: connections, and the classify strategy ---------------------------
 
 
+@pytest.mark.needs("savepoints")
 async def test_connections_and_classify(aengine: AsyncEngine, sengine: Engine) -> None:
     async with aengine.begin() as conn:
         await conn.execute(ranked.insert(), [{"code": "a", "rank": 1}])

@@ -107,6 +107,7 @@ class Calls(RuleBasedStateMachine):
         assert stored == self.model
 
 
+@pytest.mark.needs("savepoints")  # the calls include strategy="classify"
 def test_calls_against_the_model(backend: Backend) -> None:
     engine = backend.sync_engine()
     Calls.engine = engine

@@ -69,6 +69,7 @@ def run_storm(url: str, processes: int = 16, coroutines: int = 64) -> list[dict[
 
 @pytest.mark.crowd  # dozens of connections at once
 @pytest.mark.slow
+@pytest.mark.needs("writer_processes")
 async def test_process_storm(aengine: AsyncEngine, backend: Backend) -> None:
     """16 processes x 64 coroutines mixing insert_ignore, upsert and get_or_create
     on 20 hot keys: every key once, one creator per key, no error."""
@@ -281,6 +282,7 @@ async def test_invalid_identifiers_are_refused(
         await onconflict.insert_ignore(aengine, storm, rows, **kw)
 
 
+@pytest.mark.needs("reflection")  # the CLI reflects the tables it seeds
 async def test_hostile_seed_file(backend: Backend, hostile: sa.Table, tmp_path: Path) -> None:
     data = {HOSTILE_TABLE: [{HOSTILE_KEY: "a", HOSTILE_COL: "'; DROP TABLE x; --"}]}
     path = tmp_path / "hostile.json"

@@ -63,6 +63,7 @@ async def test_insert_twice_children_listed_first(aengine: AsyncEngine) -> None:
     assert not again.changed
 
 
+@pytest.mark.needs("reflection")
 async def test_tables_by_name_are_reflected(aengine: AsyncEngine, sengine: Any) -> None:
     report = onconflict.sync.seed(sengine, {"users": USERS, "roles": ROLES})
     assert report.total("inserted") == 4
@@ -151,6 +152,7 @@ async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Back
 
 
 @pytest.mark.crowd  # dozens of connections at once
+@pytest.mark.needs("writer_processes")
 def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
     """docs' FastAPI example: eight workers run the start-up seeding at once."""
     url = backend.url
@@ -177,6 +179,7 @@ def test_8_processes_start_the_fastapi_app_at_once(backend: Backend) -> None:
 
 
 @pytest.mark.parametrize("driver", ["async", "sync"])
+@pytest.mark.needs("writer_processes")
 def test_4_replicas_seed_a_fresh_database_with_the_cli_at_once(
     backend: Backend, driver: str
 ) -> None:
