@@ -25,6 +25,7 @@ from onconflict._target import ANY_KEY
 from onconflict.classify import UniqueViolation, is_transient, is_unique_violation, unique_violation
 from onconflict.exceptions import (
     LookupMismatchError,
+    NotReturnedError,
     NotSupportedError,
     OnConflictError,
     OutcomeMismatchError,
@@ -39,6 +40,7 @@ __all__ = [
     "GetOrCreateResult",
     "InsertResult",
     "LookupMismatchError",
+    "NotReturnedError",
     "NotSupportedError",
     "OnConflictError",
     "OutcomeMismatchError",

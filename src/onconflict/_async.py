@@ -42,6 +42,7 @@ from onconflict._handles import (
     transaction_options,
 )
 from onconflict._insert_ignore import (
+    Returning,
     Strategy,
     execute_insert_ignore,
     insert_result,
@@ -96,6 +97,7 @@ async def insert_ignore(
     on: OnTarget = None,
     strategy: Strategy = "auto",
     retry: Retry | None = DEFAULT_RETRY,
+    returning: Returning = True,
 ) -> InsertResult:
     """Insert the rows that are not there yet; skip duplicates and nothing else.
 
@@ -117,10 +119,16 @@ async def insert_ignore(
     error) or ``"auto"`` (native where the database has it). ``retry``: how to
     retry transient errors when the call owns the transaction (an engine);
     ``None`` never retries.
+
+    ``returning``: what ``InsertResult.inserted`` holds. ``True``: the stored
+    rows, every column. Column names (attribute names for a mapped class):
+    only those columns. ``False``: counts only: ``inserted_count`` and
+    ``existing_count`` are exact, no row is built (reading ``inserted`` or
+    ``existing`` raises ``NotReturnedError``).
     """
-    prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy)
+    prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy, returning)
     if prepared.empty:
-        return InsertResult()
+        return insert_result(prepared, {})
     if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
         if isinstance(conn, AsyncEngine) and prepared.support is not None:
             stored = await driver_path(conn.dialect).insert_ignore(conn, prepared)

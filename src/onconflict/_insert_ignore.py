@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,6 +45,7 @@ from onconflict.result import InsertResult
 
 Row = dict[str, Any]
 Strategy = Literal["auto", "native", "classify"]
+Returning = bool | Sequence[str]
 STRATEGIES: tuple[str, ...] = ("auto", "native", "classify")
 logger = logging.getLogger("onconflict")
 
@@ -76,7 +77,10 @@ class PreparedInsert:
         self.keys = Keys(self.table, self.dialect)
 
     statement: Insert | None = None
-    returning: bool = True
+    returning: bool = True  # the statement returns its rows (the server can)
+    counts_only: bool = False  # returning=False: the caller wants counts, no rows
+    wanted: tuple[str, ...] | None = None  # the column keys results keep (None: all)
+    counting: bool = False  # the dialect counts inserted rows exactly: no rows read
     groups: list[_Group] = field(default_factory=list)
     duplicate_of: dict[int, int] = field(default_factory=dict)  # in-call repeats
     max_rows: dict[tuple[str, ...], int] = field(default_factory=dict)
@@ -103,7 +107,7 @@ class PreparedInsert:
         return [self.row_keys[i] for i in indexes]
 
     def statements(self) -> int:
-        if not self.returning or not self.native:
+        if not self.counting and (not self.returning or not self.native):
             return sum(len(g.indexes) for g in self.groups)
         return sum(len(list(self.chunks(g))) for g in self.groups)
 
@@ -133,13 +137,39 @@ def prepare_insert_ignore(
     rows: Iterable[Mapping[str, Any]],
     on: OnTarget,
     strategy: Strategy = "auto",
+    returning: Returning = True,
 ) -> PreparedInsert:
     """Validate and plan an insert_ignore call. Pure: no I/O."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    wanted = wanted_columns(table, returning)
     given = rows if isinstance(rows, list) else list(rows)
     with paused(len(given)):
-        return _prepare_insert_ignore(dialect, table, given, on, strategy)
+        prepared = _prepare_insert_ignore(dialect, table, given, on, strategy)
+    prepared.counts_only, prepared.wanted = wanted == (), wanted or None
+    return prepared
+
+
+def wanted_columns(table: Any, returning: Returning) -> tuple[str, ...] | None:
+    """``returning=`` as column keys: None for every column (True), () for
+    counts only (False, or no names), else the named columns (result keys: the
+    attribute names of a mapped class). Unknown names raise before any SQL."""
+    if returning is True:
+        return None
+    if returning is False:
+        return ()
+    names = (returning,) if isinstance(returning, str) else tuple(returning)
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"returning must be True, False or column names, not {returning!r}")
+    _tbl, _keys, outmap = resolve_table(table)
+    by_result = {result: column for column, result in outmap.items()}
+    unknown = [n for n in names if n not in by_result]
+    if unknown:
+        raise ValueError(
+            f"returning names {', '.join(map(repr, unknown))}, not a column of"
+            f" {_tbl.name!r} (known: {', '.join(sorted(by_result))})"
+        )
+    return tuple(dict.fromkeys(by_result[n] for n in names))
 
 
 def _prepare_insert_ignore(
@@ -187,7 +217,13 @@ def _bind(prepared: PreparedInsert, dialect: Dialect) -> DialectSupport:
     support = prepared.support
     assert support is not None
     prepared.returning = support.returning(dialect)
-    if prepared.native:
+    counted = None
+    if prepared.counts_only and prepared.native:  # where the dialect counts exactly
+        counted = support.count_statement(prepared.table, prepared.target)
+    prepared.counting = counted is not None
+    if counted is not None:
+        stmt = counted
+    elif prepared.native:
         stmt = support.insert_ignore(prepared.table, prepared.target, prepared.returning)
     else:
         stmt = sa.insert(prepared.table)
@@ -348,6 +384,9 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
             _group(prepared, prepared.keep, prepared.bulk_from)  # repeats as the server sees them
         atomic = not owned and prepared.statements() > 1
         with support.atomic(conn) if atomic else nullcontext():
+            if prepared.counting:  # counts only: no row is read back
+                inserted = _count_native(conn, prepared, support)
+                return InsertResult.counted(inserted, len(prepared.given) - inserted)
             if prepared.native:
                 stored = _write_native(conn, prepared, support)
             else:
@@ -377,14 +416,18 @@ def server_identity(
 
 def insert_result(prepared: PreparedInsert, stored: dict[int, Row]) -> InsertResult:
     """The result, from the stored rows by input position (built complete: the
-    result is frozen)."""
+    result is frozen); counts only for ``returning=False``."""
+    if prepared.counts_only:
+        return InsertResult.counted(len(stored), len(prepared.given) - len(stored))
     inserted: list[Mapping[str, Any]] = []
     existing: list[Mapping[str, Any]] = []
-    out = prepared.outmap
+    out, wanted = prepared.outmap, prepared.wanted
     renamed = any(k != v for k, v in out.items())  # an ORM class with other attribute names
     for i, given in enumerate(prepared.given):
         if i in stored:
             row = stored[i]
+            if wanted is not None:  # only the columns asked for (that the row has)
+                row = {k: row[k] for k in wanted if k in row}
             inserted.append({out.get(k, k): v for k, v in row.items()} if renamed else row)
         else:
             existing.append(given)
@@ -402,6 +445,27 @@ def _write_native(
             if one is not None:
                 stored[i] = one
     return stored
+
+
+def _count_native(conn: Connection, prepared: PreparedInsert, support: DialectSupport) -> int:
+    """Counts only: each group with the dialect's counting statement (no rows
+    read back), or its bulk path for a large group; how many rows were inserted."""
+    stmt, rows = prepared.statement, prepared.rows
+    assert stmt is not None
+    inserted = 0
+    for group in prepared.groups:
+        if len(group.indexes) > prepared.max_rows[group.columns]:
+            batch = [rows[i] for i in group.indexes]
+            bulk = support.count_bulk(
+                conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
+            )
+            if bulk is not None:
+                inserted += bulk
+                continue
+            in_key_order(prepared, group)  # the statements take the rows in key order
+        for chunk in prepared.chunks(group):
+            inserted += support.write_count(conn, stmt, [rows[i] for i in chunk])
+    return inserted
 
 
 def _write_group(

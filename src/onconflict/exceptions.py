@@ -18,6 +18,13 @@ class NotSupportedError(OnConflictError):
     """The database or its version has no duplicate-only form for this operation."""
 
 
+class NotReturnedError(OnConflictError, AttributeError):
+    """An ``InsertResult`` of a counts-only call (``insert_ignore(...,
+    returning=False)``) was asked for its rows (``inserted`` / ``existing``):
+    the call did not read them. An ``AttributeError`` too, so ``hasattr``
+    answers False."""
+
+
 class UnsafeInsertError(OnConflictError):
     """``INSERT IGNORE`` reported something other than a duplicate key.
 

@@ -33,7 +33,13 @@ from onconflict._get_or_create_many import (
     prepare_get_or_create_many,
 )
 from onconflict._handles import SYNC_EXPECTED, dialect_of, session_connection, transaction_options
-from onconflict._insert_ignore import Strategy, execute_insert_ignore, prepare_insert_ignore
+from onconflict._insert_ignore import (
+    Returning,
+    Strategy,
+    execute_insert_ignore,
+    insert_result,
+    prepare_insert_ignore,
+)
 from onconflict._seed import DEFAULT_LOCK, Mode, Progress, SeedReport, execute_seed, prepare_seed
 from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
@@ -75,6 +81,7 @@ def insert_ignore(
     on: OnTarget = None,
     strategy: Strategy = "auto",
     retry: Retry | None = DEFAULT_RETRY,
+    returning: Returning = True,
 ) -> InsertResult:
     """Insert the rows that are not there yet; skip duplicates and nothing else.
 
@@ -96,10 +103,16 @@ def insert_ignore(
     error) or ``"auto"`` (native where the database has it). ``retry``: how to
     retry transient errors when the call owns the transaction (an engine);
     ``None`` never retries.
+
+    ``returning``: what ``InsertResult.inserted`` holds. ``True``: the stored
+    rows, every column. Column names (attribute names for a mapped class):
+    only those columns. ``False``: counts only: ``inserted_count`` and
+    ``existing_count`` are exact, no row is built (reading ``inserted`` or
+    ``existing`` raises ``NotReturnedError``).
     """
-    prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy)
+    prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy, returning)
     if prepared.empty:
-        return InsertResult()
+        return insert_result(prepared, {})
     return _run(conn, execute_insert_ignore, prepared, retry)
 
 

@@ -201,6 +201,12 @@ class DialectSupport:
         """The statement that inserts rows and skips duplicates of ``target``."""
         raise NotSupportedError(f"no native duplicate-only insert for {self.name}")
 
+    def count_statement(self, table: sa.Table, target: ConflictTarget) -> Insert | None:
+        """The duplicate-only insert of a counts-only call (``returning=False``),
+        run by ``write_count``; None where the database cannot count inserted
+        rows exactly without reading them (the rows are then read, and counted)."""
+        return None
+
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         """Build ``plan.statement`` (and any ``plan.extra``): pure."""
         raise NotSupportedError(f"upsert has no native form for {self.name}")
@@ -221,6 +227,11 @@ class DialectSupport:
         """Execute ``stmt`` (with RETURNING) for rows sharing one key set, as ONE
         statement; return the rows the database reports as inserted."""
         return [dict(m) for m in execute_rows(conn, stmt, rows).mappings()]
+
+    def write_count(self, conn: Connection, stmt: Insert, rows: list[Row]) -> int:
+        """Execute ``count_statement`` for rows sharing one key set; how many
+        were inserted (the driver's row count of an executemany, as sqlite3 sums it)."""
+        return int(execute_rows(conn, stmt, rows).rowcount)
 
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         """Without RETURNING: insert one row, the stored row or None if it was a duplicate."""
@@ -247,6 +258,19 @@ class DialectSupport:
         statements then run). Returns the inserted rows, like write_many.
         ``in_key_order``: the rows already are in key order (the lock order);
         otherwise this path puts them in it."""
+        return None
+
+    def count_bulk(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        target: ConflictTarget,
+        columns: tuple[str, ...],
+        rows: list[Row],
+        in_key_order: bool = False,
+    ) -> int | None:
+        """``write_bulk`` for a counts-only call: how many rows were inserted,
+        or None (the usual statements then run)."""
         return None
 
     def write_upsert(self, conn: Connection, plan: UpsertPlan, rows: list[Row]) -> list[Outcome]:

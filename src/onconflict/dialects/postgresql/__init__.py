@@ -27,7 +27,7 @@ from onconflict._excluded import has_expressions
 from onconflict._keys import Keys
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import Capabilities, DialectSupport
-from onconflict.dialects.common import is_string, needs_context, python_defaults
+from onconflict.dialects.common import execute_rows, is_string, needs_context, python_defaults
 from onconflict.dialects.errors import error_code
 from onconflict.dialects.plans import FetchPlan, Outcome, Row, UpsertPlan
 from onconflict.dialects.postgresql import build, copy, write
@@ -52,6 +52,14 @@ class PostgresWire(DialectSupport):
 
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return build.insert_ignore(table, target, returning)
+
+    def count_statement(self, table: sa.Table, target: ConflictTarget) -> Insert | None:
+        return build.insert_counted(table, target)
+
+    def write_count(self, conn: Connection, stmt: Insert, rows: list[Row]) -> int:
+        """The drivers give no row count for an executemany: the statement
+        returns one column of each inserted row, and those are counted."""
+        return len(execute_rows(conn, stmt, rows).all())
 
     def key_identity(
         self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]
@@ -143,6 +151,7 @@ class PostgreSQL(PostgresWire):
     # the COPY path of a large group on asyncpg
     bulk_rows = staticmethod(copy.bulk_rows)
     write_bulk = staticmethod(copy.write_bulk)
+    count_bulk = staticmethod(copy.count_bulk)
 
     @contextmanager
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:

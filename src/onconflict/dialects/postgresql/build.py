@@ -24,6 +24,14 @@ def insert_ignore(table: sa.Table, target: ConflictTarget, returning: bool) -> I
     return do_nothing(pg.insert(table), table, target, returning)
 
 
+def insert_counted(table: sa.Table, target: ConflictTarget) -> Insert:
+    """A counts-only call's ``INSERT ... ON CONFLICT DO NOTHING RETURNING pk``:
+    one column of each inserted row, to count (the drivers give no row count
+    for an executemany)."""
+    one = next(iter(table.primary_key), None)
+    return insert_ignore(table, target, False).returning(one if one is not None else table.c[0])
+
+
 def upsert_flagged(plan: UpsertPlan) -> Any:
     """``ON CONFLICT DO UPDATE ... RETURNING *, xmax = 0``: xmax is 0 on a row
     version this statement inserted, and set (to the locking transaction) on

@@ -1,15 +1,19 @@
 """The COPY bulk path of a large insert_ignore on asyncpg: COPY into a
-temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING."""
+temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING
+(without RETURNING for a counts-only call: the server's command tag counts)."""
 
 from __future__ import annotations
 
 import operator
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only
 
 from onconflict._gc import paused
@@ -85,6 +89,54 @@ def write_bulk(
     column needs SQLAlchemy's own value processing, so that COPY cannot fail
     half way on a conversion; otherwise (or below the threshold) None.
     """
+    copied = _copy_in(conn, table, target, columns, rows, in_key_order, returning=True)
+    if copied is None:
+        return None
+    driver, stmt, scratch = copied
+    # the returned rows come straight from asyncpg, with SQLAlchemy's result
+    # processing where a type has one: for a million rows that is seconds saved
+    fast = DriverStatement(stmt, conn.dialect, table.c)
+    with as_sqlalchemy_errors(conn, fast.sql):
+        fetched = await_only(driver.fetch(fast.sql))
+    with paused(len(fetched)):
+        returned = fast.rows(fetched)
+    scratch.drop(conn)
+    return returned
+
+
+def count_bulk(
+    conn: Connection,
+    table: sa.Table,
+    target: ConflictTarget,
+    columns: tuple[str, ...],
+    rows: list[Row],
+    in_key_order: bool = False,
+) -> int | None:
+    """``write_bulk`` for a counts-only call: the INSERT ... SELECT has no
+    RETURNING, and the count is the server's command tag (``INSERT 0 n``)."""
+    copied = _copy_in(conn, table, target, columns, rows, in_key_order, returning=False)
+    if copied is None:
+        return None
+    driver, stmt, scratch = copied
+    sql = DriverStatement(stmt, conn.dialect, ()).sql
+    with as_sqlalchemy_errors(conn, sql):
+        tag = await_only(driver.execute(sql))
+    scratch.drop(conn)
+    return int(tag.rsplit(" ", 1)[-1])
+
+
+def _copy_in(
+    conn: Connection,
+    table: sa.Table,
+    target: ConflictTarget,
+    columns: tuple[str, ...],
+    rows: list[Row],
+    in_key_order: bool,
+    returning: bool,
+) -> tuple[Any, Insert, sa.Table] | None:
+    """COPY the rows into a temporary table: the asyncpg connection, the
+    INSERT ... SELECT ... ON CONFLICT DO NOTHING from it, and the temporary
+    table (dropped by the caller); None where the path does not apply."""
     records = _records(conn, table, target, columns, rows)
     if records is None:
         return None
@@ -98,20 +150,32 @@ def write_bulk(
     )
     scratch.create(conn)  # through SQLAlchemy: the transaction is begun
     driver: Any = conn.connection.driver_connection
-    await_only(
-        driver.copy_records_to_table(scratch.name, records=records, columns=[c.name for c in cols])
-    )
+    names = [c.name for c in cols]
+    with as_sqlalchemy_errors(conn, f"COPY {scratch.name}"):
+        await_only(driver.copy_records_to_table(scratch.name, records=records, columns=names))
     source = sa.select(*(scratch.c[c.name] for c in cols))
     if not in_key_order and target.columns and set(target.columns) <= set(columns):
         source = source.order_by(*(scratch.c[table.c[k].name] for k in target.columns))
     stmt = do_nothing(
-        pg.insert(table).from_select([c.name for c in cols], source), table, target, True
+        pg.insert(table).from_select([c.name for c in cols], source), table, target, returning
     )
-    # the returned rows come straight from asyncpg, with SQLAlchemy's result
-    # processing where a type has one: for a million rows that is seconds saved
-    fast = DriverStatement(stmt, conn.dialect, table.c)
-    fetched = await_only(driver.fetch(fast.sql))
-    with paused(len(fetched)):
-        returned = fast.rows(fetched)
-    scratch.drop(conn)
-    return returned
+    return driver, stmt, scratch
+
+
+@contextmanager
+def as_sqlalchemy_errors(conn: Connection, statement: str) -> Iterator[None]:
+    """Errors of work done on the asyncpg connection itself, raised as
+    SQLAlchemy raises a statement's: a ``DBAPIError`` subclass (``DataError``,
+    ``IntegrityError``, ...) whose ``orig`` is the driver adapter's error, with
+    asyncpg's exception chained to it (its ``__cause__``)."""
+    try:
+        yield
+    except Exception as exc:
+        dbapi: Any = conn.dialect.loaded_dbapi
+        adapter: Any = conn.connection.dbapi_connection
+        try:
+            adapter._handle_exception(exc)  # raises it as the adapter's DBAPI error
+        except dbapi.Error as adapted:
+            wrapped = sa.exc.DBAPIError.instance(statement, None, adapted, dbapi.Error)
+            raise wrapped from adapted
+        raise

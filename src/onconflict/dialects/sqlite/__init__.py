@@ -56,6 +56,11 @@ class SQLite(DialectSupport):
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return build.insert_ignore(table, target, returning)
 
+    def count_statement(self, table: sa.Table, target: ConflictTarget) -> Insert | None:
+        """Counts only: the statement without RETURNING; sqlite3 sums the rows
+        an executemany inserted (``write_count``)."""
+        return build.insert_ignore(table, target, False)
+
     def savepoint(self, conn: Connection) -> AbstractContextManager[NestedTransaction]:
         begun(conn)
         return super().savepoint(conn)
