@@ -246,3 +246,42 @@ async def test_bad_rows_on_the_copy_path_raise_as_sqlalchemy_errors(
     assert raised.value.orig is not None
     assert getattr(raised.value.orig, "sqlstate", None) in ("22001", "23502")
     assert await stored(aengine, pairs, "a") == []
+
+
+async def test_counts_only_on_the_copy_path_with_repeats_the_server_folds(
+    backend: Backend, aengine: AsyncEngine, copy_threshold: int
+) -> None:
+    """A key column whose collation ignores case: repeats differing in case are
+    repeats (the server says so), and the first of them is the row stored."""
+    if backend.name != "postgresql":
+        pytest.skip("the COPY path is PostgreSQL's (asyncpg)")
+    icu = sa.MetaData()
+    ci = sa.Table(
+        "oc_rt_icu",
+        icu,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(20, collation="oc_rt_ci"), nullable=False, unique=True),
+        sa.Column("n", sa.Integer, nullable=True),
+    )
+    async with aengine.begin() as conn:
+        await conn.execute(
+            sa.DDL(
+                "CREATE COLLATION IF NOT EXISTS oc_rt_ci"
+                " (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+            )
+        )
+        await conn.run_sync(icu.drop_all)
+        await conn.run_sync(icu.create_all)
+    try:
+        await onconflict.insert_ignore(aengine, ci, [{"code": "k-1", "n": 0}])
+        rows = [{"code": f"K-{i}", "n": 1} for i in range(copy_threshold)]
+        rows += [{"code": f"k-{i}", "n": 2} for i in range(10)]
+        got = await onconflict.insert_ignore(aengine, ci, rows, returning=False)
+        assert (got.inserted_count, got.existing_count) == (copy_threshold - 1, 11)
+        stored_rows = dict(await stored(aengine, ci, "code", "n"))
+        assert len(stored_rows) == copy_threshold
+        assert stored_rows["k-1"] == 0
+        assert stored_rows["K-2"] == 1  # the first of K-2 / k-2
+    finally:
+        async with aengine.begin() as conn:
+            await conn.run_sync(icu.drop_all)

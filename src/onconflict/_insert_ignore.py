@@ -81,6 +81,7 @@ class PreparedInsert:
     counts_only: bool = False  # returning=False: the caller wants counts, no rows
     wanted: tuple[str, ...] | None = None  # the column keys results keep (None: all)
     counting: bool = False  # the dialect counts inserted rows exactly: no rows read
+    lean: bool = False  # one group, repeats left to the statement (see _lean)
     groups: list[_Group] = field(default_factory=list)
     duplicate_of: dict[int, int] = field(default_factory=dict)  # in-call repeats
     max_rows: dict[tuple[str, ...], int] = field(default_factory=dict)
@@ -145,9 +146,7 @@ def prepare_insert_ignore(
     wanted = wanted_columns(table, returning)
     given = rows if isinstance(rows, list) else list(rows)
     with paused(len(given)):
-        prepared = _prepare_insert_ignore(dialect, table, given, on, strategy)
-    prepared.counts_only, prepared.wanted = wanted == (), wanted or None
-    return prepared
+        return _prepare_insert_ignore(dialect, table, given, on, strategy, wanted)
 
 
 def wanted_columns(table: Any, returning: Returning) -> tuple[str, ...] | None:
@@ -173,11 +172,18 @@ def wanted_columns(table: Any, returning: Returning) -> tuple[str, ...] | None:
 
 
 def _prepare_insert_ignore(
-    dialect: Dialect, table: Any, rows: list[Mapping[str, Any]], on: OnTarget, strategy: str
+    dialect: Dialect,
+    table: Any,
+    rows: list[Mapping[str, Any]],
+    on: OnTarget,
+    strategy: str,
+    wanted: tuple[str, ...] | None = None,
 ) -> PreparedInsert:
     head = read_rows(table, rows, on)
     if head is None:
-        return PreparedInsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
+        empty = PreparedInsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
+        empty.counts_only = wanted == ()
+        return empty
     tbl, given, data, outmap, target = head
     support, native = _choose(dialect, strategy)
     support.check_target(tbl, target)
@@ -185,9 +191,12 @@ def _prepare_insert_ignore(
         tbl, target, data, support, given=given, outmap=outmap, dialect=dialect
     )
     prepared.native = native
+    prepared.counts_only, prepared.wanted = wanted == (), wanted or None
     refuse_key_expressions(tbl, data, prepared.keyed)
     # groups the dialect writes with its bulk path are put in key order there
-    _group(prepared, bulk_from=support.bulk_rows(dialect) if native else None)
+    bulk_from = support.bulk_rows(dialect) if native else None
+    if not _lean(prepared, bulk_from):
+        _group(prepared, bulk_from=bulk_from)
     if native and not support.targets_conflicts and not target.any_key:
         _check_reachable(prepared)
     return prepared
@@ -250,7 +259,7 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
     those of ``bulk_from`` rows or more: the dialect's bulk path orders those
     on the server (or ``in_key_order`` sorts them if it declines).
     """
-    prepared.keep, prepared.bulk_from = keep, bulk_from
+    prepared.keep, prepared.bulk_from, prepared.lean = keep, bulk_from, False
     prepared.duplicate_of.clear()
     row_keys = prepared.row_keys = _row_keys(prepared)
     winner = _winners(prepared, row_keys, keep)
@@ -261,6 +270,29 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
         else:  # already in key order (a sorted export, say)? then nobody sorts it
             group.in_key_order = _sorted(row_keys, group.indexes)
     prepared.groups = groups
+
+
+def _lean(prepared: PreparedInsert, bulk_from: int | None) -> bool:
+    """A large counts-only call for the dialect's bulk path, every row of one
+    shape: one group of every row in input order, and keys repeated in the
+    call are left to the statement (``DO NOTHING`` skips a repeat as a
+    duplicate; the bulk path keeps input order among equal keys, so the first
+    row of a key is the one stored, as when repeats are resolved here). No
+    per-row key work: nothing is paired. If the server folds keys (a
+    collation) or the bulk path declines, the usual plan is made then."""
+    rows, target = prepared.rows, prepared.target
+    if not prepared.counts_only or bulk_from is None or len(rows) < bulk_from:
+        return False
+    if evaluated_key(target) is not None or prepared.keyed != target.columns:
+        return False  # an expression or partial index: the usual plan
+    first = rows[0].keys()
+    if not all(row.keys() == first for row in rows):
+        return False
+    prepared.keep, prepared.bulk_from = "first", bulk_from
+    cols = tuple(sorted(first))
+    prepared.groups = [_Group(cols, list(range(len(rows))), _match_of(prepared.keyed, cols))]
+    prepared.lean = True
+    return True
 
 
 def _shapes(
@@ -380,7 +412,8 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
     """Run a prepared call on a synchronous connection. The only I/O of insert_ignore."""
     support = _bind(prepared, conn.dialect)
     with support.scope(conn, owned):
-        if server_identity(conn, prepared, support, len(prepared.rows) > 1):
+        folded = server_identity(conn, prepared, support, len(prepared.rows) > 1)
+        if folded or (prepared.lean and not prepared.counting):
             _group(prepared, prepared.keep, prepared.bulk_from)  # repeats as the server sees them
         atomic = not owned and prepared.statements() > 1
         with support.atomic(conn) if atomic else nullcontext():
@@ -452,13 +485,16 @@ def _count_native(conn: Connection, prepared: PreparedInsert, support: DialectSu
     read back), or its bulk path for a large group; how many rows were inserted."""
     stmt, rows = prepared.statement, prepared.rows
     assert stmt is not None
+    if prepared.lean:  # every row, one group: the bulk path, or the usual plan after all
+        bulk = _count_bulk(conn, prepared, support, prepared.groups[0])
+        if bulk is not None:
+            return bulk
+        _group(prepared, prepared.keep, prepared.bulk_from)
+        budgets(prepared, support, conn.dialect)
     inserted = 0
     for group in prepared.groups:
         if len(group.indexes) > prepared.max_rows[group.columns]:
-            batch = [rows[i] for i in group.indexes]
-            bulk = support.count_bulk(
-                conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
-            )
+            bulk = _count_bulk(conn, prepared, support, group)
             if bulk is not None:
                 inserted += bulk
                 continue
@@ -466,6 +502,15 @@ def _count_native(conn: Connection, prepared: PreparedInsert, support: DialectSu
         for chunk in prepared.chunks(group):
             inserted += support.write_count(conn, stmt, [rows[i] for i in chunk])
     return inserted
+
+
+def _count_bulk(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
+) -> int | None:
+    batch = prepared.rows if prepared.lean else [prepared.rows[i] for i in group.indexes]
+    return support.count_bulk(
+        conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
+    )
 
 
 def _write_group(

@@ -155,7 +155,11 @@ def _copy_in(
         await_only(driver.copy_records_to_table(scratch.name, records=records, columns=names))
     source = sa.select(*(scratch.c[c.name] for c in cols))
     if not in_key_order and target.columns and set(target.columns) <= set(columns):
-        source = source.order_by(*(scratch.c[table.c[k].name] for k in target.columns))
+        # in key order (the lock order); among equal keys in COPY order (the
+        # temporary table's physical order): the first row of a repeated key
+        # is the one a counts-only call stores, as when repeats are resolved first
+        keys = [scratch.c[table.c[k].name] for k in target.columns]
+        source = source.order_by(*keys, sa.column("ctid"))
     stmt = do_nothing(
         pg.insert(table).from_select([c.name for c in cols], source), table, target, returning
     )
