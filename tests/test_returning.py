@@ -1,7 +1,7 @@
 """insert_ignore(..., returning=...): counts only, or only the columns asked for.
 
-On every backend, both fronts, an engine (the call owns its work) and a
-connection (the caller's transaction): counts exact with existing rows and
+On every backend, through every handle (tests/handles.py: both fronts, an
+engine, a connection, a session): counts exact with existing rows and
 keys repeated in the call, the same rows stored as with the full result, bad
 rows raising with nothing stored, and PostgreSQL's COPY path above its
 threshold.
@@ -18,37 +18,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import onconflict
-import onconflict.sync
-from tests.conftest import Backend
+from tests.backends import Backend
+from tests.handles import Handle
 from tests.schema import Item, pairs, users
 
 pytestmark = pytest.mark.usefixtures("tables")
-
-HANDLES = ["async-engine", "async-connection", "sync-engine", "sync-connection"]
-
-
-class Handle:
-    """One way of calling insert_ignore: a front and a handle. A connection's
-    call runs in a transaction the test commits (or rolls back on error)."""
-
-    def __init__(self, kind: str, aengine: AsyncEngine, sengine: Engine) -> None:
-        self.kind, self.aengine, self.sengine = kind, aengine, sengine
-
-    async def insert_ignore(self, table: Any, rows: Any, **kw: Any) -> onconflict.InsertResult:
-        if self.kind == "async-engine":
-            return await onconflict.insert_ignore(self.aengine, table, rows, **kw)
-        if self.kind == "async-connection":
-            async with self.aengine.begin() as conn:
-                return await onconflict.insert_ignore(conn, table, rows, **kw)
-        if self.kind == "sync-engine":
-            return onconflict.sync.insert_ignore(self.sengine, table, rows, **kw)
-        with self.sengine.begin() as sconn:
-            return onconflict.sync.insert_ignore(sconn, table, rows, **kw)
-
-
-@pytest.fixture(params=HANDLES)
-def handle(request: pytest.FixtureRequest, aengine: AsyncEngine, sengine: Engine) -> Handle:
-    return Handle(request.param, aengine, sengine)
 
 
 async def stored(engine: AsyncEngine, table: sa.Table, *columns: str) -> list[tuple[Any, ...]]:
@@ -78,7 +52,7 @@ async def test_counts_only_are_exact(handle: Handle, aengine: AsyncEngine) -> No
     await onconflict.insert_ignore(aengine, pairs, [{"a": i, "b": 0, "v": "old"} for i in (1, 3)])
     rows = [{"a": i, "b": 0, "v": f"n{i}"} for i in range(6)]
     rows += [{"a": 2, "b": 0, "v": "repeat"}, {"a": 4, "b": 0}, {"a": 3, "b": 0, "v": "x"}]
-    got = await handle.insert_ignore(pairs, rows, returning=False)
+    got = await handle.call("insert_ignore", pairs, rows, returning=False)
     assert (got.inserted_count, got.existing_count) == (4, 5)
     assert repr(got) == "InsertResult(inserted_count=4, existing_count=5)"
     assert await stored(aengine, pairs, "a", "v") == [
@@ -93,26 +67,25 @@ async def test_counts_only_are_exact(handle: Handle, aengine: AsyncEngine) -> No
         with pytest.raises(onconflict.NotReturnedError, match="returning=False"):
             getattr(got, name)
         assert not hasattr(got, name)  # an AttributeError as well
-    again = await handle.insert_ignore(pairs, rows, returning=False)
+    again = await handle.call("insert_ignore", pairs, rows, returning=False)
     assert (again.inserted_count, again.existing_count) == (0, len(rows))
 
 
 async def test_counts_only_of_several_shapes_and_no_rows(handle: Handle) -> None:
     """Rows carrying different columns (several statements) and an empty call."""
     rows = [{"a": 1, "b": 1}, {"a": 2, "b": 1, "v": "v"}, {"a": 1, "b": 1, "v": "w"}]
-    got = await handle.insert_ignore(pairs, rows, returning=False)
+    got = await handle.call("insert_ignore", pairs, rows, returning=False)
     assert (got.inserted_count, got.existing_count) == (2, 1)
-    none = await handle.insert_ignore(pairs, [], returning=False)
+    none = await handle.call("insert_ignore", pairs, [], returning=False)
     assert (none.inserted_count, none.existing_count) == (0, 0)
     with pytest.raises(onconflict.NotReturnedError):
         none.inserted  # noqa: B018
 
 
-@pytest.mark.needs("savepoints")
 async def test_counts_only_with_classify(handle: Handle, aengine: AsyncEngine) -> None:
     await onconflict.insert_ignore(aengine, users, [{"email": "a@x", "name": "a"}])
     rows = [{"email": e, "name": e[0]} for e in ("a@x", "b@x", "b@x", "c@x")]
-    got = await handle.insert_ignore(users, rows, strategy="classify", returning=False)
+    got = await handle.call("insert_ignore", users, rows, strategy="classify", returning=False)
     assert (got.inserted_count, got.existing_count) == (2, 2)
 
 
@@ -123,7 +96,7 @@ def bad_rows(backend: Backend) -> list[dict[str, Any]]:
         {"email": "c@x", "name": ""},  # CHECK
         {"email": "f@x", "name": "f", "pid": 999},  # foreign key
     ]
-    if backend.facts.length_limits:
+    if backend.enforces_length:
         bad.append({"email": "l@x", "name": "toolong"})
     return bad
 
@@ -135,9 +108,9 @@ async def test_counts_only_bad_rows_raise_with_nothing_stored(
     good = [{"email": f"g{i}@x", "name": "g"} for i in range(5)] + [{"email": "a@x", "name": "a"}]
     for bad in bad_rows(backend):
         with pytest.raises(sa.exc.DBAPIError):
-            await handle.insert_ignore(users, [*good, bad], returning=False)
+            await handle.call("insert_ignore", users, [*good, bad], returning=False)
         with pytest.raises(sa.exc.DBAPIError):  # one row: the driver-level paths
-            await handle.insert_ignore(users, [bad], returning=False)
+            await handle.call("insert_ignore", users, [bad], returning=False)
     assert await stored(aengine, users, "email") == [("a@x",)]
 
 
@@ -145,22 +118,24 @@ async def test_returning_columns(handle: Handle, aengine: AsyncEngine) -> None:
     """Only the columns named, server-generated ones included; ``existing`` as given."""
     await onconflict.insert_ignore(aengine, users, [{"email": "a@x", "name": "a"}])
     rows = [{"email": "a@x", "name": "b"}, {"email": "b@x", "name": "b"}]
-    got = await handle.insert_ignore(users, rows, returning=["id", "note"])
+    got = await handle.call("insert_ignore", users, rows, returning=["id", "note"])
     assert [sorted(r) for r in got.inserted] == [["id", "note"]]
     assert got.inserted[0]["note"] == "none"  # a server default
     assert isinstance(got.inserted[0]["id"], int)
     assert got.existing == [{"email": "a@x", "name": "b"}]
-    one = await handle.insert_ignore(users, [{"email": "c@x", "name": "c"}], returning="email")
+    one = await handle.call(
+        "insert_ignore", users, [{"email": "c@x", "name": "c"}], returning="email"
+    )
     assert one.inserted == [{"email": "c@x"}]
     assert (one.inserted_count, one.existing_count) == (1, 0)
 
 
 async def test_returning_attribute_names_of_a_mapped_class(handle: Handle) -> None:
     rows = [{"code": "a", "title": "A"}, {"code": "b"}, {"code": "a", "title": "again"}]
-    got = await handle.insert_ignore(Item, rows, returning=["code", "title"])
+    got = await handle.call("insert_ignore", Item, rows, returning=["code", "title"])
     assert got.inserted == [{"code": "a", "title": "A"}, {"code": "b", "title": None}]
     assert got.existing == [{"code": "a", "title": "again"}]
-    counted = await handle.insert_ignore(Item, rows, returning=False)
+    counted = await handle.call("insert_ignore", Item, rows, returning=False)
     assert (counted.inserted_count, counted.existing_count) == (0, 3)
 
 
@@ -169,16 +144,16 @@ async def test_unknown_returning_names_are_refused_before_any_sql(
 ) -> None:
     rows = [{"email": "a@x", "name": "a"}]
     with pytest.raises(ValueError, match="'nope', not a column of 'oc_users'"):
-        await handle.insert_ignore(users, rows, returning=["email", "nope"])
+        await handle.call("insert_ignore", users, rows, returning=["email", "nope"])
     with pytest.raises(ValueError, match="'item_code'"):  # a mapped class: attribute names
-        await handle.insert_ignore(Item, [{"code": "a"}], returning=["item_code"])
+        await handle.call("insert_ignore", Item, [{"code": "a"}], returning=["item_code"])
     with pytest.raises(TypeError, match="returning must be"):
-        await handle.insert_ignore(users, rows, returning=[users.c.email])  # type: ignore[list-item]
+        await handle.call("insert_ignore", users, rows, returning=[users.c.email])  # type: ignore[list-item]
     assert not [s for s in statements if "oc_users" in s or "oc_items" in s]
 
 
 async def test_the_default_is_every_column(handle: Handle) -> None:
-    got = await handle.insert_ignore(users, [{"email": "a@x", "name": "a"}])
+    got = await handle.call("insert_ignore", users, [{"email": "a@x", "name": "a"}])
     assert sorted(got.inserted[0]) == ["email", "id", "name", "note", "pid"]
     assert got == onconflict.InsertResult(got.inserted, [])
 
@@ -193,6 +168,7 @@ def copy_threshold(monkeypatch: pytest.MonkeyPatch) -> int:
     return 1_500
 
 
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
 async def test_counts_only_on_the_copy_path(
     backend: Backend,
     aengine: AsyncEngine,
@@ -202,8 +178,6 @@ async def test_counts_only_on_the_copy_path(
     """PostgreSQL on asyncpg: COPY into a temporary table, then INSERT ...
     SELECT ... ON CONFLICT DO NOTHING without RETURNING; the count is the
     server's. Exact with existing rows and repeats; a bad row stores nothing."""
-    if backend.name != "postgresql":
-        pytest.skip("the COPY path is PostgreSQL's (asyncpg)")
     n = copy_threshold + 1_000
     await onconflict.insert_ignore(aengine, pairs, [{"a": i, "b": 0} for i in range(0, n, 3)])
     rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(n)]
@@ -219,6 +193,7 @@ async def test_counts_only_on_the_copy_path(
     ] + [(n, "last")]
 
 
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
 @pytest.mark.parametrize("returning", [True, False])
 @pytest.mark.parametrize(
     "bad",
@@ -238,8 +213,6 @@ async def test_bad_rows_on_the_copy_path_raise_as_sqlalchemy_errors(
     path does: ``DBAPIError`` with the driver's error as ``orig``), not
     asyncpg's own exception, and nothing is stored. (Found by this test: the
     COPY path raised asyncpg's exceptions unwrapped.)"""
-    if backend.name != "postgresql":
-        pytest.skip("the COPY path is PostgreSQL's (asyncpg)")
     rows = [{"a": -i, "b": 1, "v": "v"} for i in range(1, copy_threshold + 10)] + [bad]
     with pytest.raises(sa.exc.DBAPIError) as raised:
         await onconflict.insert_ignore(aengine, pairs, rows, returning=returning)
@@ -248,13 +221,12 @@ async def test_bad_rows_on_the_copy_path_raise_as_sqlalchemy_errors(
     assert await stored(aengine, pairs, "a") == []
 
 
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
 async def test_counts_only_on_the_copy_path_with_repeats_the_server_folds(
     backend: Backend, aengine: AsyncEngine, copy_threshold: int
 ) -> None:
     """A key column whose collation ignores case: repeats differing in case are
     repeats (the server says so), and the first of them is the row stored."""
-    if backend.name != "postgresql":
-        pytest.skip("the COPY path is PostgreSQL's (asyncpg)")
     icu = sa.MetaData()
     ci = sa.Table(
         "oc_rt_icu",
