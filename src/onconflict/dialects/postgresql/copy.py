@@ -171,7 +171,8 @@ def as_sqlalchemy_errors(conn: Connection, statement: str) -> Iterator[None]:
     """Errors of work done on the asyncpg connection itself, raised as
     SQLAlchemy raises a statement's: a ``DBAPIError`` subclass (``DataError``,
     ``IntegrityError``, ...) whose ``orig`` is the driver adapter's error, with
-    asyncpg's exception chained to it (its ``__cause__``)."""
+    asyncpg's exception chained to it (its ``__cause__``); a lost connection
+    is invalidated (the pool does not hand it out again), as SQLAlchemy does."""
     try:
         yield
     except Exception as exc:
@@ -180,6 +181,11 @@ def as_sqlalchemy_errors(conn: Connection, statement: str) -> Iterator[None]:
         try:
             adapter._handle_exception(exc)  # raises it as the adapter's DBAPI error
         except dbapi.Error as adapted:
-            wrapped = sa.exc.DBAPIError.instance(statement, None, adapted, dbapi.Error)
+            lost = bool(conn.dialect.is_disconnect(adapted, adapter, None))
+            wrapped = sa.exc.DBAPIError.instance(
+                statement, None, adapted, dbapi.Error, connection_invalidated=lost
+            )
+            if lost:
+                conn.invalidate(adapted)
             raise wrapped from adapted
         raise
