@@ -82,6 +82,7 @@ async def test_counts_only_of_several_shapes_and_no_rows(handle: Handle) -> None
         none.inserted  # noqa: B018
 
 
+@pytest.mark.needs("savepoints")  # classify: a SAVEPOINT per row
 async def test_counts_only_with_classify(handle: Handle, aengine: AsyncEngine) -> None:
     await onconflict.insert_ignore(aengine, users, [{"email": "a@x", "name": "a"}])
     rows = [{"email": e, "name": e[0]} for e in ("a@x", "b@x", "b@x", "c@x")]
