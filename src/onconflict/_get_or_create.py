@@ -97,7 +97,7 @@ def _prepare_fetch(
     if clash:
         raise ValueError(f"{clash[0]!r} is both in lookup and in {what}")
     target = _target(tbl, on, set(look))
-    _refuse_null_keys(tbl, target, look)
+    refuse_null_keys(tbl, target, look)
     support = native_support(dialect)
     support.check_target(tbl, target)
     plan = _plan(support, tbl, target, tuple(sorted(look)), tuple(sorted(more)))
@@ -106,16 +106,18 @@ def _prepare_fetch(
     return PreparedFetch(plan, support, outmap, mapper)
 
 
-def _refuse_null_keys(table: sa.Table, target: ConflictTarget, lookup: Mapping[str, Any]) -> None:
+def refuse_null_keys(
+    table: sa.Table, target: ConflictTarget, values: Mapping[str, Any], where: str = "lookup"
+) -> None:
     """NULL never equals NULL in a unique key: such a lookup would never find its
     row, and every call would create a new one. Refused before any SQL."""
-    nulls = [k for k in target.columns if lookup[k] is None]
+    nulls = [k for k in target.columns if values[k] is None]
     if nulls:
         raise ValueError(
-            f"lookup: {nulls[0]!r} is None, but it is a column of the key the call relies"
+            f"{where}: {nulls[0]!r} is None, but it is a column of the key the call relies"
             f" on ({target.describe()} of {table.name!r}) and NULL never matches there:"
-            " every call would create a new row. Give a value, or look the row up by a"
-            " key whose columns are not NULL (on=...)"
+            " every call would create a new row. Give a value, or use a key whose"
+            " columns are not NULL (on=...)"
         )
 
 

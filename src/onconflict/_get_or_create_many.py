@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session
 
 from onconflict._excluded import has_expressions, refuse_key_expressions
-from onconflict._get_or_create import ATTEMPTS, PreparedFetch, as_instance
+from onconflict._get_or_create import ATTEMPTS, PreparedFetch, as_instance, refuse_null_keys
 from onconflict._keys import Keys, by_key
 from onconflict._target import ConflictTarget, OnTarget, fixed_values, read_rows, resolve_table
 from onconflict.dialects import native_support
@@ -170,14 +170,7 @@ def _check_row(table: sa.Table, target: ConflictTarget, i: int, row: Row) -> Non
             f"row {i} does not give {missing[0]!r}, a column of the key rows are"
             f" got or created by ({target.describe()} of {table.name!r})"
         )
-    nulls = [c for c in target.columns if row[c] is None]
-    if nulls:
-        raise ValueError(
-            f"row {i}: {nulls[0]!r} is None, but it is a column of the key rows are got or"
-            f" created by ({target.describe()} of {table.name!r}) and NULL never matches"
-            " there: every call would create a new row. Give a value, or use a key whose"
-            " columns are not NULL (on=...)"
-        )
+    refuse_null_keys(table, target, row, f"row {i}")
 
 
 # -- execution -------------------------------------------------------------------
