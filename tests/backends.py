@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from onconflict.classify import error_code
+from onconflict.dialects.mysql import seed_lock_name
 
 SYNC_DRIVERS = {
     "asyncpg": "psycopg",
@@ -316,8 +317,8 @@ MARIADB = Backend(
     isolation_levels=("READ COMMITTED", "REPEATABLE READ"),
     transient=Transient(_hold_row, _mariadb_provoke),
     seed_lock=SeedLock(
-        lambda conn: conn.execute(sa.select(sa.func.get_lock(SEED_LOCK, 1))),
-        lambda conn: conn.execute(sa.select(sa.func.release_lock(SEED_LOCK))),
+        lambda conn: conn.execute(sa.select(sa.func.get_lock(seed_lock_name(conn, SEED_LOCK), 1))),
+        lambda conn: conn.execute(sa.select(sa.func.release_lock(seed_lock_name(conn, SEED_LOCK)))),
     ),
     killer=Killer(
         # thread id 0 is a transaction no session owns any more, being rolled

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import onconflict
 import onconflict.sync
+from onconflict.dialects import support_for
 from tests.conftest import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +150,33 @@ async def test_lock_timeout_is_a_clear_error(aengine: AsyncEngine, backend: Back
         release.set()
         holder.join()
     assert (await onconflict.seed(aengine, {roles: ROLES})).total("inserted") == 2
+
+
+@pytest.mark.databases("mariadb")
+async def test_seed_lock_of_another_database_does_not_wait(
+    aengine: AsyncEngine, backend: Backend
+) -> None:
+    """MySQL's named locks belong to the server: the seed lock is named within
+    the database, so a seed of another database on the server goes ahead."""
+    url = sa.engine.make_url(backend.sync_url)
+    other = f"{url.database}_other_seed"
+    admin = sa.create_engine(url)
+    quoted = admin.dialect.identifier_preparer.quote(other)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE IF NOT EXISTS {quoted}"))
+    holder = sa.create_engine(url.set(database=other))
+    try:
+        with holder.connect() as conn:
+            # a seed of the other database, running under the library's own lock
+            lock = support_for(conn.dialect).seed_lock(conn, "onconflict.seed", 1.0)
+            with lock:
+                seeded = await onconflict.seed(aengine, {roles: ROLES}, lock_timeout=1.0)
+                assert seeded.total("inserted") == 2
+    finally:
+        holder.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted}"))
+        admin.dispose()
 
 
 @pytest.mark.crowd  # dozens of connections at once

@@ -86,10 +86,12 @@ __all__ = [
     "MySQL",
     "collation_fold",
     "packet_warning_count",
+    "seed_lock_name",
 ]
 
 GET_LOCK = sa.select(sa.func.get_lock(sa.bindparam("name"), sa.bindparam("timeout")))
 RELEASE_LOCK = sa.select(sa.func.release_lock(sa.bindparam("name")))
+CURRENT_DATABASE = sa.select(sa.func.database())
 # conn.info: the transaction (begin_owned) whose call may restart after a lost race
 RESTARTABLE = "onconflict.restartable"
 # conn.info: update_or_create is running (its reads take the exclusive lock)
@@ -426,9 +428,8 @@ class MySQL(Guard):
     @contextmanager
     def seed_lock(self, conn: Connection, name: str, timeout: float) -> Iterator[None]:
         """GET_LOCK: a named lock of the session (not the transaction), released
-        at the end. Names are limited to 64 characters: longer ones are hashed."""
-        if len(name) > 64:
-            name = "onconflict." + hashlib.sha256(name.encode()).hexdigest()[:40]
+        at the end, named within the current database (see seed_lock_name)."""
+        name = seed_lock_name(conn, name)
         try:
             got = conn.execute(GET_LOCK, {"name": name, "timeout": max(1, round(timeout))}).scalar()
         except Exception:
@@ -548,6 +549,20 @@ def _has_nowait(dialect: Dialect) -> bool:
     """FOR UPDATE NOWAIT: MariaDB >= 10.3, MySQL >= 8.0.1."""
     version = dialect.server_version_info or (0,)
     return version >= ((10, 3) if dialect.is_mariadb else (8, 0, 1))  # type: ignore[attr-defined]
+
+
+def seed_lock_name(conn: Connection, name: str) -> str:
+    """The GET_LOCK name of seed lock ``name``. MySQL's named locks are the
+    server's, not a database's: the name is prefixed with the current database
+    (as PostgreSQL's advisory locks are scoped), so seeds of two databases on
+    one server do not wait for each other. Names are limited to 64 characters:
+    longer ones are hashed."""
+    database = conn.execute(CURRENT_DATABASE).scalar()
+    if database is not None:
+        name = f"{database}.{name}"
+    if len(name) > 64:
+        name = "onconflict." + hashlib.sha256(name.encode()).hexdigest()[:40]
+    return name
 
 
 def _release_or_drop(conn: Connection, name: str) -> None:
