@@ -44,9 +44,6 @@ __all__ = [
     "unique_violation",
 ]
 
-tables()  # every registered family's codes, readers and key parser
-
-
 def _describe(err: DriverError) -> UniqueViolation:
     read = KEY_READERS.get(err.family)
     constraint, table, columns = read(err) if read is not None else (err.constraint, err.table, ())
@@ -85,3 +82,9 @@ def is_transient(exc: BaseException) -> bool:
     committed, and running it again would report a row it created as existing."""
     err = driver_error(exc)
     return err is not None and err.code in TRANSIENT_CODES.get(err.family, ())
+
+
+# every registered family's codes, readers and key parser, read at import so that
+# the public tables above are full; last, so that a dialect package whose import
+# comes back here (through retry) finds every function of this module defined
+tables()

@@ -35,7 +35,7 @@ class Entry:
 
 
 _PG_ERRORS = "onconflict.dialects.postgresql.errors:ERRORS"
-_MYSQL_ERRORS = "onconflict.dialects.mysql_errors:ERRORS"
+_MYSQL_ERRORS = "onconflict.dialects.mysql.errors:ERRORS"
 
 REGISTRY: dict[str, Entry] = {
     "postgresql": Entry(
