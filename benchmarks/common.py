@@ -164,44 +164,53 @@ def have_matplotlib() -> bool:
 
 
 def plots(out: Path, kind: str, results: list[Result]) -> list[Path]:
+    """A bar chart per scenario family ("insert ...", "goc ...", "100,000 rows
+    ...") and metric; none when matplotlib (the bench extra) is missing."""
     if not have_matplotlib():  # the bench extra is not installed: tables only
         return []
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    families: dict[str, list[str]] = {}  # "insert ...", "goc ...", "100,000 rows ...": a plot each
+    families: dict[str, list[str]] = {}
     for scenario in dict.fromkeys(r.scenario for r in results):
         families.setdefault(scenario.split()[0], []).append(scenario)
+    paths = []
     for family, scenarios in families.items():
-        contenders = list(dict.fromkeys(r.contender for r in results if r.scenario in scenarios))
+        mine = [r for r in results if r.scenario in scenarios]
         metrics = [("ops_per_s", "operations / s"), ("p99_ms", "p99 latency (ms)")]
-        if not any(r.latencies_ms for r in results if r.scenario in scenarios):
+        if not any(r.latencies_ms for r in mine):
             metrics = metrics[:1]  # no per-call latencies (bulk): throughput only
         for metric, label in metrics:
-            fig, ax = plt.subplots(figsize=(min(16, 3 + len(scenarios) * 0.9), 5))
-            width = 0.8 / max(1, len(contenders))
-            for i, name in enumerate(contenders):
-                values = []
-                for scenario in scenarios:
-                    match = [r for r in results if r.scenario == scenario and r.contender == name]
-                    values.append((match[0].summary()[metric] if match else None) or 0)
-                xs = [x + i * width for x in range(len(scenarios))]
-                ax.bar(xs, values, width, label=name)
-            ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(scenarios))])
-            ax.set_xticklabels(scenarios, rotation=35, ha="right", fontsize=7)
-            ax.set_ylabel(label)
-            ax.set_title(f"{kind} ({family}): {label}")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
             slug = re.sub(r"[^a-z0-9]+", "-", family.lower()).strip("-") or "all"
             path = out / f"{kind}-{slug}-{metric}.png"
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
+            _bar_chart(path, f"{kind} ({family}): {label}", label, scenarios, mine, metric)
             paths.append(path)
     return paths
+
+
+def _bar_chart(
+    path: Path, title: str, label: str, scenarios: list[str], results: list[Result], metric: str
+) -> None:
+    """One metric of each contender, a group of bars per scenario."""
+    import matplotlib.pyplot as plt
+
+    contenders = list(dict.fromkeys(r.contender for r in results))
+    found: dict[tuple[str, str], Any] = {}
+    for r in results:  # (the first of a repeated pair, as the tables)
+        found.setdefault((r.scenario, r.contender), r.summary()[metric])
+    fig, ax = plt.subplots(figsize=(min(16, 3 + len(scenarios) * 0.9), 5))
+    width = 0.8 / max(1, len(contenders))
+    for i, name in enumerate(contenders):
+        values = [found.get((scenario, name)) or 0 for scenario in scenarios]
+        ax.bar([x + i * width for x in range(len(scenarios))], values, width, label=name)
+    ax.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(scenarios))])
+    ax.set_xticklabels(scenarios, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel(label)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def goal(text: str, measured: float | None, ok: bool | None, why: str = "") -> dict[str, Any]:
