@@ -111,9 +111,6 @@ class Backend:
     """A writer waits for another transaction's uncommitted key or row (DuckDB
     instead fails one of the two at once: optimistic concurrency)."""
     savepoints: bool = True  # SAVEPOINT (strategy="classify", a session's nested work)
-    reflection: bool = True
-    """Tables can be reflected by name (duckdb-engine 0.17 on SQLAlchemy 2.1
-    reads pg_catalog.pg_collation, which DuckDB lacks)."""
     case_insensitive_keys: bool = True
     """A unique key can compare case-insensitively (``ci_string``,
     ``ci_collation``; DuckDB's unique indexes compare bytes, whatever the
@@ -344,7 +341,6 @@ DUCKDB = Backend(
     writer_processes=False,  # one process holds the file
     lock_waits=False,  # a second writer of a row or key fails at once (or at COMMIT)
     savepoints=False,
-    reflection=False,
     case_insensitive_keys=False,
     benchmarks=False,
     partial_indexes=False,  # an index's WHERE is refused

@@ -43,7 +43,6 @@ def _roles(engine: Engine) -> dict[str, str]:
         return dict(conn.execute(sa.select(roles.c.name, roles.c.description)).all())
 
 
-@pytest.mark.needs("reflection")  # the migration seeds "roles" by name
 def test_seeding_migration_upgrade_twice_and_downgrade(migrated: tuple[Config, Engine]) -> None:
     config, engine = migrated
     command.upgrade(config, "head")

@@ -11,17 +11,21 @@ import functools
 import importlib.util
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Engine
 
 import onconflict
 import onconflict.sync
+from onconflict.cli import main
+from onconflict.dialects import support_for
 from onconflict.exceptions import NotSupportedError
 from tests.conftest import missing
 
@@ -328,3 +332,53 @@ async def test_the_async_front_needs_an_async_driver_use_sync_in_a_thread(
     call = functools.partial(onconflict.sync.insert_ignore, engine, items, [{"id": 1, "k": "a"}])
     done = await anyio.to_thread.run_sync(call)
     assert len(done.inserted) == 1
+
+
+def test_tables_by_name_are_read_from_duckdbs_catalog(engine: Engine, tmp_path: Path) -> None:
+    """duckdb-engine's reflection runs PostgreSQL catalog queries DuckDB lacks;
+    seeding by name (and the CLI) reads DuckDB's own catalog instead: columns,
+    types, nullability, server defaults, primary, unique and foreign keys, and
+    the tables those refer to."""
+    with engine.begin() as conn:
+        for statement in (
+            "CREATE SEQUENCE oc_dk_seq",
+            "CREATE TABLE oc_dk_roles (name VARCHAR(20) PRIMARY KEY, since DATE)",
+            "CREATE TABLE oc_dk_staff (id INTEGER DEFAULT nextval('oc_dk_seq') PRIMARY KEY,"
+            " email VARCHAR NOT NULL UNIQUE, role VARCHAR REFERENCES oc_dk_roles (name),"
+            " pay DECIMAL(10, 2), badge VARCHAR, odd INTERVAL)",
+            "CREATE UNIQUE INDEX oc_dk_badge ON oc_dk_staff (badge)",
+            "CREATE UNIQUE INDEX oc_dk_lower_email ON oc_dk_staff (lower(email))",
+        ):
+            conn.execute(sa.text(statement))
+    found = sa.MetaData()
+    with engine.connect() as conn:
+        support_for(conn.dialect).reflect(conn, found, ["oc_dk_staff"])
+    assert set(found.tables) == {"oc_dk_staff", "oc_dk_roles"}  # the foreign key's table too
+    staff = found.tables["oc_dk_staff"]
+    assert [c.name for c in staff.primary_key] == ["id"]
+    assert staff.c.id.server_default is not None  # the server numbers it
+    assert not staff.c.email.nullable
+    assert staff.c.badge.nullable
+    assert isinstance(staff.c.pay.type, sa.Numeric)
+    assert staff.c.pay.type.scale == 2
+    assert isinstance(staff.c.odd.type, sa.Interval)
+    uniques = {
+        tuple(c.columns.keys()) for c in staff.constraints if isinstance(c, sa.UniqueConstraint)
+    }
+    assert uniques == {("email",)}
+    assert {tuple(i.columns.keys()) for i in staff.indexes} == {("badge",)}  # not lower(email)
+    assert [fk.target_fullname for fk in staff.c.role.foreign_keys] == ["oc_dk_roles.name"]
+
+    data = tmp_path / "staff.json"
+    data.write_text(
+        '{"oc_dk_staff": [{"email": "a@x", "role": "dev", "pay": "1.50"}],'
+        ' "oc_dk_roles": [{"name": "dev", "since": "2026-01-02"}]}'
+    )
+    url = engine.url.render_as_string(hide_password=False)
+    for _ in range(2):  # the CLI, twice: parents first, then nothing new
+        done = CliRunner().invoke(main, ["seed", "--url", url, str(data)])
+        assert done.exit_code == 0, done.output
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT email, role, pay FROM oc_dk_staff")).all() == [
+            ("a@x", "dev", Decimal("1.50"))
+        ]

@@ -282,7 +282,6 @@ async def test_invalid_identifiers_are_refused(
         await onconflict.insert_ignore(aengine, storm, rows, **kw)
 
 
-@pytest.mark.needs("reflection")  # the CLI reflects the tables it seeds
 async def test_hostile_seed_file(backend: Backend, hostile: sa.Table, tmp_path: Path) -> None:
     data = {HOSTILE_TABLE: [{HOSTILE_KEY: "a", HOSTILE_COL: "'; DROP TABLE x; --"}]}
     path = tmp_path / "hostile.json"

@@ -64,7 +64,6 @@ async def test_insert_twice_children_listed_first(aengine: AsyncEngine) -> None:
     assert not again.changed
 
 
-@pytest.mark.needs("reflection")
 async def test_tables_by_name_are_reflected(aengine: AsyncEngine, sengine: Any) -> None:
     report = onconflict.sync.seed(sengine, {"users": USERS, "roles": ROLES})
     assert report.total("inserted") == 4

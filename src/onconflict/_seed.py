@@ -181,7 +181,7 @@ def _run_tables(
 def _resolve(conn: Connection, plan: SeedPlan) -> list[tuple[Any, list[Mapping[str, Any]], Any]]:
     """(table, rows, conflict target) in foreign-key order; raises for unknown
     tables and columns before anything is written."""
-    reflected = _reflected(conn, [t for t, _ in plan.data if isinstance(t, str)])
+    reflected = reflect_by_name(conn, [t for t, _ in plan.data if isinstance(t, str)])
     # by table and polymorphic identity: the classes of a single-table hierarchy share a table
     resolved: dict[tuple[sa.Table, Any], tuple[Any, list[Mapping[str, Any]], Any]] = {}
     for given, rows in plan.data:
@@ -194,14 +194,16 @@ def _resolve(conn: Connection, plan: SeedPlan) -> list[tuple[Any, list[Mapping[s
     return [entry for t in order for (k, _), entry in resolved.items() if k is t]
 
 
-def _reflected(conn: Connection, names: list[str]) -> sa.MetaData:
-    """The tables given by name, reflected; ValueError for unknown names."""
+def reflect_by_name(conn: Connection, names: list[str], source: str = "") -> sa.MetaData:
+    """The tables given by name, reflected; ValueError for unknown names (its
+    message starts with ``source``: where the names came from)."""
     reflected = sa.MetaData()
     if names:
-        missing = [n for n in names if not sa.inspect(conn).has_table(n)]
+        inspector = sa.inspect(conn)
+        missing = [n for n in names if not inspector.has_table(n)]
         if missing:
-            raise ValueError(f"unknown table(s): {', '.join(map(repr, missing))}")
-        reflected.reflect(conn, only=names)
+            raise ValueError(f"{source}unknown table(s): {', '.join(map(repr, missing))}")
+        support_for(conn.dialect).reflect(conn, reflected, names)
     return reflected
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "unique_violation",
 ]
 
+
 def _describe(err: DriverError) -> UniqueViolation:
     read = KEY_READERS.get(err.family)
     constraint, table, columns = read(err) if read is not None else (err.constraint, err.table, ())

@@ -317,6 +317,7 @@ def _run_seed(
     async, as the URL's driver is."""
     import onconflict.sync
     from onconflict import seedfile
+    from onconflict._seed import reflect_by_name
 
     known = dict(metadata.tables) if metadata is not None else {}
     others = [n for n in data if n not in known]  # reflected: they must exist already
@@ -325,13 +326,7 @@ def _run_seed(
         found = dict(known)
         if others:
             assert conn is not None
-            inspector = sa.inspect(conn)
-            unknown = [n for n in others if not inspector.has_table(n)]
-            if unknown:
-                raise ValueError(f"{source}unknown table(s): {', '.join(map(repr, unknown))}")
-            reflected = sa.MetaData()
-            reflected.reflect(conn, only=others)
-            found.update(reflected.tables)
+            found.update(reflect_by_name(conn, others, source).tables)
         return {found[n]: seedfile.coerce(found[n], rows, source) for n, rows in data.items()}
 
     # the tables of --schema are created by the seed itself, under its lock, so

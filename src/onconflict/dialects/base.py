@@ -363,6 +363,11 @@ class DialectSupport:
 
     # -- outside a call ----------------------------------------------------------
 
+    def reflect(self, conn: Connection, metadata: sa.MetaData, names: list[str]) -> None:
+        """Add the named tables (they exist) to ``metadata`` as the database has
+        them, with their columns, types, primary and unique keys (seed by name)."""
+        metadata.reflect(conn, only=names)
+
     def engine_options(self, pool_size: int) -> dict[str, Any]:
         """``create_engine`` arguments for an engine the CLI makes to run
         ``pool_size`` concurrent callers."""

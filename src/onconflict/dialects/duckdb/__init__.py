@@ -55,6 +55,12 @@ CAPABILITIES = Capabilities(
 class DuckDB(DialectSupport):
     capabilities = CAPABILITIES
 
+    def reflect(self, conn: Connection, metadata: sa.MetaData, names: list[str]) -> None:
+        # duckdb-engine's reflection runs PostgreSQL catalog queries DuckDB lacks
+        from onconflict.dialects.duckdb.reflect import reflect
+
+        reflect(conn, metadata, names)
+
     def insert_ignore(self, table: sa.Table, target: ConflictTarget, returning: bool) -> Insert:
         return do_nothing(pg.insert(table), table, target, returning)
 
