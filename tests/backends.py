@@ -111,6 +111,8 @@ class Backend:
     """A writer waits for another transaction's uncommitted key or row (DuckDB
     instead fails one of the two at once: optimistic concurrency)."""
     savepoints: bool = True  # SAVEPOINT (strategy="classify", a session's nested work)
+    identity_columns: bool = True  # sa.Identity() (GENERATED ... AS IDENTITY, or its stand-in)
+    schemas: bool = True  # tables in another schema, no set-up per connection
     case_insensitive_keys: bool = True
     """A unique key can compare case-insensitively (``ci_string``,
     ``ci_collation``; DuckDB's unique indexes compare bytes, whatever the
@@ -212,6 +214,7 @@ SQLITE = Backend(
     "sqlite",
     "sqlite",
     server=False,
+    schemas=False,  # another schema is an ATTACHed file, per connection
     concurrent_writers=False,
     enforces_length=False,
     error_codes={"not_null": 1299, "check": 275, "foreign_key": 787, "too_long": None},
@@ -339,6 +342,7 @@ DUCKDB = Backend(
     "duckdb",
     server=False,
     writer_processes=False,  # one process holds the file
+    identity_columns=False,  # GENERATED ... AS IDENTITY: a sequence default instead
     lock_waits=False,  # a second writer of a row or key fails at once (or at COMMIT)
     savepoints=False,
     case_insensitive_keys=False,

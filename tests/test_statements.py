@@ -11,6 +11,7 @@ from sqlalchemy.dialects import mssql, mysql, postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
 import onconflict
+from onconflict._get_or_create import prepare_get_or_create
 from onconflict._insert_ignore import _bind, prepare_insert_ignore
 from onconflict.dialects.mysql import MySQL
 from tests.schema import accounts, active_email, pairs, subscriptions, tags, users
@@ -318,3 +319,22 @@ def test_postgresql_partitioned_upsert_statements() -> None:
         "AS oc_incoming (k, n, v) WHERE pt.k = oc_incoming.k AND pt.n < oc_incoming.n"
         " RETURNING pt.k, pt.v, pt.n"
     )
+
+
+@pytest.mark.parametrize("dialect", [postgresql.dialect(), sqlite.dialect()], ids=["pg", "sqlite"])
+def test_get_or_create_reads_an_expression_keys_row_by_its_expressions(dialect: Dialect) -> None:
+    """When a lookup's other columns do not match, get_or_create reads which row
+    holds the key. For an expression target that read is the index's expression
+    (it was no condition at all: every row, locked FOR UPDATE on PostgreSQL)."""
+    md = sa.MetaData()
+    t = sa.Table(
+        "t",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", sa.String(50), nullable=False),
+        sa.Column("v", sa.String(20)),
+    )
+    sa.Index("uq_lower_email", sa.func.lower(t.c.email), unique=True)
+    prepared = prepare_get_or_create(dialect, t, {"email": "A@X", "v": "x"}, None, "uq_lower_email")
+    sql = str(prepared.plan.statements["select_key"].compile(dialect=dialect))
+    assert "WHERE lower(t.email) = lower(" in sql

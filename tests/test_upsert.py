@@ -36,6 +36,15 @@ docs = sa.Table(
 )
 
 
+settings = sa.Table(
+    "oc_settings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(20), nullable=False, unique=True),
+    sa.Column("doc", sa.JSON, nullable=True),  # PostgreSQL: json, which has no "="
+)
+
+
 async def stored(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
     async with engine.connect() as conn:
         return {r["slug"]: dict(r) for r in (await conn.execute(sa.select(docs))).mappings()}
@@ -75,6 +84,17 @@ async def test_without_skip_unchanged_an_equal_row_is_updated(handle: Handle) ->
     await handle.call("upsert", docs, [row("a")])
     result = await handle.call("upsert", docs, [row("a")])
     assert (result.updated_count, result.unchanged_count) == (1, 0)
+
+
+async def test_skip_unchanged_compares_json_columns(handle: Handle) -> None:
+    """PostgreSQL's json type has no equality operator: skip_unchanged compares
+    such columns as jsonb (elsewhere JSON is text and compares as stored)."""
+    first = [{"name": "a", "doc": {"x": [1, 2]}}, {"name": "b", "doc": {"x": 1}}]
+    await handle.call("upsert", settings, first)
+    again = [{"name": "a", "doc": {"x": [1, 2]}}, {"name": "b", "doc": {"x": 2}}]
+    result = await handle.call("upsert", settings, again, skip_unchanged=True)
+    assert result.unchanged == [again[0]]
+    assert [(r["name"], r["doc"]) for r in result.updated] == [("b", {"x": 2})]
 
 
 async def test_update_columns_and_expressions(handle: Handle, aengine: AsyncEngine) -> None:

@@ -170,9 +170,8 @@ def _shape(
     support.prepare_fetch(plan)
     if target.key is not None and set(target.columns) != set(lookup):
         # which row holds the key, when the lookup's other columns did not match
-        key = sa.and_(
-            *(table.c[k] == sa.bindparam(f"oc_{k}", type_=table.c[k].type) for k in target.columns)
-        )
+        # (an expression target's key is its expressions: lookup_condition's own)
+        key = lookup_condition(FetchPlan(table, target, target.columns, ()))
         plan.statements["select_key"] = support.for_update(sa.select(table).where(key), read=True)
     return plan
 
@@ -215,7 +214,7 @@ def check_miss(conn: Connection, prepared: PreparedFetch) -> None:
     plan = prepared.plan
     select_key = plan.statements.get("select_key")
     if select_key is not None:
-        stored = conn.execute(select_key, plan.bound(plan.target.columns)).mappings().first()
+        stored = conn.execute(select_key, plan.bound(plan.lookup)).mappings().first()
         if stored is not None:
             other = sorted(set(plan.lookup) - set(plan.target.columns))
             raise LookupMismatchError(

@@ -108,7 +108,7 @@ def _plan(
     assert support is not None
     cond = where
     if skip_unchanged and set_:
-        changed = sa.or_(*(tbl.c[col].is_distinct_from(_expr(v)) for col, v in set_.items()))
+        changed = sa.or_(*(support.changed(tbl.c[col], _expr(v)) for col, v in set_.items()))
         cond = changed if cond is None else sa.and_(cond, changed)
     if set_:  # after skip_unchanged's test: a new updated_at is not a change
         set_.update(on_update(tbl, target, set_))

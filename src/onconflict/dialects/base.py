@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, NestedTransaction
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from onconflict._keys import Keys, by_key, strip_keys
 from onconflict._target import ConflictTarget, UniqueKey, unique_keys
@@ -206,6 +207,11 @@ class DialectSupport:
         run by ``write_count``; None where the database cannot count inserted
         rows exactly without reading them (the rows are then read, and counted)."""
         return None
+
+    def changed(self, column: sa.Column[Any], value: Any) -> ColumnElement[bool]:
+        """Whether the stored ``column`` differs from ``value`` (upsert's
+        ``skip_unchanged``): NULL-safe, for any type the column has."""
+        return column.is_distinct_from(value)
 
     def prepare_upsert(self, plan: UpsertPlan, dialect: Dialect) -> None:
         """Build ``plan.statement`` (and any ``plan.extra``): pure."""

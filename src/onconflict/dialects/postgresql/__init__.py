@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from onconflict._excluded import has_expressions
 from onconflict._keys import Keys
@@ -60,6 +61,14 @@ class PostgresWire(DialectSupport):
         """The drivers give no row count for an executemany: the statement
         returns one column of each inserted row, and those are counted."""
         return len(execute_rows(conn, stmt, rows).all())
+
+    def changed(self, column: sa.Column[Any], value: Any) -> ColumnElement[bool]:
+        """``json`` has no equality operator (``operator does not exist: json =
+        json``): such columns are compared as ``jsonb``, by value (key order and
+        white space aside), as PostgreSQL compares ``jsonb``."""
+        if build.plain_json(column.type):
+            return sa.cast(column, pg.JSONB).is_distinct_from(sa.cast(value, pg.JSONB))
+        return column.is_distinct_from(value)
 
     def key_identity(
         self, conn: Connection, table: sa.Table, keys: Keys, columns: tuple[str, ...]

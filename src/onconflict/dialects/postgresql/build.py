@@ -160,3 +160,10 @@ def update_statement(plan: UpsertPlan, rows: list[Row]) -> sa.Update:
         cond = sa.and_(cond, substitute(plan.where, t, value))
     set_ = {c: substitute(v, t, value) for c, v in plan.set_.items()}
     return sa.update(t).values(set_).where(cond).returning(*t.c)
+
+
+def plain_json(kind: Any) -> bool:
+    """A ``json`` column (not ``jsonb``), also behind a TypeDecorator."""
+    if isinstance(kind, sa.types.TypeDecorator):
+        kind = kind.impl_instance
+    return isinstance(kind, sa.JSON) and not isinstance(kind, pg.JSONB)
