@@ -8,8 +8,11 @@ No ``from __future__ import annotations`` here: SQLModel reads the annotations
 of its table classes at class creation.
 """
 
+import datetime as dt
+import decimal
 import enum
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -333,6 +336,25 @@ sa.event.listen(
 )
 
 
+# keys of other types than strings and integers: values as the database stores
+# them (SQLite keeps dates as text, NUMERIC(p, s) rounds to s places) ---------------
+def _typed_key(name: str, kind: Any) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("k", kind, nullable=False, unique=True),
+        sa.Column("v", sa.String(20), nullable=True),
+    )
+
+
+date_key = _typed_key("oc_m_date_key", sa.Date)
+datetime_key = _typed_key("oc_m_datetime_key", sa.DateTime)
+numeric_key = _typed_key("oc_m_numeric_key", sa.Numeric(10, 2))
+uuid_key = _typed_key("oc_m_uuid_key", sa.Uuid)
+enum_key = _typed_key("oc_m_enum_key", sa.Enum(Colour, name="oc_m_key_colour"))
+
+
 # single-table inheritance ------------------------------------------------------------
 class MAnimal(Base):
     __tablename__ = "oc_m_animal"
@@ -531,6 +553,47 @@ FEATURES = [
         stored={"k": "a", "v": "x"},
         needs=("schemas",),
         why_not="SQLite's schemas are attached files (ATTACH on every connection)",
+    ),
+    Feature(
+        "date_key",
+        date_key,
+        row={"k": dt.date(2026, 1, 2), "v": "x"},
+        key=("k",),
+        change={"v": "y"},
+        stored={"k": dt.date(2026, 1, 2), "v": "x"},
+    ),
+    Feature(
+        "datetime_key",
+        datetime_key,
+        row={"k": dt.datetime(2026, 1, 2, 3, 4, 5), "v": "x"},
+        key=("k",),
+        change={"v": "y"},
+        stored={"k": dt.datetime(2026, 1, 2, 3, 4, 5), "v": "x"},
+    ),
+    Feature(
+        "numeric_key",
+        numeric_key,
+        row={"k": 1.1, "v": "x"},  # a float for NUMERIC(10, 2): stored as 1.10
+        again={"k": decimal.Decimal("1.10")},
+        key=("k",),
+        change={"v": "y"},
+        stored={"k": decimal.Decimal("1.10"), "v": "x"},
+    ),
+    Feature(
+        "uuid_key",
+        uuid_key,
+        row={"k": uuid.UUID(int=5), "v": "x"},
+        key=("k",),
+        change={"v": "y"},
+        stored={"k": uuid.UUID(int=5), "v": "x"},
+    ),
+    Feature(
+        "enum_key",
+        enum_key,
+        row={"k": Colour.red, "v": "x"},
+        key=("k",),
+        change={"v": "y"},
+        stored={"k": Colour.red, "v": "x"},
     ),
     Feature(
         "single_table_inheritance",

@@ -13,7 +13,8 @@ per backend for the module; each test deletes the rows of its feature first.
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import SQLModel
 
 import onconflict
@@ -32,7 +34,7 @@ from tests.schema_matrix import FEATURES, Feature, metadata, nullable_unique, on
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-OPS = ["insert_ignore", "upsert", "get_or_create", "update_or_create", "seed"]
+OPS = ["insert_ignore", "upsert", "get_or_create", "update_or_create", "seed", "app_row"]
 FRONTS = ["async-engine", "async-connection", "async-session", "sync-engine"]
 MISSING = "<missing>"
 
@@ -68,14 +70,9 @@ async def db(
             mine = [t for t in tables if t.metadata is md]
             md.drop_all(conn, tables=mine)
             md.create_all(conn, tables=mine)
-    found = Db(backend, aengine, sengine)
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        found.sql.append(statement)
-
-    for engine in (aengine.sync_engine, sengine):
-        sa.event.listen(engine, "before_cursor_execute", record)
-    yield found
+    # (no event listener stays on the engines: a listener turns the driver-level
+    # paths off, and the cells must run the paths a plain engine takes)
+    yield Db(backend, aengine, sengine)
     await aengine.dispose()
     with sengine.begin() as conn:
         for md in (metadata, SQLModel.metadata):
@@ -292,7 +289,43 @@ async def op_seed(front: Front, db: Db, f: Feature) -> None:
         check_stored(db, f, values, what)
 
 
+def app_writes(db: Db, f: Feature) -> None:
+    """The row as the application writes it without onconflict: SQLAlchemy Core
+    for a Table, the ORM for a mapped class (bind processing, Python defaults,
+    a discriminator: what the application's own code does)."""
+    row = {k: v for k, v in f.row.items() if v is not None}  # (the ORM leaves a None key out)
+    if isinstance(f.target, sa.Table):
+        with db.sengine.begin() as conn:
+            conn.execute(sa.insert(f.target), [row])
+        return
+    with Session(db.sengine) as session, session.begin():
+        session.add(f.target(**row))
+
+
+async def op_app_row(front: Front, db: Db, f: Feature) -> None:
+    """A row the application wrote (not onconflict): every call must find it
+    under the same key, however the database keeps the values (SQLite keeps a
+    datetime as text, in SQLAlchemy's format), and must not store a second."""
+    app_writes(db, f)
+    check_stored(db, f, f.stored, "the application's INSERT")
+    what = f"insert_ignore({f.repeat()}) with the application's row stored"
+    again = await front.step(what, "insert_ignore", f.target, [f.repeat()], on=f.on)
+    check_counts(db, f, what, again, existing=1)
+    check_stored(db, f, f.stored, what)
+    look, rest = f.lookup(True), f.rest()
+    what = f"get_or_create({look}, {rest}) with the application's row stored"
+    row, created = await front.step(what, "get_or_create", f.target, look, rest, on=f.on)
+    assert created is False, f"{what}: expected created=False, got {created!r}"
+    check_row(f"{what}, found", row, f.stored, f)
+    changed = f.repeat(f.change)
+    what = f"upsert({changed}) with the application's row stored"
+    updated = await front.step(what, "upsert", f.target, [changed], on=f.on)
+    check_counts(db, f, what, updated, updated=1)
+    check_stored(db, f, f.after_update(), what)
+
+
 OPERATIONS = {
+    "app_row": op_app_row,
     "insert_ignore": op_insert_ignore,
     "upsert": op_upsert,
     "get_or_create": op_get_or_create,
@@ -304,6 +337,8 @@ OPERATIONS = {
 async def refused(front: Front, db: Db, f: Feature, op: str, why: str) -> None:
     """The call raises NotSupportedError, before any SQL is sent."""
     args: tuple[Any, ...]
+    if op == "app_row":  # (its first call is an insert_ignore)
+        op = "insert_ignore"
     if op in ("insert_ignore", "upsert"):
         args, shown = (f.target, [f.row]), f"[{f.row}]"
     elif op == "seed":
@@ -326,24 +361,43 @@ async def expect_refusal(
 ) -> None:
     """``op`` raises ``error`` before any SQL touches the feature's table."""
     db.sql.clear()
-    try:
-        result = await front.raw(op, *args, **kw)
-    except error as exc:
-        raised: Exception = exc
-    except Exception as exc:
-        raise AssertionError(
-            f"{what}: expected {error.__name__} before any SQL, got {type(exc).__name__}:"
-            f" {_first_line(exc)}"
-        ) from exc
-    else:
-        shown = counts(result) or result
-        raise AssertionError(
-            f"{what}: expected {error.__name__} before any SQL, the call returned {shown}"
-            f" (stored: {stored_rows(db, f)})"
-        )
+    with recording(db):
+        try:
+            result = await front.raw(op, *args, **kw)
+        except error as exc:
+            raised: Exception = exc
+        except Exception as exc:
+            raise AssertionError(
+                f"{what}: expected {error.__name__} before any SQL, got {type(exc).__name__}:"
+                f" {_first_line(exc)}"
+            ) from exc
+        else:
+            shown = counts(result) or result
+            raise AssertionError(
+                f"{what}: expected {error.__name__} before any SQL, the call returned {shown}"
+                f" (stored: {stored_rows(db, f)})"
+            )
     sent = [s for s in db.sql if f.table.name in s]
     assert not sent, f"{what}: raised {raised!r} as expected, but only after sending {sent}"
     assert not stored_rows(db, f), f"{what}: refused but stored {stored_rows(db, f)}"
+
+
+@contextmanager
+def recording(db: Db) -> Iterator[None]:
+    """The statements sent meanwhile go to ``db.sql`` (only then: a listener
+    turns the driver-level paths off)."""
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        db.sql.append(statement)
+
+    engines = (db.aengine.sync_engine, db.sengine)
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield
+    finally:
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", record)
 
 
 def clear(db: Db, f: Feature) -> None:

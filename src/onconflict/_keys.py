@@ -111,6 +111,15 @@ def _bind_processor(col: sa.Column[Any], dialect: Dialect | None) -> Any:
         return None
 
 
+def _rounded(value: decimal.Decimal, places: decimal.Decimal) -> decimal.Decimal:
+    """A NUMERIC(p, s) value as the database stores it: rounded to s places,
+    half away from zero (PostgreSQL, MariaDB); as given if it cannot be."""
+    try:
+        return value.quantize(places, rounding=decimal.ROUND_HALF_UP)
+    except ArithmeticError:
+        return value
+
+
 class Keys:
     """Key identity as the database sees it: the one place that turns a row's
     key values into something compared in Python.
@@ -126,6 +135,7 @@ class Keys:
 
     def __init__(self, table: sa.Table, dialect: Dialect | None = None) -> None:
         self.types: dict[str, type | None] = {}
+        self.places: dict[str, decimal.Decimal] = {}  # NUMERIC(p, s): stored to s places
         self.binds: dict[str, Any] = {}
         self.folds: dict[str, Callable[[Any], Any]] = {}
         for col in table.c:
@@ -134,6 +144,9 @@ class Keys:
             except NotImplementedError:
                 pytype = None
             self.types[col.key] = pytype if pytype in _COERCIBLE else None
+            scale = getattr(col.type, "scale", None)
+            if pytype is decimal.Decimal and isinstance(scale, int):
+                self.places[col.key] = decimal.Decimal(1).scaleb(-scale)
             bind = _bind_processor(col, dialect)
             if bind is not None:
                 self.binds[col.key] = bind
@@ -147,8 +160,10 @@ class Keys:
     def typed(self, col: str, value: Any) -> Any:
         """The value in its column's Python type (for binding it again), or as given."""
         pytype = self.types[col]
-        if pytype is None or value is None or type(value) is pytype:
-            return value
+        if pytype is None or value is None or isinstance(value, pytype):
+            return value  # (asyncpg's UUID is a uuid.UUID of its own: equal, same hash)
+        if pytype is decimal.Decimal and isinstance(value, float):
+            value = repr(value)  # 1.1 is 1.1, not 1.100000000000000088817841970012523
         try:
             return pytype(value)
         except (TypeError, ValueError, ArithmeticError):
@@ -164,14 +179,18 @@ class Keys:
             except Exception:  # the database would refuse it too: compared as given
                 return self.typed(col, value)
         value = self.typed(col, value)
+        places = self.places.get(col)
+        if places is not None and isinstance(value, decimal.Decimal):
+            value = _rounded(value, places)
         fold = self.folds.get(col)
         if fold is not None and isinstance(value, str):
             value = fold(value)
         return value
 
     def plain(self, col: str) -> bool:
-        """No bind processing and no fold: values of the column's type are keys as they are."""
-        return col not in self.binds and col not in self.folds
+        """No bind processing, rounding or fold: values of the column's type are
+        keys as they are."""
+        return col not in self.binds and col not in self.folds and col not in self.places
 
     def of(self, row: Mapping[Any, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
         return tuple([self.norm(c, row.get(c)) for c in cols])

@@ -6,6 +6,7 @@ Building is pure; the functions that take a ``Connection`` run what they say."""
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -163,14 +164,17 @@ def collation_folds(
 ) -> dict[str, Callable[[str], str]]:
     """Column key -> fold for the table's columns whose collation folds strings,
     from ``read()`` (database column name, fold or None), cached per connection
-    (in ``conn.info[slot]``) and table: a dialect reads its catalog once."""
-    cache: dict[tuple[str | None, str], dict[str, Any]] = conn.info.setdefault(slot, {})
-    where = (table.schema, table.name)
-    folds = cache.get(where)
+    (in ``conn.info[slot]``) and Table object: a dialect reads its catalog once.
+    (By object, not by name: a table dropped and made again under its name with
+    other columns, as tests and migrations do, is another Table, read afresh.)"""
+    cache: weakref.WeakKeyDictionary[sa.Table, dict[str, Any]] = conn.info.setdefault(
+        slot, weakref.WeakKeyDictionary()
+    )
+    folds = cache.get(table)
     if folds is None:
         keys = {c.name: c.key for c in table.c}
         folds = {keys[name]: fold for name, fold in read() if fold is not None and name in keys}
-        cache[where] = folds
+        cache[table] = folds
     return folds
 
 

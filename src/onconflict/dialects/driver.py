@@ -72,7 +72,7 @@ class DriverStatement:
         names = compiled.positiontup or []
         binds = compiled.binds
         self.params = [
-            (name.removeprefix("oc_"), binds[name].type.bind_processor(dialect)) for name in names
+            (name.removeprefix("oc_"), bind_processor(binds[name].type, dialect)) for name in names
         ]
         made = _prefetched(compiled, names)
         self.needs_context = None in made.values()
@@ -80,7 +80,7 @@ class DriverStatement:
         a sequence): the driver-level path must not run; the ordinary one does."""
         self.defaults = [(key, make) for key, make in made.items() if make is not None]
         cols = stmt.selected_columns if columns is None else columns
-        self.columns = [(col.key, col.type.result_processor(dialect, None)) for col in cols]
+        self.columns = [(col.key, result_processor(col.type, dialect)) for col in cols]
         self.names = [key for key, _ in self.columns]
         self.plain = not any(proc for _, proc in self.columns)
 
@@ -102,6 +102,26 @@ class DriverStatement:
             key: proc(value) if proc else value
             for (key, proc), value in zip(self.columns, record, strict=True)
         }
+
+
+def bind_processor(kind: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy's execution does to a value bound as ``kind`` on this
+    dialect: the dialect's own type (SQLite's DATETIME formats a datetime as
+    SQLAlchemy stores it; the generic DateTime has no processing), as SQLAlchemy
+    caches it."""
+    return kind._cached_bind_processor(dialect)  # type: ignore[no-any-return]
+
+
+def result_processor(kind: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy's result does to a value of type ``kind`` read on this
+    dialect (its own type's processing; see :func:`bind_processor`). A dialect
+    type whose processing depends on the driver's type code of the column
+    (asyncpg's numeric types) cannot say without one: the driver's own
+    conversion stands there, with the generic type's processing."""
+    try:
+        return kind._cached_result_processor(dialect, None)  # type: ignore[no-any-return]
+    except TypeError:
+        return kind.result_processor(dialect, None)  # type: ignore[no-any-return]
 
 
 def _prefetched(compiled: Any, names: list[str]) -> dict[str, Callable[[], Any] | None]:

@@ -362,11 +362,23 @@ class MySQL(Guard):
     def _read_back(
         self, conn: Connection, plan: UpsertPlan, updated: list[Row]
     ) -> dict[tuple[Any, ...], Row]:
-        """Phase 4: the updated rows as stored, by key."""
+        """Phase 4: the updated rows as stored, by the input rows' keys."""
         stored: dict[tuple[Any, ...], Row] = {}
         if updated:
             for now in conn.execute(select_by_keys(plan, updated)).mappings():
                 stored[plan.keys.of(dict(now), plan.match)] = dict(now)
+        wanted = [plan.keys.of(row, plan.match) for row in updated]
+        missing = [key for key in wanted if key not in stored]
+        if missing:  # the server's collation matched what onconflict's fold did not
+            asked = set(wanted)
+            extra = [key for key in stored if key not in asked]
+            if len(missing) != 1 or len(extra) != 1:
+                raise OutcomeMismatchError(
+                    f"upsert on {plan.table.name!r}: row(s) updated but read back"
+                    f" under other keys ({', '.join(plan.match)}): the column's"
+                    " collation compares them in a way onconflict cannot follow"
+                )
+            stored[missing[0]] = stored.pop(extra[0])  # one updated, one read: that row
         return stored
 
     # -- the locks of a call's own transaction ------------------------------------
