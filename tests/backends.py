@@ -124,7 +124,6 @@ class Backend:
     folds_case: bool = False  # the default collation ignores case ('ABC' is 'abc')
     enforces_length: bool = True  # False: VARCHAR(n) stores longer text as given
     error_aborts_transaction: bool = False  # any error dooms the whole transaction
-    one_key_target: bool = True  # a conflict target may name one unique key of several
     returning_optional: bool = True  # onconflict has a path without RETURNING for it
     text_holds_nul: bool = True  # text values may contain NUL
     guarded_ignore: bool = False  # INSERT IGNORE coerces bad rows (onconflict guards it)
@@ -311,7 +310,6 @@ MARIADB = Backend(
     partial_indexes=False,
     expression_indexes=False,  # MariaDB 10.11 has no functional indexes
     folds_case=True,  # utf8mb4_general_ci
-    one_key_target=False,  # INSERT IGNORE / ODKU answer to every unique key
     guarded_ignore=True,
     error_codes={"not_null": 1048, "check": 4025, "foreign_key": 1452, "too_long": 1406},
     isolation_levels=("READ COMMITTED", "REPEATABLE READ"),

@@ -348,6 +348,16 @@ def _typed_key(name: str, kind: Any) -> sa.Table:
     )
 
 
+# a primary key filled by a Python default (SQLModel's `Field(default_factory=uuid4,
+# primary_key=True)`): within reach of MySQL's INSERT IGNORE, never given ----------
+uuid_pk = sa.Table(
+    "oc_m_uuid_pk",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True, default=uuid.uuid4),
+    sa.Column("k", sa.String(20), nullable=False, unique=True),
+    sa.Column("v", sa.String(20), nullable=True),
+)
+
 date_key = _typed_key("oc_m_date_key", sa.Date)
 datetime_key = _typed_key("oc_m_datetime_key", sa.DateTime)
 numeric_key = _typed_key("oc_m_numeric_key", sa.Numeric(10, 2))
@@ -553,6 +563,14 @@ FEATURES = [
         stored={"k": "a", "v": "x"},
         needs=("schemas",),
         why_not="SQLite's schemas are attached files (ATTACH on every connection)",
+    ),
+    Feature(
+        "uuid_pk_default",
+        uuid_pk,
+        row={"k": "a", "v": "x"},
+        key=("k",),
+        change={"v": "y"},
+        stored={"k": "a", "v": "x"},
     ),
     Feature(
         "date_key",

@@ -172,19 +172,13 @@ async def test_other_violations_raise_and_store_nothing(
 async def test_primary_key_duplicate(
     handle: Handle, aengine: AsyncEngine, backend: Backend
 ) -> None:
-    on_id = "id" if backend.one_key_target else onconflict.ANY_KEY
     first = await handle.call(
-        "insert_ignore", users, [{"id": 7, "email": "a@x", "name": "alice"}], on=on_id
+        "insert_ignore", users, [{"id": 7, "email": "a@x", "name": "alice"}], on="id"
     )
     assert first.inserted[0]["id"] == 7
     rows = [{"id": 7, "email": "new@x", "name": "new"}, {"id": 8, "email": "b@x", "name": "bob"}]
-    if backend.one_key_target:
-        result = await handle.call("insert_ignore", users, rows, on="id")
-    else:
-        # MySQL cannot target the primary key alone: email could collide too
-        with pytest.raises(ValueError, match=r"no conflict target.*uq_users_email"):
-            await handle.call("insert_ignore", users, rows, on="id")
-        result = await handle.call("insert_ignore", users, rows, on=onconflict.ANY_KEY)
+    # (MySQL's INSERT IGNORE fires on email too: the skipped row is checked after)
+    result = await handle.call("insert_ignore", users, rows, on="id")
     assert result.existing == [rows[0]]
     assert [r["id"] for r in result.inserted] == [8]
     assert [r["email"] for r in await rows_of(aengine, users)] == ["a@x", "b@x"]
@@ -195,15 +189,48 @@ async def test_conflict_on_another_key_raises(aengine: AsyncEngine, backend: Bac
         aengine, accounts, [{"email": "a@x", "handle": "a"}], on=onconflict.ANY_KEY
     )
     clash = [{"email": "b@x", "handle": "a"}]  # new email, taken handle
-    if backend.one_key_target:
-        with pytest.raises(sa.exc.IntegrityError):
-            await onconflict.insert_ignore(aengine, accounts, clash, on="email")
-    else:
-        with pytest.raises(ValueError, match="ANY_KEY"):
-            await onconflict.insert_ignore(aengine, accounts, clash, on="email")
+    with pytest.raises(sa.exc.IntegrityError):
+        await onconflict.insert_ignore(aengine, accounts, clash, on="email")
+    # several rows, one of them clashing: raised, nothing of the call stored
+    rows = [{"email": "c@x", "handle": "c"}, *clash, {"email": "a@x", "handle": "z"}]
+    with pytest.raises(sa.exc.IntegrityError):
+        await onconflict.insert_ignore(aengine, accounts, rows, on="email")
+    with pytest.raises(sa.exc.IntegrityError):
+        await onconflict.insert_ignore(aengine, accounts, rows, on="email", returning=False)
+    assert len(await rows_of(aengine, accounts)) == 1
     result = await onconflict.insert_ignore(aengine, accounts, clash, on=onconflict.ANY_KEY)
     assert result.existing == clash
     assert len(await rows_of(aengine, accounts)) == 1
+
+
+async def test_a_python_default_key_that_collides_raises(aengine: AsyncEngine) -> None:
+    """A key filled by a Python default is within reach of MySQL's INSERT IGNORE
+    (a UUID primary key from uuid4, say): a row colliding there is no duplicate
+    of the target and raises, on every database; a duplicate of the target is
+    existing."""
+    md = sa.MetaData()
+    t = sa.Table(
+        "oc_const_pk",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False, default=lambda: 1),
+        sa.Column("sku", sa.String(20), nullable=False, unique=True),
+    )
+    async with aengine.begin() as conn:
+        await conn.run_sync(md.drop_all)
+        await conn.run_sync(md.create_all)
+    try:
+        first = await onconflict.insert_ignore(aengine, t, [{"sku": "a"}], on="sku")
+        assert first.inserted_count == 1
+        again = await onconflict.insert_ignore(aengine, t, [{"sku": "a"}], on="sku")
+        assert again.existing_count == 1
+        for rows in ([{"sku": "b"}], [{"sku": "a"}, {"sku": "c"}]):  # id 1 is taken
+            with pytest.raises(sa.exc.IntegrityError):
+                await onconflict.insert_ignore(aengine, t, rows, on="sku")
+        async with aengine.connect() as conn:
+            assert (await conn.execute(sa.select(t.c.sku))).scalars().all() == ["a"]
+    finally:
+        async with aengine.begin() as conn:
+            await conn.run_sync(md.drop_all)
 
 
 @pytest.mark.needs("partial_indexes")

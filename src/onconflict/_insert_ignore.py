@@ -81,6 +81,7 @@ class PreparedInsert:
     counts_only: bool = False  # returning=False: the caller wants counts, no rows
     wanted: tuple[str, ...] | None = None  # the column keys results keep (None: all)
     counting: bool = False  # the dialect counts inserted rows exactly: no rows read
+    elsewhere: bool = False  # skipped rows may be duplicates of another key: checked
     lean: bool = False  # one group, repeats left to the statement (see _lean)
     groups: list[_Group] = field(default_factory=list)
     duplicate_of: dict[int, int] = field(default_factory=dict)  # in-call repeats
@@ -198,7 +199,7 @@ def _prepare_insert_ignore(
     if not _lean(prepared, bulk_from):
         _group(prepared, bulk_from=bulk_from)
     if native and not support.targets_conflicts and not target.any_key:
-        _check_reachable(prepared)
+        prepared.elsewhere = _collide_elsewhere(prepared)
     return prepared
 
 
@@ -227,7 +228,8 @@ def _bind(prepared: PreparedInsert, dialect: Dialect) -> DialectSupport:
     assert support is not None
     prepared.returning = support.returning(dialect)
     counted = None
-    if prepared.counts_only and prepared.native:  # where the dialect counts exactly
+    if prepared.counts_only and prepared.native and not prepared.elsewhere:
+        # where the dialect counts exactly (and no skipped row needs checking)
         counted = support.count_statement(prepared.table, prepared.target)
     prepared.counting = counted is not None
     if counted is not None:
@@ -385,23 +387,15 @@ def in_key_order(prepared: PreparedInsert, group: _Group) -> None:
     group.in_key_order = True
 
 
-def _check_reachable(prepared: PreparedInsert) -> None:
+def _collide_elsewhere(prepared: PreparedInsert) -> bool:
+    """Whether rows can collide on another unique key than the target, where the
+    database's duplicate-only INSERT skips a duplicate of any key (MySQL's
+    INSERT IGNORE): the rows it skips are then checked (check_skipped)."""
     wanted = set(prepared.target.columns)
-    for g in prepared.groups:
-        others = [k for k in reachable_keys(prepared.table, g.columns) if set(k.columns) != wanted]
-        if others:
-            listing = "; ".join(k.describe() for k in others)
-            raise ValueError(
-                f"{_title(prepared)}: no conflict target, a duplicate on any unique key is"
-                f" skipped, and rows of {prepared.table.name!r} with columns"
-                f" ({', '.join(g.columns)}) could also collide on {listing}."
-                " Pass on=onconflict.ANY_KEY to accept that."
-            )
-
-
-def _title(prepared: PreparedInsert) -> str:
-    support = prepared.support
-    return support.capabilities.title if support is not None else "this database"
+    shapes = {g.columns for g in prepared.groups} or {tuple(prepared.rows[0])}
+    return any(
+        set(k.columns) != wanted for shape in shapes for k in reachable_keys(prepared.table, shape)
+    )
 
 
 def _row_bytes(row: Row) -> int:
@@ -477,6 +471,9 @@ def _write_native(
         for i, one in _write_group(conn, prepared, support, group):
             if one is not None:
                 stored[i] = one
+    if prepared.elsewhere and len(stored) < len(prepared.rows):
+        skipped = [row for i, row in enumerate(prepared.rows) if i not in stored]
+        support.check_skipped(conn, prepared.table, prepared.target, prepared.keys, skipped)
     return stored
 
 

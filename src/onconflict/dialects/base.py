@@ -239,6 +239,14 @@ class DialectSupport:
         were inserted (the driver's row count of an executemany, as sqlite3 sums it)."""
         return int(execute_rows(conn, stmt, rows).rowcount)
 
+    def check_skipped(
+        self, conn: Connection, table: sa.Table, target: ConflictTarget, keys: Keys, rows: list[Row]
+    ) -> None:
+        """``rows`` were skipped by a duplicate-only INSERT that skips a duplicate
+        of ANY unique key (``targets_conflicts`` False) and could collide on
+        another key than the target: raise for those that are no duplicate of
+        the target. A database whose INSERT names its target has nothing to do."""
+
     def write_one(self, conn: Connection, stmt: Insert, row: Row) -> Row | None:
         """Without RETURNING: insert one row, the stored row or None if it was a duplicate."""
         result = execute_row(conn, stmt, row)

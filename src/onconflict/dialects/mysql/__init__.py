@@ -50,7 +50,7 @@ from sqlalchemy.sql import visitors
 
 from onconflict._excluded import has_expressions, substitute
 from onconflict._keys import Keys, align, fold_text
-from onconflict._target import ConflictTarget
+from onconflict._target import ConflictTarget, reachable_keys
 from onconflict.dialects.base import Capabilities
 from onconflict.dialects.common import (
     collation_folds,
@@ -306,8 +306,24 @@ class MySQL(Guard):
             inserted[i] = one
         return inserted
 
+    def check_skipped(
+        self, conn: Connection, table: sa.Table, target: ConflictTarget, keys: Keys, rows: list[Row]
+    ) -> None:
+        """insert_ignore's rows that INSERT IGNORE skipped, where they could
+        also collide on another unique key than the target: as upsert's."""
+        plan = UpsertPlan(table, target, keys, target.columns, set_={}, where=None)
+        wanted = set(target.columns)
+        reached = {k for shape in {tuple(r) for r in rows} for k in reachable_keys(table, shape)}
+        plan.extra["other_keys"] = [k for k in reached if set(k.columns) != wanted]
+        self._check_skipped(conn, plan, rows, keyed=bool(target.columns), what="insert_ignore")
+
     def _check_skipped(
-        self, conn: Connection, plan: UpsertPlan, skipped: list[Row], keyed: bool
+        self,
+        conn: Connection,
+        plan: UpsertPlan,
+        skipped: list[Row],
+        keyed: bool,
+        what: str = "upsert",
     ) -> None:
         """Rows INSERT IGNORE skipped though their target key was not found: a
         duplicate of the target key made meanwhile is an existing row; anything
@@ -330,7 +346,7 @@ class MySQL(Guard):
             probe.rollback()
         keys = ", ".join(k.describe() for k in plan.extra["other_keys"])
         raise OutcomeMismatchError(
-            f"{len(others)} row(s) of the upsert into {plan.table.name!r} were skipped as"
+            f"{len(others)} row(s) of the {what} into {plan.table.name!r} were skipped as"
             f" duplicates though no row has their {plan.target.describe()}: a duplicate"
             f" of {keys} that is gone again; nothing was stored"
         )
