@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -228,6 +229,41 @@ async def test_a_python_default_key_that_collides_raises(aengine: AsyncEngine) -
                 await onconflict.insert_ignore(aengine, t, rows, on="sku")
         async with aengine.connect() as conn:
             assert (await conn.execute(sa.select(t.c.sku))).scalars().all() == ["a"]
+    finally:
+        async with aengine.begin() as conn:
+            await conn.run_sync(md.drop_all)
+
+
+async def test_checked_skips_under_concurrency_are_exact(aengine: AsyncEngine) -> None:
+    """Callers racing on the same keys of a table whose rows could collide on
+    another key (a UUID primary key from uuid4): every key is created once, and
+    the after-statement check of skipped rows (MySQL) neither raises nor
+    deadlocks (it takes a shared lock, as INSERT IGNORE's duplicate check did)."""
+    md = sa.MetaData()
+    t = sa.Table(
+        "oc_uuid_race",
+        md,
+        sa.Column("id", sa.Uuid, primary_key=True, default=uuid.uuid4),
+        sa.Column("k", sa.String(20), nullable=False, unique=True),
+    )
+    async with aengine.begin() as conn:
+        await conn.run_sync(md.drop_all)
+        await conn.run_sync(md.create_all)
+    made: list[str] = []
+
+    async def caller(n: int) -> None:
+        for batch in range(6):
+            keys = [f"k{(batch * 3 + n + j) % 12}" for j in range(4)]
+            result = await onconflict.insert_ignore(aengine, t, [{"k": k} for k in keys], on="k")
+            made.extend(r["k"] for r in result.inserted)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(caller, n)
+        assert sorted(made) == sorted(f"k{i}" for i in range(12))
+        async with aengine.connect() as conn:
+            assert (await conn.execute(sa.select(sa.func.count()).select_from(t))).scalar() == 12
     finally:
         async with aengine.begin() as conn:
             await conn.run_sync(md.drop_all)

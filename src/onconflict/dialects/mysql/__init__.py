@@ -334,7 +334,10 @@ class MySQL(Guard):
             return
         now: set[tuple[Any, ...]] = set()
         if keyed:  # (rows without the target key can only be duplicates of another)
-            lock = select_by_keys(plan, skipped, key_only=True).with_for_update()
+            # a shared lock for insert_ignore: INSERT IGNORE left one on each
+            # duplicate, and upgrading it is what deadlocks concurrent callers
+            shared = what == "insert_ignore"
+            lock = select_by_keys(plan, skipped, key_only=True).with_for_update(read=shared)
             now = {plan.keys.of(dict(r), plan.match) for r in conn.execute(lock).mappings()}
         others = [r for r in skipped if plan.keys.of(r, plan.match) not in now]
         if not others:
