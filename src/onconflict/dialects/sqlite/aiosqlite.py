@@ -24,7 +24,7 @@ from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.dialects.sqlite import build
 
 MAX_BATCH = 64  # calls run in one hop and one transaction
-CONTENDED = 0.02  # seconds after a call had to queue during which calls take the hop
+CONTENDED = 0.05  # seconds after calls last overlapped during which calls take the hop
 
 
 class AiosqlitePath(DriverPath):
@@ -151,10 +151,12 @@ class Writer:
         self.task: asyncio.Task[None] | None = None
         self.inline = True  # False once a connection refused use from this thread
         self.contended_until = 0.0  # (loop time) calls queued until lately: no inline attempts
+        self.calls = 0  # calls submitted so far
 
     async def submit(self, engine: Engine, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """``work``'s result, or None: the call is to take the ordinary path."""
         loop = asyncio.get_running_loop()
+        self.calls += 1
         if not self.busy:  # nobody at the database: this call's own turn, in its task
             self.busy = True
             # calls queued lately: the hop (others queue meanwhile and share the
@@ -167,8 +169,13 @@ class Writer:
                 self._next(engine)
             if inline:
                 # a call done on this thread never gave the loop a turn: give it
-                # one now (a caller in a loop must not starve other tasks)
+                # one now (a caller in a loop must not starve other tasks); other
+                # calls made meanwhile: callers are many, the hop (which they
+                # share) serves them better than turns on this thread one by one
+                calls = self.calls
                 await asyncio.sleep(0)
+                if self.calls != calls:
+                    self.contended_until = loop.time() + CONTENDED
             return got[0] if got else None
         self.contended_until = loop.time() + CONTENDED
         future: asyncio.Future[Any] = loop.create_future()
