@@ -529,3 +529,29 @@ async def test_a_connection_bound_to_its_thread_takes_the_hop(
         assert [r["code"] for r in await stored(engine)] == ["a"]
     finally:
         await engine.dispose()
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_overlapping_callers_share_hops_instead_of_turns_on_the_loop(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """32 callers at once, duplicates only: after the first round the engine
+    sees the calls overlap and sends them in shared hops (batches, savepoints),
+    not one by one on the loop's thread; every outcome is exact."""
+    sql, hops = traced(made)
+    await made.dispose()
+    await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    del sql[:], hops[:]
+
+    async def caller() -> int:
+        existing = 0
+        for _ in range(10):
+            existing += (
+                await onconflict.insert_ignore(made, things, [{"code": "a"}])
+            ).existing_count
+        return existing
+
+    assert await asyncio.gather(*(caller() for _ in range(32))) == [10] * 32
+    assert "SAVEPOINT" in sql  # batched
+    assert len(hops) < 320 // 4
+    assert [r["code"] for r in await stored(made)] == ["a"]
