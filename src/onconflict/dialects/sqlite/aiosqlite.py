@@ -2,7 +2,8 @@
 run with BEGIN IMMEDIATE ... COMMIT on the pooled connection's sqlite3
 connection in ONE hop to aiosqlite's thread, through the engine's
 :class:`Writer` (calls queued meanwhile share the hop and the transaction,
-each in a savepoint)."""
+each in a savepoint). A lone call is first tried on the event loop's thread
+(:func:`_inline`: never a lock wait, never an fsync there)."""
 
 from __future__ import annotations
 
