@@ -88,27 +88,41 @@ def traced(engine: AsyncEngine) -> tuple[list[str], list[int]]:
 
 
 @pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
-async def test_one_hop_with_begin_immediate_and_commit(made: AsyncEngine, backend: Backend) -> None:
-    """A new row and a duplicate: BEGIN IMMEDIATE, the INSERT, COMMIT, in one hop
-    to aiosqlite's thread, and no rollback from the pool afterwards; get_or_create
-    the same with its SELECT(s)."""
+async def test_a_lone_call_runs_on_the_loop_and_only_a_commit_hops(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """A call with nothing else of the engine under way runs on the event
+    loop's thread: the busy timeout at 0 for the attempt (then put back),
+    BEGIN IMMEDIATE, the statement(s), and ROLLBACK when nothing was written (a
+    duplicate, an existing row: no hop at all); a new row's COMMIT is the one
+    hop to aiosqlite's thread. No rollback from the pool afterwards."""
     sql, hops = traced(made)
     await made.dispose()
-    await onconflict.insert_ignore(made, things, [{"code": "warm"}])  # connect first
+    async with made.connect() as conn:  # the connection's own busy timeout
+        timeout = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+    await onconflict.insert_ignore(made, things, [{"code": "warm"}])
+    inline = ["PRAGMA", "PRAGMA", "BEGIN"]
     del sql[:], hops[:]
     new = await onconflict.insert_ignore(made, things, [{"code": "a"}])
-    assert (sql, len(hops)) == (["BEGIN", "INSERT", "COMMIT"], 1)
+    assert (sql, len(hops)) == ([*inline, "INSERT", "PRAGMA", "COMMIT"], 1)
     del sql[:], hops[:]
     dup = await onconflict.insert_ignore(made, things, [{"code": "a", "rank": 1}])
-    assert (sql, len(hops)) == (["BEGIN", "INSERT", "COMMIT"], 1)
+    assert (sql, len(hops)) == ([*inline, "INSERT", "PRAGMA", "ROLLBACK"], 0)
     assert (new.inserted_count, dup.existing_count) == (1, 1)
     del sql[:], hops[:]
     row, created = await onconflict.get_or_create(made, things, {"code": "a"})
-    assert (sql, len(hops), created) == (["BEGIN", "SELECT", "COMMIT"], 1, False)
+    assert (sql, len(hops), created) == ([*inline, "SELECT", "PRAGMA", "ROLLBACK"], 0, False)
     del sql[:], hops[:]
     row, created = await onconflict.get_or_create(made, things, {"code": "b"}, {"rank": 2})
-    assert (sql, len(hops), created) == (["BEGIN", "SELECT", "INSERT", "COMMIT"], 1, True)
+    assert (sql, len(hops), created) == (
+        [*inline, "SELECT", "INSERT", "PRAGMA", "COMMIT"],
+        1,
+        True,
+    )
     assert (row["code"], row["rank"], row["label"]) == ("b", 2, "none")
+    assert [r["code"] for r in await stored(made)] == ["warm", "a", "b"]
+    async with made.connect() as conn:  # the connection's busy timeout is its own again
+        assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == timeout > 0
 
 
 async def test_outcomes_defaults_and_key_not_name(made: AsyncEngine, backend: Backend) -> None:
@@ -369,3 +383,175 @@ async def test_a_driver_in_autocommit_mode_still_commits_each_call(
             assert not raw.driver_connection._conn.in_transaction
     finally:
         await engine.dispose()
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("ROLLBACK")
+"""
+
+
+def hold_lock(path: str, seconds: float) -> Any:
+    """Another process holding the database's lock (BEGIN EXCLUSIVE) for
+    ``seconds``, from when this returns."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, path, str(seconds)], stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == b"locked"
+    return holder
+
+
+async def _ticking(call: Any) -> tuple[Any, float]:
+    """``call()``'s result and the longest the event loop went without running a
+    task that ticks every 5 ms meanwhile."""
+    loop = asyncio.get_running_loop()
+    gaps = [0.0]
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = loop.time()
+        while not done.is_set():
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.02)  # ticking before the call starts
+    try:
+        return await call(), max(gaps)
+    finally:
+        done.set()
+        await ticker
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+async def test_a_lock_held_by_another_process_never_blocks_the_loop(
+    backend: Backend, tmp_path: Any, journal: str
+) -> None:
+    """Another process holds the database's lock: a call that would run on the
+    loop's thread gives up at once (busy timeout 0 for the attempt) and waits on
+    aiosqlite's thread instead; the loop keeps running other tasks, and when the
+    lock goes the outcomes are exact (a duplicate, an existing row, a new row,
+    a row created)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    path = str(tmp_path / "locked.db")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 30})
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f"PRAGMA journal_mode={journal}")
+            await conn.run_sync(meta.create_all)
+        await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        calls = [
+            lambda: onconflict.insert_ignore(engine, things, [{"code": "a"}]),
+            lambda: onconflict.get_or_create(engine, things, {"code": "a"}),
+            lambda: onconflict.insert_ignore(engine, things, [{"code": "b"}]),
+            lambda: onconflict.get_or_create(engine, things, {"code": "c"}),
+        ]
+        got = []
+        for call in calls:
+            holder = hold_lock(path, 0.6)
+            try:
+                started = asyncio.get_running_loop().time()
+                result, gap = await _ticking(call)
+                waited = asyncio.get_running_loop().time() - started
+            finally:
+                assert holder.wait(10) == 0
+            assert waited > 0.3  # it did wait for the lock...
+            assert gap < 0.2  # ...on aiosqlite's thread, not the loop's
+            got.append(result)
+        existing, (row_a, created_a), new, (row_c, created_c) = got
+        assert (existing.existing_count, new.inserted_count) == (1, 1)
+        assert (row_a["code"], created_a, row_c["code"], created_c) == ("a", False, "c", True)
+        assert [r["code"] for r in await stored(engine)] == ["a", "b", "c"]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_an_error_on_the_loop_thread_stores_nothing_and_leaves_no_transaction(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """A NOT NULL, CHECK or foreign-key error in the attempt on the loop's
+    thread: rolled back there, raised by the ordinary path, nothing stored, and
+    the next call runs on the loop again on a connection with no transaction
+    open and its own busy timeout."""
+    sql, hops = traced(made)
+    await made.dispose()
+    async with made.connect() as conn:
+        await conn.exec_driver_sql("PRAGMA foreign_keys = ON")
+        timeout = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+    await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    for row, error in BAD:
+        del sql[:]
+        with pytest.raises(error):
+            await onconflict.insert_ignore(made, things, [row], retry=None)
+        assert sql[:3] == ["PRAGMA", "PRAGMA", "BEGIN"]  # tried on the loop first
+        assert "ROLLBACK" in sql
+        assert "COMMIT" not in sql
+        del sql[:], hops[:]
+        assert (await onconflict.insert_ignore(made, things, [{"code": "a"}])).existing_count == 1
+        assert len(hops) == 0
+    assert [r["code"] for r in await stored(made)] == ["a"]
+    async with made.connect() as conn:
+        raw = await conn.get_raw_connection()
+        assert not raw.driver_connection._conn.in_transaction
+        assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == timeout
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_a_connection_bound_to_its_thread_takes_the_hop(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """A connection made with check_same_thread=True cannot be used from the
+    loop's thread: the attempt is declined (before anything ran) and the calls
+    take their hop, with exact outcomes."""
+    from onconflict.dialects import driver_path
+
+    engine = backend.async_engine(connect_args={"check_same_thread": True})
+    try:
+        got = await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        dup = await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        _, created = await onconflict.get_or_create(engine, things, {"code": "a"})
+        assert (got.inserted_count, dup.existing_count, created) == (1, 1, False)
+        writer = driver_path(engine.dialect).writer(engine.sync_engine)  # type: ignore[attr-defined]
+        assert writer.inline is False
+        assert [r["code"] for r in await stored(engine)] == ["a"]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_overlapping_callers_share_hops_instead_of_turns_on_the_loop(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """32 callers at once, duplicates only: after the first round the engine
+    sees the calls overlap and sends them in shared hops (batches, savepoints),
+    not one by one on the loop's thread; every outcome is exact."""
+    sql, hops = traced(made)
+    await made.dispose()
+    await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    del sql[:], hops[:]
+
+    async def caller() -> int:
+        existing = 0
+        for _ in range(10):
+            existing += (
+                await onconflict.insert_ignore(made, things, [{"code": "a"}])
+            ).existing_count
+        return existing
+
+    assert await asyncio.gather(*(caller() for _ in range(32))) == [10] * 32
+    assert "SAVEPOINT" in sql  # batched
+    assert len(hops) < 320 // 4
+    assert [r["code"] for r in await stored(made)] == ["a"]

@@ -2,7 +2,8 @@
 run with BEGIN IMMEDIATE ... COMMIT on the pooled connection's sqlite3
 connection in ONE hop to aiosqlite's thread, through the engine's
 :class:`Writer` (calls queued meanwhile share the hop and the transaction,
-each in a savepoint)."""
+each in a savepoint). A lone call is first tried on the event loop's thread
+(:func:`_inline`: never a lock wait, never an fsync there)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.dialects.sqlite import build
 
 MAX_BATCH = 64  # calls run in one hop and one transaction
+CONTENDED = 0.05  # seconds after calls last overlapped during which calls take the hop
 
 
 class AiosqlitePath(DriverPath):
@@ -146,20 +148,38 @@ class Writer:
         # (no reference to the engine: the writer is kept per engine in a
         # WeakKeyDictionary, which a reference back would keep alive forever)
         self.pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
-        self.busy = False  # a hop is under way
+        self.busy = False  # a call or a hop is under way
         self.task: asyncio.Task[None] | None = None
+        self.inline = True  # False once a connection refused use from this thread
+        self.contended_until = 0.0  # (loop time) calls queued until lately: no inline attempts
+        self.calls = 0  # calls submitted so far
 
     async def submit(self, engine: Engine, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """``work``'s result, or None: the call is to take the ordinary path."""
-        if not self.busy:  # nobody at the database: this call's own hop, in its task
+        loop = asyncio.get_running_loop()
+        self.calls += 1
+        if not self.busy:  # nobody at the database: this call's own turn, in its task
             self.busy = True
+            # calls queued lately: the hop (others queue meanwhile and share the
+            # next); else first the attempt on this thread
+            inline = self.inline and loop.time() >= self.contended_until
             try:
-                got = await greenlet_spawn(_on_driver_thread, engine, [work])
+                got = await greenlet_spawn(_alone, self, engine, work, inline)
             finally:
                 self.busy = False
                 self._next(engine)
+            if inline:
+                # a call done on this thread never gave the loop a turn: give it
+                # one now (a caller in a loop must not starve other tasks); other
+                # calls made meanwhile: callers are many, the hop (which they
+                # share) serves them better than turns on this thread one by one
+                calls = self.calls
+                await asyncio.sleep(0)
+                if self.calls != calls:
+                    self.contended_until = loop.time() + CONTENDED
             return got[0] if got else None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.contended_until = loop.time() + CONTENDED
+        future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((work, future))
         return await future
 
@@ -222,6 +242,123 @@ def _on_driver_thread(
             # _batch ended its transaction (COMMIT or ROLLBACK): the pool's
             # reset, one more hop to the thread, has nothing to roll back
             raw._checkin(transaction_was_reset=clean)
+
+
+def _alone(
+    writer: Writer, engine: Engine, work: Callable[[sqlite3.Connection], Any], inline: bool
+) -> list[Any] | None:
+    """Inside SQLAlchemy's greenlet bridge, with nothing else of this engine's
+    at the database (the writer is idle): a pooled connection and first the
+    call's statements run right here on the event loop's thread
+    (:func:`_inline`), which never waits: no lock wait (busy timeout 0 for the
+    attempt), no fsync (a COMMIT that has something to write goes to
+    aiosqlite's thread). When the attempt cannot be made (another connection
+    holds the write lock, the connection is not to be used from this thread)
+    the call takes its hop to aiosqlite's thread on the same connection.
+    None: the ordinary path runs (nothing stored)."""
+    raw = checkout(engine)
+    if raw is None:
+        return None
+    clean = False
+    try:
+        driver: Any = raw.driver_connection
+        db = _idle_sqlite3(driver) if inline else None
+        done: Any = _DECLINED
+        if db is not None:
+            done = _inline(writer, work, db)
+        if done is _DECLINED:  # the hop, as for a batch of one
+            done = await_only(driver._execute(_batch, [work], driver._conn))
+        elif isinstance(done, _Written):  # written here, committed on aiosqlite's thread
+            done = await_only(driver._execute(_commit, done.result, db))
+        clean = True  # the transaction was ended: committed or rolled back
+        return done  # type: ignore[no-any-return]
+    except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+        raw.invalidate()
+        return None
+    except sqlite3.Error:
+        clean = True  # rolled back
+        return None
+    finally:
+        if raw.dbapi_connection is None:  # invalidated
+            raw.close()
+        else:
+            raw._checkin(transaction_was_reset=clean)
+
+
+_DECLINED: Any = object()  # the inline attempt was not made, or gave up: take the hop
+
+
+class _Written:
+    """The inline attempt wrote: its result, once aiosqlite's thread has
+    run the COMMIT (the transaction is open until then)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+def _idle_sqlite3(driver: Any) -> sqlite3.Connection | None:
+    """The sqlite3 connection of a freshly checked-out aiosqlite connection,
+    when nothing is queued for its thread (every operation SQLAlchemy sent
+    on it was awaited before it came back to the pool, so its thread is
+    idle: this thread can use it without the two ever running at once) and
+    no transaction is open on it; else None."""
+    db = driver._connection
+    if db is None or not driver._running or not driver._tx.empty() or db.in_transaction:
+        return None
+    return db  # type: ignore[no-any-return]
+
+
+def _inline(
+    writer: Writer, work: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection
+) -> Any:
+    """On the event loop's thread: BEGIN IMMEDIATE with the busy timeout at 0
+    (a lock held by another connection or process fails at once instead of
+    waiting), the call's statements, then ROLLBACK when they changed nothing
+    (a duplicate, an existing row: nothing to commit, nothing to sync). A call
+    that wrote gives :class:`_Written`, the transaction still open (its COMMIT
+    syncs: aiosqlite's thread runs it, :func:`_commit`). _DECLINED:
+    nothing was done (the transaction, if begun, was rolled back): the hop.
+    An error of the statements themselves (NOT NULL, CHECK, ...) is raised
+    with the transaction rolled back: the ordinary path runs and raises it."""
+    try:
+        timeout = db.execute("PRAGMA busy_timeout").fetchone()[0]
+    except sqlite3.ProgrammingError as exc:
+        if "thread" in str(exc):  # made with check_same_thread=True: never from here
+            writer.inline = False
+        return _DECLINED
+    # PRAGMA takes no bound parameters; the values are ints read or fixed here
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        changes = db.total_changes
+        got = work(db)
+    except sqlite3.Error as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+        if code is None or code & 0xFF in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED: wait on the thread
+            return _DECLINED
+        raise
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+    if db.total_changes == changes:
+        db.execute("ROLLBACK")  # nothing written: nothing to commit
+        return [got]
+    return _Written(got)
+
+
+def _commit(result: Any, db: sqlite3.Connection) -> list[Any]:
+    """On aiosqlite's thread: the COMMIT of an inline attempt that wrote (a
+    failed COMMIT is rolled back and raised: nothing stored)."""
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return [result]
 
 
 def _batch(works: list[Callable[[sqlite3.Connection], Any]], db: sqlite3.Connection) -> Any:
