@@ -95,6 +95,12 @@ class PreparedInsert:
         return not self.rows
 
     @property
+    def types(self) -> dict[str, set[type]] | None:
+        """Each column's value types when every row has the same columns (see
+        ``_target.Rows``), else None."""
+        return getattr(self.rows, "types", None)
+
+    @property
     def keyed(self) -> tuple[str, ...]:
         """The columns rows are keyed by in the call: the target's, except for a
         partial index (it covers only rows matching its WHERE: the database decides)."""
@@ -192,7 +198,8 @@ def _prepare_insert_ignore(
     )
     prepared.native = native
     prepared.counts_only, prepared.wanted = wanted == (), wanted or None
-    refuse_key_expressions(tbl, data, prepared.keyed)
+    if _may_have_expressions(prepared):
+        refuse_key_expressions(tbl, data, prepared.keyed)
     # groups the dialect writes with its bulk path are put in key order there
     bulk_from = support.bulk_rows(dialect) if native else None
     if not _lean(prepared, bulk_from):
@@ -200,6 +207,16 @@ def _prepare_insert_ignore(
     if native and not support.targets_conflicts and not target.any_key:
         _check_reachable(prepared)
     return prepared
+
+
+def _may_have_expressions(prepared: PreparedInsert) -> bool:
+    """Whether a row may give a SQL expression as a value: False when the
+    column types known for one shape hold none."""
+    types = prepared.types
+    if types is None:
+        return True
+    kinds = set().union(*types.values())
+    return any(issubclass(kind, sa.sql.ClauseElement) for kind in kinds)
 
 
 def _choose(dialect: Dialect, strategy: str) -> tuple[DialectSupport, bool]:
@@ -285,11 +302,11 @@ def _lean(prepared: PreparedInsert, bulk_from: int | None) -> bool:
         return False
     if evaluated_key(target) is not None or prepared.keyed != target.columns:
         return False  # an expression or partial index: the usual plan
-    first = rows[0].keys()
-    if not all(row.keys() == first for row in rows):
+    types = prepared.types
+    if types is None:  # rows of several shapes (or not known to be of one)
         return False
     prepared.keep, prepared.bulk_from = "first", bulk_from
-    cols = tuple(sorted(first))
+    cols = tuple(sorted(types))
     prepared.groups = [_Group(cols, list(range(len(rows))), _match_of(prepared.keyed, cols))]
     prepared.lean = True
     return True
@@ -302,10 +319,9 @@ def _shapes(
     the repeats of a key are recorded in ``duplicate_of`` instead."""
     keyed, rows = prepared.keyed, prepared.rows
     unique = len(winner) == len(rows)  # every row keyed, no repeats: nothing to skip
-    first = rows[0].keys()
-    if unique and all(row.keys() == first for row in rows):
+    if unique and _one_shape(prepared):
         # the usual large call: one shape, no repeats: one group, in input order
-        cols = tuple(sorted(first))
+        cols = tuple(sorted(rows[0]))
         return [_Group(cols, list(range(len(rows))), _match_of(keyed, cols))]
     groups: dict[tuple[str, ...], _Group] = {}
     for i, row in enumerate(rows):
@@ -321,13 +337,21 @@ def _shapes(
     return list(groups.values())
 
 
+def _one_shape(prepared: PreparedInsert) -> bool:
+    """Every row carries the same columns."""
+    if prepared.types is not None:
+        return True
+    first = prepared.rows[0].keys()
+    return all(row.keys() == first for row in prepared.rows)
+
+
 def _row_keys(prepared: PreparedInsert) -> list[tuple[Any, ...] | None]:
     """Each row's key as the database sees it (None: it cannot collide)."""
     if prepared.server_keys is not None:  # an expression index: as the server computed them
         return prepared.server_keys
     keyed = prepared.keyed
     if keyed:
-        return prepared.keys.unique_many(prepared.rows, keyed)
+        return prepared.keys.unique_many(prepared.rows, keyed, prepared.types)
     return [None] * len(prepared.rows)
 
 
@@ -507,7 +531,7 @@ def _count_native(conn: Connection, prepared: PreparedInsert, support: DialectSu
 def _count_bulk(
     conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
 ) -> int | None:
-    batch = prepared.rows if prepared.lean else [prepared.rows[i] for i in group.indexes]
+    batch = prepared.rows if prepared.lean else _batch(prepared, group)
     return support.count_bulk(
         conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
     )
@@ -534,7 +558,7 @@ def _write_bulk(
     conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
 ) -> Iterable[tuple[int, Row | None]] | None:
     """The dialect's bulk path (PostgreSQL's COPY, say), or None if it declines."""
-    batch = [prepared.rows[i] for i in group.indexes]
+    batch = _batch(prepared, group)
     returned = support.write_bulk(
         conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
     )
@@ -544,6 +568,15 @@ def _write_bulk(
     with paused(len(batch)):
         aligned = align(prepared.keys, prepared.table, batch, returned, group.match, known)
     return zip(group.indexes, aligned, strict=True)
+
+
+def _batch(prepared: PreparedInsert, group: _Group) -> list[Row]:
+    """A group's rows; the input rows themselves (with their column types, for
+    the bulk path's checks) when the group is every row in input order."""
+    rows, indexes = prepared.rows, group.indexes
+    if len(indexes) == len(rows) and indexes == list(range(len(rows))):
+        return rows
+    return [rows[i] for i in indexes]
 
 
 def _write_chunks(

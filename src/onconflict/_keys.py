@@ -176,20 +176,34 @@ class Keys:
     def of(self, row: Mapping[Any, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
         return tuple([self.norm(c, row.get(c)) for c in cols])
 
-    def unique_many(self, rows: list[Row], cols: tuple[str, ...]) -> list[tuple[Any, ...] | None]:
+    def unique_many(
+        self,
+        rows: list[Row],
+        cols: tuple[str, ...],
+        types: Mapping[str, set[type]] | None = None,
+    ) -> list[tuple[Any, ...] | None]:
         """Each row's key, or None when it can't collide (a column missing or NULL:
         NULLs never collide in a unique index). A column at a time: values
-        already of their column's type (the usual case) are taken as they are."""
-        columns = [self._column(c, rows) for c in cols]
+        already of their column's type (the usual case) are taken as they are.
+        ``types``: each column's value types, when every row carries every
+        column (known beforehand: no pass to learn them)."""
+        columns = [self._column(c, rows, types) for c in cols]
         if len(columns) == 1:
             return [None if v is None else (v,) for v in columns[0]]
         return [None if None in key else key for key in zip(*columns, strict=True)]
 
-    def _column(self, col: str, rows: list[Row]) -> list[Any]:
+    def _column(
+        self, col: str, rows: list[Row], types: Mapping[str, set[type]] | None = None
+    ) -> list[Any]:
         """The rows' values of one key column, normalised unless they are keys as
         they are (no bind processing or fold, every value of the column's type)."""
-        values = [row.get(col) for row in rows]
         pytype = self.types[col]
+        if types is not None and col in types:  # every row carries it: C-level loops
+            values = list(map(itemgetter(col), rows))
+            if self.plain(col) and (pytype is None or types[col] <= {pytype, type(None)}):
+                return values
+            return [self.norm(col, v) for v in values]
+        values = [row.get(col) for row in rows]
         if self.plain(col) and (
             pytype is None or all(type(v) is pytype or v is None for v in values)
         ):
