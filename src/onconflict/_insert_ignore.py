@@ -25,11 +25,13 @@ from onconflict._excluded import refuse_key_expressions
 from onconflict._gc import paused
 from onconflict._keys import (
     Keys,
+    RecordRows,
     align,
     align_evaluated,
     by_key,
     evaluated_key,
     expression_key,
+    pair_positions,
 )
 from onconflict._target import (
     ConflictTarget,
@@ -41,7 +43,7 @@ from onconflict._target import (
 from onconflict.dialects import DialectSupport, native_support, support_for
 from onconflict.dialects.common import evaluate_keys, execute_row, with_primary_key
 from onconflict.exceptions import NotSupportedError
-from onconflict.result import InsertResult
+from onconflict.result import InsertResult, ResultRows
 
 Row = dict[str, Any]
 Strategy = Literal["auto", "native", "classify"]
@@ -313,12 +315,14 @@ def _lean(prepared: PreparedInsert, bulk_from: int | None) -> bool:
 
 
 def _shapes(
-    prepared: PreparedInsert, row_keys: list[tuple[Any, ...] | None], winner: dict[Any, int]
+    prepared: PreparedInsert,
+    row_keys: list[tuple[Any, ...] | None],
+    winner: dict[Any, int] | None,
 ) -> list[_Group]:
     """The rows written, grouped by the columns they carry (in input order);
     the repeats of a key are recorded in ``duplicate_of`` instead."""
     keyed, rows = prepared.keyed, prepared.rows
-    unique = len(winner) == len(rows)  # every row keyed, no repeats: nothing to skip
+    unique = winner is None  # every row keyed, no repeats: nothing to skip
     if unique and _one_shape(prepared):
         # the usual large call: one shape, no repeats: one group, in input order
         cols = tuple(sorted(rows[0]))
@@ -326,7 +330,7 @@ def _shapes(
     groups: dict[tuple[str, ...], _Group] = {}
     for i, row in enumerate(rows):
         key = row_keys[i]
-        if key is not None and winner[key] != i:
+        if key is not None and winner is not None and winner[key] != i:
             prepared.duplicate_of[i] = winner[key]
             continue
         cols = tuple(sorted(row))
@@ -357,9 +361,14 @@ def _row_keys(prepared: PreparedInsert) -> list[tuple[Any, ...] | None]:
 
 def _winners(
     prepared: PreparedInsert, row_keys: list[tuple[Any, ...] | None], keep: str
-) -> dict[Any, int]:
-    """key -> the position of the row written for it; refuses repeats for "error"."""
+) -> dict[Any, int] | None:
+    """key -> the position of the row written for it; refuses repeats for
+    "error". None when every row has a key and no key repeats (a set says so
+    faster than the dict is built: the usual large call)."""
     n = len(row_keys)
+    distinct = set(row_keys)
+    if len(distinct) == n and None not in distinct:
+        return None
     # the last row of a key wins a dict built forwards, the first one built backwards
     if keep == "last":
         winner: dict[Any, int] = dict(zip(row_keys, range(n), strict=True))
@@ -444,6 +453,9 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
             if prepared.counting:  # counts only: no row is read back
                 inserted = _count_native(conn, prepared, support)
                 return InsertResult.counted(inserted, len(prepared.given) - inserted)
+            whole = _write_whole(conn, prepared, support) if prepared.native else None
+            if whole is not None:  # one bulk statement for every row
+                return whole
             if prepared.native:
                 stored = _write_native(conn, prepared, support)
             else:
@@ -489,6 +501,70 @@ def insert_result(prepared: PreparedInsert, stored: dict[int, Row]) -> InsertRes
         else:
             existing.append(given)
     return InsertResult(inserted, existing)
+
+
+def _write_whole(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport
+) -> InsertResult | None:
+    """A call whose one group is every row in input order, taken by the
+    dialect's bulk path (PostgreSQL's COPY): the result straight from what it
+    returned, or None where the path does not apply. Returned records
+    (``RecordRows``) are paired with the input rows by key here, inside the
+    call (a row that pairs with none raises OutcomeMismatchError, and the
+    call's work is rolled back), as positions: the result's dicts are built
+    from the records when ``inserted`` is first read."""
+    group = _whole_group(prepared)
+    if group is None:
+        return None
+    returned = support.write_bulk(
+        conn, prepared.table, prepared.target, group.columns, prepared.rows, group.in_key_order
+    )
+    if returned is None:
+        return None
+    match, rows = group.match, prepared.rows
+    if isinstance(returned, RecordRows) and all(map(prepared.keys.plain, match)):
+        # the COPY path took every value in its column's type: keys as they are
+        wanted = list(map(operator.itemgetter(*match), rows))
+        positions = pair_positions(wanted, returned.values(match))
+        if positions is not None:
+            return _lazy_result(prepared, returned, positions)
+    with paused(len(rows)):  # keys Python cannot pair as they are: the general pairing
+        found = list(returned)
+        known = prepared.known_keys(group, group.indexes)
+        aligned = align(prepared.keys, prepared.table, rows, found, match, known)
+        return insert_result(prepared, {i: r for i, r in enumerate(aligned) if r is not None})
+
+
+def _whole_group(prepared: PreparedInsert) -> _Group | None:
+    """The one group, when it is every input row in input order and large
+    enough for the bulk path."""
+    if not prepared.returning or len(prepared.groups) != 1 or prepared.server_keys is not None:
+        return None
+    group = prepared.groups[0]
+    if len(group.indexes) <= prepared.max_rows[group.columns]:
+        return None
+    return group if _batch(prepared, group) is prepared.rows else None
+
+
+def _lazy_result(
+    prepared: PreparedInsert, returned: RecordRows, positions: list[int | None]
+) -> InsertResult:
+    """The result of ``_write_whole``: ``positions[i]`` is the returned
+    record of input row i (None: it existed). ``existing`` is built now (the
+    given rows); ``inserted`` when first read."""
+    skipped = list(map(operator.is_, positions, itertools.repeat(None)))
+    existing = list(itertools.compress(prepared.given, skipped))
+    order: list[int] = list(itertools.compress(positions, map(operator.not_, skipped)))  # type: ignore[arg-type]
+    out, wanted = prepared.outmap, prepared.wanted
+    names = returned.names
+    cols = names if wanted is None else [k for k in wanted if k in names]
+    pairs = [(k, out.get(k, k)) for k in cols]
+
+    def build() -> list[Mapping[str, Any]]:
+        with paused(len(order)):
+            return list(returned.build(order, pairs))
+
+    return InsertResult(ResultRows.lazy(len(order), build), ResultRows(existing))
 
 
 def _write_native(
@@ -566,7 +642,8 @@ def _write_bulk(
         return None
     known = prepared.known_keys(group, group.indexes)
     with paused(len(batch)):
-        aligned = align(prepared.keys, prepared.table, batch, returned, group.match, known)
+        found = list(returned)  # records made dicts: paired as dicts here
+        aligned = align(prepared.keys, prepared.table, batch, found, group.match, known)
     return zip(group.indexes, aligned, strict=True)
 
 

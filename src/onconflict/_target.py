@@ -177,16 +177,17 @@ def _normalized(
 ) -> Rows:
     identity = all(k == v for k, v in keymap.items())
     rows = rows if isinstance(rows, list) else list(rows)
+    given: Any = rows  # plain dicts of column keys, where used as given
     auto = table.autoincrement_column
     numbered = None if auto is None else auto.key  # None for it: the database numbers it
     if not fixed and identity:
         types = column_types(rows)
         if types is not None and _shape_usable(types, keymap.keys(), numbered):
-            out = Rows(rows)  # one shape of plain dicts of column keys (the usual case)
+            out = Rows(given)  # one shape of plain dicts of column keys (the usual case)
             out.types = types
             return out
         if types is None and _usable_as_given(rows, keymap.keys(), numbered):
-            return Rows(rows)  # plain dicts of column keys, of several shapes
+            return Rows(given)  # plain dicts of column keys, of several shapes
     done = [_normalize_row(table, keymap, identity, numbered, i, row) for i, row in enumerate(rows)]
     if fixed:
         done = [with_fixed(fixed, row, f"row {i}") for i, row in enumerate(done)]

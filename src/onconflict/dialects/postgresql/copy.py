@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.util import await_only
 
 from onconflict._gc import paused
-from onconflict._keys import expression_key
+from onconflict._keys import RecordRows, expression_key
 from onconflict._target import ConflictTarget
 from onconflict.dialects.common import do_nothing, python_defaults
 from onconflict.dialects.driver import DriverStatement
@@ -91,7 +91,7 @@ def write_bulk(
     columns: tuple[str, ...],
     rows: list[Row],
     in_key_order: bool = False,
-) -> list[Row] | None:
+) -> Sequence[Row] | None:
     """COPY into a temporary table, then one INSERT ... SELECT ... [ORDER BY key]
     ON CONFLICT DO NOTHING RETURNING: for large calls on asyncpg. Rows not
     already in key order (the lock order) are sorted by the server, not Python.
@@ -109,10 +109,11 @@ def write_bulk(
     fast = DriverStatement(stmt, conn.dialect, table.c)
     with as_sqlalchemy_errors(conn, fast.sql):
         fetched = await_only(driver.fetch(fast.sql))
-    with paused(len(fetched)):
-        returned = fast.rows(fetched)
     scratch.drop(conn)
-    return returned
+    if fast.plain:  # no result processing: the records are the rows, made dicts when read
+        return RecordRows(fetched, fast.names)
+    with paused(len(fetched)):
+        return fast.rows(fetched)
 
 
 def count_bulk(
