@@ -1,0 +1,102 @@
+"""Before/after of the PostgreSQL COPY path, interleaved in one run.
+
+``python -m benchmarks.bulk_ab --url URL --before DIR [--rows N] [--dups 0,50] [--repeats 2]``
+
+``DIR`` holds another checkout's ``src`` (``git archive <commit> src | tar -x -C DIR``).
+Each contender runs in a fresh interpreter (its own ``onconflict``: the
+checkout's or this one's), on the bulk benchmark's table reset to the
+duplicates, one call timed; the contenders alternate within each repeat, so
+that a load that changes during the run weighs on all of them alike. Prints
+one line per run and the medians; exactly-once is checked after every call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent.parent
+CONTENDERS = {  # name -> (uses the checkout given as --before, what runs)
+    "raw driver, counts only": (False, "raw_counts"),
+    "onconflict before, counts only": (True, "counts"),
+    "onconflict after, counts only": (False, "counts"),
+    "raw driver (RETURNING)": (False, "raw"),
+    "onconflict before": (True, "full"),
+    "onconflict after": (False, "full"),
+    "onconflict after, rows read": (False, "read"),
+}
+
+
+async def _child(url: str, n: int, dup: int, what: str) -> dict[str, Any]:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    import onconflict
+    from benchmarks import bulk
+
+    engine = create_async_engine(url)
+    rows = bulk.make_rows(n)
+    preload = rows[: n * dup // 100]
+    await bulk.reset(engine, preload)
+    start = time.perf_counter()
+    if what in ("raw", "raw_counts"):
+        inserted = await bulk.raw_for(url, what == "raw_counts")(engine, rows)
+    elif what == "counts":
+        got = await onconflict.insert_ignore(engine, bulk.table, rows, returning=False)
+        inserted = got.inserted_count
+    else:
+        got = await onconflict.insert_ignore(engine, bulk.table, rows)
+        inserted = sum(1 for _ in got.inserted) if what == "read" else got.inserted_count
+    seconds = time.perf_counter() - start
+    stored = await bulk.rows_in(engine)
+    await engine.dispose()
+    if stored != n or inserted != n - len(preload):
+        raise SystemExit(f"exactly-once broken: {stored} stored, {inserted} inserted")
+    return {"seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--before", type=Path)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dups", default="0,50")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--child", nargs=3)  # internal: dup what (one timed call)
+    args = ap.parse_args()
+    if args.child:
+        dup, what = int(args.child[1]), args.child[2]
+        print(json.dumps(asyncio.run(_child(args.url, args.rows, dup, what))))
+        return
+    times: dict[tuple[int, str], list[float]] = {}
+    for dup in (int(d) for d in args.dups.split(",")):
+        for _ in range(args.repeats):
+            for name, (before, what) in CONTENDERS.items():
+                if before and args.before is None:
+                    continue
+                src = (args.before if before else HERE) / "src"
+                env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{HERE}"}
+                cmd = [sys.executable, "-m", "benchmarks.bulk_ab", "--url", args.url]
+                cmd += ["--rows", str(args.rows), "--child", "x", str(dup), what]
+                out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+                seconds = json.loads(out.stdout.splitlines()[-1])["seconds"]
+                times.setdefault((dup, name), []).append(seconds)
+                load = os.getloadavg()[0]
+                print(f"{dup:>3}% {name:34s} {seconds:7.3f} s  (load {load:.2f})", flush=True)
+    print("\nmedians (s), and ratios to the raw driver's same statements:")
+    for (dup, name), got in times.items():
+        raw = "raw driver, counts only" if "counts" in name else "raw driver (RETURNING)"
+        med = statistics.median(got)
+        ref = statistics.median(times[(dup, raw)])
+        print(f"{dup:>3}% {name:34s} {med:7.3f}  {med / ref:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
