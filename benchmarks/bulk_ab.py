@@ -5,8 +5,10 @@
 ``DIR`` holds another checkout's ``src`` (``git archive <commit> src | tar -x -C DIR``).
 Each contender runs in a fresh interpreter (its own ``onconflict``: the
 checkout's or this one's), on the bulk benchmark's table reset to the
-duplicates, one call timed; the contenders alternate within each repeat, so
-that a load that changes during the run weighs on all of them alike. Prints
+duplicates and a CHECKPOINT (so that no run pays for the previous one's
+writes), one call timed; the contenders alternate within each repeat, in
+reverse order every other repeat, so that a load that changes during the run
+weighs on all of them alike. Prints
 one line per run and the medians; exactly-once is checked after every call.
 """
 
@@ -36,6 +38,7 @@ CONTENDERS = {  # name -> (uses the checkout given as --before, what runs)
 
 
 async def _child(url: str, n: int, dup: int, what: str) -> dict[str, Any]:
+    import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
     import onconflict
@@ -45,6 +48,8 @@ async def _child(url: str, n: int, dup: int, what: str) -> dict[str, Any]:
     rows = bulk.make_rows(n)
     preload = rows[: n * dup // 100]
     await bulk.reset(engine, preload)
+    async with engine.connect() as conn:  # the previous runs' writes flushed first
+        await conn.execute(sa.text("CHECKPOINT"))
     start = time.perf_counter()
     if what in ("raw", "raw_counts"):
         inserted = await bulk.raw_for(url, what == "raw_counts")(engine, rows)
@@ -77,8 +82,9 @@ def main() -> None:
         return
     times: dict[tuple[int, str], list[float]] = {}
     for dup in (int(d) for d in args.dups.split(",")):
-        for _ in range(args.repeats):
-            for name, (before, what) in CONTENDERS.items():
+        for repeat in range(args.repeats):
+            order = list(CONTENDERS.items())
+            for name, (before, what) in order if repeat % 2 == 0 else order[::-1]:
                 if before and args.before is None:
                     continue
                 src = (args.before if before else HERE) / "src"

@@ -222,3 +222,27 @@ async def test_a_returned_row_pairing_with_no_input_row_raises_inside_the_call(
     assert await _stored(aengine, pairs) == {}
     got = await onconflict.insert_ignore(aengine, pairs, rows, returning=False)
     assert got.inserted_count == N  # counts only pairs nothing: exact from the server
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+@pytest.mark.parametrize("returning", [True, False])
+async def test_a_large_call_the_copy_path_declines_is_exact(
+    backend: Backend, aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, returning: bool
+) -> None:
+    """A large call planned for the bulk path (one shape, no repeats: no
+    per-row keys made) that the COPY path then declines: the usual statements,
+    in key order, with the same exact outcomes."""
+    from onconflict.dialects.postgresql import copy
+
+    monkeypatch.setattr(copy, "_copyable", lambda *_: None)
+    await onconflict.insert_ignore(aengine, pairs, [{"a": i, "b": 0} for i in range(0, N, 3)])
+    rows = [{"a": N - 1 - i, "b": 0, "v": f"v{i}"} for i in range(N)]  # not in key order
+    got = await onconflict.insert_ignore(aengine, pairs, rows, returning=returning)
+    stored = await _stored(aengine, pairs)
+    new = [r for r in rows if r["a"] % 3]
+    assert (got.inserted_count, got.existing_count) == (len(new), N - len(new))
+    assert len(stored) == N
+    if returning:
+        assert got.inserted == [stored[(r["a"], r["b"])] for r in new]
+        assert got.existing == [r for r in rows if r["a"] % 3 == 0]

@@ -280,6 +280,8 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
     """
     prepared.keep, prepared.bulk_from, prepared.lean = keep, bulk_from, False
     prepared.duplicate_of.clear()
+    if _bulk_whole(prepared, bulk_from):
+        return
     row_keys = prepared.row_keys = _row_keys(prepared)
     winner = _winners(prepared, row_keys, keep)
     groups = _shapes(prepared, row_keys, winner)
@@ -289,6 +291,33 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
         else:  # already in key order (a sorted export, say)? then nobody sorts it
             group.in_key_order = _sorted(row_keys, group.indexes)
     prepared.groups = groups
+
+
+def _bulk_whole(prepared: PreparedInsert, bulk_from: int | None) -> bool:
+    """A large call for the dialect's bulk path whose rows are of one shape,
+    keyed by plain columns (no bind processing or fold, every value of the
+    column's type) and repeat no key: one group of every row in input order,
+    found from the key values as they are (C-level loops, no per-row key
+    tuples). The rows' keys are made only if the bulk path declines
+    (``in_key_order``)."""
+    rows, keyed, types, keys = prepared.rows, prepared.keyed, prepared.types, prepared.keys
+    if bulk_from is None or len(rows) < bulk_from or types is None or not keyed:
+        return False
+    if prepared.server_keys is not None or not set(keyed) <= types.keys():
+        return False
+    for col in keyed:
+        pytype = keys.types[col]
+        if not keys.plain(col) or pytype is None or not types[col] <= {pytype, type(None)}:
+            return False
+    values = list(map(operator.itemgetter(*keyed), rows))
+    distinct = set(values)
+    if len(distinct) != len(rows) or None in distinct:  # repeats: the usual plan
+        return False
+    cols = tuple(sorted(types))
+    group = _Group(cols, list(range(len(rows))), _match_of(keyed, cols))
+    group.in_key_order = _in_order(values)
+    prepared.groups, prepared.row_keys = [group], []
+    return True
 
 
 def _lean(prepared: PreparedInsert, bulk_from: int | None) -> bool:
@@ -390,7 +419,10 @@ def _winners(
 
 
 def _sorted(row_keys: list[tuple[Any, ...] | None], indexes: list[int]) -> bool:
-    keys: list[Any] = [row_keys[i] for i in indexes]
+    return _in_order([row_keys[i] for i in indexes])
+
+
+def _in_order(keys: list[Any]) -> bool:
     try:
         return all(map(operator.le, keys, itertools.islice(keys, 1, None)))
     except TypeError:  # a row without a key, or keys that do not compare
@@ -409,6 +441,8 @@ def in_key_order(prepared: PreparedInsert, group: _Group) -> None:
     keyed = prepared.keyed
     if group.in_key_order or not keyed or group.match != keyed:
         return
+    if not prepared.row_keys:  # not made for a group left to the bulk path (_bulk_whole)
+        prepared.row_keys = _row_keys(prepared)
     row_keys, keys, rows = prepared.row_keys, prepared.keys, prepared.rows
     with suppress(TypeError):  # keys that do not compare: left in input order
         if all(row_keys[i] is not None for i in group.indexes):
