@@ -9,7 +9,9 @@ duplicates and a CHECKPOINT (so that no run pays for the previous one's
 writes), one call timed; the contenders alternate within each repeat, in
 reverse order every other repeat, so that a load that changes during the run
 weighs on all of them alike. Prints
-one line per run and the medians; exactly-once is checked after every call.
+one line per run and the medians: wall time, and the client process's CPU
+time (time.process_time: the Python side's work, which a loaded machine
+disturbs less than the wall time); exactly-once is checked after every call.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ async def _child(url: str, n: int, dup: int, what: str) -> dict[str, Any]:
     await bulk.reset(engine, preload)
     async with engine.connect() as conn:  # the previous runs' writes flushed first
         await conn.execute(sa.text("CHECKPOINT"))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if what in ("raw", "raw_counts"):
         inserted = await bulk.raw_for(url, what == "raw_counts")(engine, rows)
     elif what == "counts":
@@ -59,12 +61,12 @@ async def _child(url: str, n: int, dup: int, what: str) -> dict[str, Any]:
     else:
         got = await onconflict.insert_ignore(engine, bulk.table, rows)
         inserted = sum(1 for _ in got.inserted) if what == "read" else got.inserted_count
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     stored = await bulk.rows_in(engine)
     await engine.dispose()
     if stored != n or inserted != n - len(preload):
         raise SystemExit(f"exactly-once broken: {stored} stored, {inserted} inserted")
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu": cpu}
 
 
 def main() -> None:
@@ -81,6 +83,7 @@ def main() -> None:
         print(json.dumps(asyncio.run(_child(args.url, args.rows, dup, what))))
         return
     times: dict[tuple[int, str], list[float]] = {}
+    cpus: dict[tuple[int, str], list[float]] = {}
     for dup in (int(d) for d in args.dups.split(",")):
         for repeat in range(args.repeats):
             order = list(CONTENDERS.items())
@@ -92,16 +95,22 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "benchmarks.bulk_ab", "--url", args.url]
                 cmd += ["--rows", str(args.rows), "--child", "x", str(dup), what]
                 out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
-                seconds = json.loads(out.stdout.splitlines()[-1])["seconds"]
-                times.setdefault((dup, name), []).append(seconds)
+                got = json.loads(out.stdout.splitlines()[-1])
+                times.setdefault((dup, name), []).append(got["seconds"])
+                cpus.setdefault((dup, name), []).append(got["cpu"])
                 load = os.getloadavg()[0]
-                print(f"{dup:>3}% {name:34s} {seconds:7.3f} s  (load {load:.2f})", flush=True)
-    print("\nmedians (s), and ratios to the raw driver's same statements:")
+                print(
+                    f"{dup:>3}% {name:34s} {got['seconds']:7.3f} s, client CPU"
+                    f" {got['cpu']:6.3f} s  (load {load:.2f})",
+                    flush=True,
+                )
+    print("\nmedians: wall s (ratio to the raw driver's same statements), client CPU s")
     for (dup, name), got in times.items():
         raw = "raw driver, counts only" if "counts" in name else "raw driver (RETURNING)"
         med = statistics.median(got)
         ref = statistics.median(times[(dup, raw)])
-        print(f"{dup:>3}% {name:34s} {med:7.3f}  {med / ref:5.2f}x")
+        cpu = statistics.median(cpus[(dup, name)])
+        print(f"{dup:>3}% {name:34s} {med:7.3f} ({med / ref:4.2f}x)  {cpu:6.3f}")
 
 
 if __name__ == "__main__":
