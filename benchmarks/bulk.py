@@ -4,8 +4,9 @@ Contenders, each on a fresh table preloaded with the duplicates:
 - plain INSERT of the same rows (executemany): the reference, 0% duplicates only
   (with duplicates it fails);
 - onconflict insert_ignore, as it runs (on PostgreSQL + asyncpg: the COPY path
-  above its threshold), with the statements only, and counts only
-  (``returning=False``: no rows read back);
+  above its threshold; there the result's rows are built when first read),
+  the same with every inserted row read, with the statements only, and counts
+  only (``returning=False``: no rows read back);
 - the raw driver floor: the same work hand-written on the driver (on
   PostgreSQL also without RETURNING, the counts-only statements);
 - peers, where installed: Django and Tortoise ``bulk_create(ignore_conflicts=True)``,
@@ -68,6 +69,13 @@ async def plain(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
 
 async def ours(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
     return (await onconflict.insert_ignore(engine, table, rows)).inserted_count
+
+
+async def ours_read(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
+    """The full result with every inserted row read (on the COPY path the
+    result's dicts are built from the driver's records when first read)."""
+    result = await onconflict.insert_ignore(engine, table, rows)
+    return sum(1 for _ in result.inserted)
 
 
 async def ours_statements(engine: AsyncEngine, rows: list[dict[str, Any]]) -> int:
@@ -204,6 +212,7 @@ async def run(
                 scen = f"{n:,} rows {d}%dup"
                 contenders: list[tuple[str, Any, bool]] = [
                     ("onconflict insert_ignore", ours, True),
+                    ("onconflict, rows read", ours_read, True),
                     ("onconflict, counts only", ours_counts, True),
                     ("raw driver", raw_for(url), False),
                 ]

@@ -25,11 +25,13 @@ from onconflict._excluded import refuse_key_expressions
 from onconflict._gc import paused
 from onconflict._keys import (
     Keys,
+    RecordRows,
     align,
     align_evaluated,
     by_key,
     evaluated_key,
     expression_key,
+    pair_positions,
 )
 from onconflict._target import (
     ConflictTarget,
@@ -41,7 +43,7 @@ from onconflict._target import (
 from onconflict.dialects import DialectSupport, native_support, support_for
 from onconflict.dialects.common import evaluate_keys, execute_row, with_primary_key
 from onconflict.exceptions import NotSupportedError
-from onconflict.result import InsertResult
+from onconflict.result import InsertResult, ResultRows
 
 Row = dict[str, Any]
 Strategy = Literal["auto", "native", "classify"]
@@ -94,6 +96,12 @@ class PreparedInsert:
     @property
     def empty(self) -> bool:
         return not self.rows
+
+    @property
+    def types(self) -> dict[str, set[type]] | None:
+        """Each column's value types when every row has the same columns (see
+        ``_target.Rows``), else None."""
+        return getattr(self.rows, "types", None)
 
     @property
     def keyed(self) -> tuple[str, ...]:
@@ -193,7 +201,8 @@ def _prepare_insert_ignore(
     )
     prepared.native = native
     prepared.counts_only, prepared.wanted = wanted == (), wanted or None
-    refuse_key_expressions(tbl, data, prepared.keyed)
+    if _may_have_expressions(prepared):
+        refuse_key_expressions(tbl, data, prepared.keyed)
     # groups the dialect writes with its bulk path are put in key order there
     bulk_from = support.bulk_rows(dialect) if native else None
     if not _lean(prepared, bulk_from):
@@ -201,6 +210,16 @@ def _prepare_insert_ignore(
     if native and not support.targets_conflicts and not target.any_key:
         prepared.elsewhere = _collide_elsewhere(prepared)
     return prepared
+
+
+def _may_have_expressions(prepared: PreparedInsert) -> bool:
+    """Whether a row may give a SQL expression as a value: False when the
+    column types known for one shape hold none."""
+    types = prepared.types
+    if types is None:
+        return True
+    kinds = set().union(*types.values())
+    return any(issubclass(kind, sa.sql.ClauseElement) for kind in kinds)
 
 
 def _choose(dialect: Dialect, strategy: str) -> tuple[DialectSupport, bool]:
@@ -263,6 +282,8 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
     """
     prepared.keep, prepared.bulk_from, prepared.lean = keep, bulk_from, False
     prepared.duplicate_of.clear()
+    if _bulk_whole(prepared, bulk_from):
+        return
     row_keys = prepared.row_keys = _row_keys(prepared)
     winner = _winners(prepared, row_keys, keep)
     groups = _shapes(prepared, row_keys, winner)
@@ -272,6 +293,33 @@ def _group(prepared: PreparedInsert, keep: str = "first", bulk_from: int | None 
         else:  # already in key order (a sorted export, say)? then nobody sorts it
             group.in_key_order = _sorted(row_keys, group.indexes)
     prepared.groups = groups
+
+
+def _bulk_whole(prepared: PreparedInsert, bulk_from: int | None) -> bool:
+    """A large call for the dialect's bulk path whose rows are of one shape,
+    keyed by plain columns (no bind processing or fold, every value of the
+    column's type) and repeat no key: one group of every row in input order,
+    found from the key values as they are (C-level loops, no per-row key
+    tuples). The rows' keys are made only if the bulk path declines
+    (``in_key_order``)."""
+    rows, keyed, types, keys = prepared.rows, prepared.keyed, prepared.types, prepared.keys
+    if bulk_from is None or len(rows) < bulk_from or types is None or not keyed:
+        return False
+    if prepared.server_keys is not None or not set(keyed) <= types.keys():
+        return False
+    for col in keyed:
+        pytype = keys.types[col]
+        if not keys.plain(col) or pytype is None or not types[col] <= {pytype, type(None)}:
+            return False
+    values = list(map(operator.itemgetter(*keyed), rows))
+    distinct = set(values)
+    if len(distinct) != len(rows) or None in distinct:  # repeats: the usual plan
+        return False
+    cols = tuple(sorted(types))
+    group = _Group(cols, list(range(len(rows))), _match_of(keyed, cols))
+    group.in_key_order = _in_order(values)
+    prepared.groups, prepared.row_keys = [group], []
+    return True
 
 
 def _lean(prepared: PreparedInsert, bulk_from: int | None) -> bool:
@@ -287,32 +335,33 @@ def _lean(prepared: PreparedInsert, bulk_from: int | None) -> bool:
         return False
     if evaluated_key(target) is not None or prepared.keyed != target.columns:
         return False  # an expression or partial index: the usual plan
-    first = rows[0].keys()
-    if not all(row.keys() == first for row in rows):
+    types = prepared.types
+    if types is None:  # rows of several shapes (or not known to be of one)
         return False
     prepared.keep, prepared.bulk_from = "first", bulk_from
-    cols = tuple(sorted(first))
+    cols = tuple(sorted(types))
     prepared.groups = [_Group(cols, list(range(len(rows))), _match_of(prepared.keyed, cols))]
     prepared.lean = True
     return True
 
 
 def _shapes(
-    prepared: PreparedInsert, row_keys: list[tuple[Any, ...] | None], winner: dict[Any, int]
+    prepared: PreparedInsert,
+    row_keys: list[tuple[Any, ...] | None],
+    winner: dict[Any, int] | None,
 ) -> list[_Group]:
     """The rows written, grouped by the columns they carry (in input order);
     the repeats of a key are recorded in ``duplicate_of`` instead."""
     keyed, rows = prepared.keyed, prepared.rows
-    unique = len(winner) == len(rows)  # every row keyed, no repeats: nothing to skip
-    first = rows[0].keys()
-    if unique and all(row.keys() == first for row in rows):
+    unique = winner is None  # every row keyed, no repeats: nothing to skip
+    if unique and _one_shape(prepared):
         # the usual large call: one shape, no repeats: one group, in input order
-        cols = tuple(sorted(first))
+        cols = tuple(sorted(rows[0]))
         return [_Group(cols, list(range(len(rows))), _match_of(keyed, cols))]
     groups: dict[tuple[str, ...], _Group] = {}
     for i, row in enumerate(rows):
         key = row_keys[i]
-        if key is not None and winner[key] != i:
+        if key is not None and winner is not None and winner[key] != i:
             prepared.duplicate_of[i] = winner[key]
             continue
         cols = tuple(sorted(row))
@@ -323,21 +372,34 @@ def _shapes(
     return list(groups.values())
 
 
+def _one_shape(prepared: PreparedInsert) -> bool:
+    """Every row carries the same columns."""
+    if prepared.types is not None:
+        return True
+    first = prepared.rows[0].keys()
+    return all(row.keys() == first for row in prepared.rows)
+
+
 def _row_keys(prepared: PreparedInsert) -> list[tuple[Any, ...] | None]:
     """Each row's key as the database sees it (None: it cannot collide)."""
     if prepared.server_keys is not None:  # an expression index: as the server computed them
         return prepared.server_keys
     keyed = prepared.keyed
     if keyed:
-        return prepared.keys.unique_many(prepared.rows, keyed)
+        return prepared.keys.unique_many(prepared.rows, keyed, prepared.types)
     return [None] * len(prepared.rows)
 
 
 def _winners(
     prepared: PreparedInsert, row_keys: list[tuple[Any, ...] | None], keep: str
-) -> dict[Any, int]:
-    """key -> the position of the row written for it; refuses repeats for "error"."""
+) -> dict[Any, int] | None:
+    """key -> the position of the row written for it; refuses repeats for
+    "error". None when every row has a key and no key repeats (a set says so
+    faster than the dict is built: the usual large call)."""
     n = len(row_keys)
+    distinct = set(row_keys)
+    if len(distinct) == n and None not in distinct:
+        return None
     # the last row of a key wins a dict built forwards, the first one built backwards
     if keep == "last":
         winner: dict[Any, int] = dict(zip(row_keys, range(n), strict=True))
@@ -359,7 +421,10 @@ def _winners(
 
 
 def _sorted(row_keys: list[tuple[Any, ...] | None], indexes: list[int]) -> bool:
-    keys: list[Any] = [row_keys[i] for i in indexes]
+    return _in_order([row_keys[i] for i in indexes])
+
+
+def _in_order(keys: list[Any]) -> bool:
     try:
         return all(map(operator.le, keys, itertools.islice(keys, 1, None)))
     except TypeError:  # a row without a key, or keys that do not compare
@@ -378,6 +443,8 @@ def in_key_order(prepared: PreparedInsert, group: _Group) -> None:
     keyed = prepared.keyed
     if group.in_key_order or not keyed or group.match != keyed:
         return
+    if not prepared.row_keys:  # not made for a group left to the bulk path (_bulk_whole)
+        prepared.row_keys = _row_keys(prepared)
     row_keys, keys, rows = prepared.row_keys, prepared.keys, prepared.rows
     with suppress(TypeError):  # keys that do not compare: left in input order
         if all(row_keys[i] is not None for i in group.indexes):
@@ -414,6 +481,9 @@ def execute_insert_ignore(conn: Connection, prepared: PreparedInsert, owned: boo
             if prepared.counting:  # counts only: no row is read back
                 inserted = _count_native(conn, prepared, support)
                 return InsertResult.counted(inserted, len(prepared.given) - inserted)
+            whole = _write_whole(conn, prepared, support) if prepared.native else None
+            if whole is not None:  # one bulk statement for every row
+                return whole
             if prepared.native:
                 stored = _write_native(conn, prepared, support)
             else:
@@ -461,6 +531,70 @@ def insert_result(prepared: PreparedInsert, stored: dict[int, Row]) -> InsertRes
     return InsertResult(inserted, existing)
 
 
+def _write_whole(
+    conn: Connection, prepared: PreparedInsert, support: DialectSupport
+) -> InsertResult | None:
+    """A call whose one group is every row in input order, taken by the
+    dialect's bulk path (PostgreSQL's COPY): the result straight from what it
+    returned, or None where the path does not apply. Returned records
+    (``RecordRows``) are paired with the input rows by key here, inside the
+    call (a row that pairs with none raises OutcomeMismatchError, and the
+    call's work is rolled back), as positions: the result's dicts are built
+    from the records when ``inserted`` is first read."""
+    group = _whole_group(prepared)
+    if group is None:
+        return None
+    returned = support.write_bulk(
+        conn, prepared.table, prepared.target, group.columns, prepared.rows, group.in_key_order
+    )
+    if returned is None:
+        return None
+    match, rows = group.match, prepared.rows
+    if isinstance(returned, RecordRows) and all(map(prepared.keys.plain, match)):
+        # the COPY path took every value in its column's type: keys as they are
+        wanted = list(map(operator.itemgetter(*match), rows))
+        positions = pair_positions(wanted, returned.values(match))
+        if positions is not None:
+            return _lazy_result(prepared, returned, positions)
+    with paused(len(rows)):  # keys Python cannot pair as they are: the general pairing
+        found = list(returned)
+        known = prepared.known_keys(group, group.indexes)
+        aligned = align(prepared.keys, prepared.table, rows, found, match, known)
+        return insert_result(prepared, {i: r for i, r in enumerate(aligned) if r is not None})
+
+
+def _whole_group(prepared: PreparedInsert) -> _Group | None:
+    """The one group, when it is every input row in input order and large
+    enough for the bulk path."""
+    if not prepared.returning or len(prepared.groups) != 1 or prepared.server_keys is not None:
+        return None
+    group = prepared.groups[0]
+    if len(group.indexes) <= prepared.max_rows[group.columns]:
+        return None
+    return group if _batch(prepared, group) is prepared.rows else None
+
+
+def _lazy_result(
+    prepared: PreparedInsert, returned: RecordRows, positions: list[int | None]
+) -> InsertResult:
+    """The result of ``_write_whole``: ``positions[i]`` is the returned
+    record of input row i (None: it existed). ``existing`` is built now (the
+    given rows); ``inserted`` when first read."""
+    skipped = list(map(operator.is_, positions, itertools.repeat(None)))
+    existing = list(itertools.compress(prepared.given, skipped))
+    order: list[int] = list(itertools.compress(positions, map(operator.not_, skipped)))  # type: ignore[arg-type]
+    out, wanted = prepared.outmap, prepared.wanted
+    names = returned.names
+    cols = names if wanted is None else [k for k in wanted if k in names]
+    pairs = [(k, out.get(k, k)) for k in cols]
+
+    def build() -> list[Mapping[str, Any]]:
+        with paused(len(order)):
+            return list(returned.build(order, pairs))
+
+    return InsertResult(ResultRows.lazy(len(order), build), ResultRows(existing))
+
+
 def _write_native(
     conn: Connection, prepared: PreparedInsert, support: DialectSupport
 ) -> dict[int, Row]:
@@ -504,7 +638,7 @@ def _count_native(conn: Connection, prepared: PreparedInsert, support: DialectSu
 def _count_bulk(
     conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
 ) -> int | None:
-    batch = prepared.rows if prepared.lean else [prepared.rows[i] for i in group.indexes]
+    batch = prepared.rows if prepared.lean else _batch(prepared, group)
     return support.count_bulk(
         conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
     )
@@ -531,7 +665,7 @@ def _write_bulk(
     conn: Connection, prepared: PreparedInsert, support: DialectSupport, group: _Group
 ) -> Iterable[tuple[int, Row | None]] | None:
     """The dialect's bulk path (PostgreSQL's COPY, say), or None if it declines."""
-    batch = [prepared.rows[i] for i in group.indexes]
+    batch = _batch(prepared, group)
     returned = support.write_bulk(
         conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
     )
@@ -539,8 +673,18 @@ def _write_bulk(
         return None
     known = prepared.known_keys(group, group.indexes)
     with paused(len(batch)):
-        aligned = align(prepared.keys, prepared.table, batch, returned, group.match, known)
+        found = list(returned)  # records made dicts: paired as dicts here
+        aligned = align(prepared.keys, prepared.table, batch, found, group.match, known)
     return zip(group.indexes, aligned, strict=True)
+
+
+def _batch(prepared: PreparedInsert, group: _Group) -> list[Row]:
+    """A group's rows; the input rows themselves (with their column types, for
+    the bulk path's checks) when the group is every row in input order."""
+    rows, indexes = prepared.rows, group.indexes
+    if len(indexes) == len(rows) and indexes == list(range(len(rows))):
+        return rows
+    return [rows[i] for i in indexes]
 
 
 def _write_chunks(

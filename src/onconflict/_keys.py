@@ -6,10 +6,11 @@ server-evaluated keys of an expression index), and what RETURNING lists."""
 from __future__ import annotations
 
 import decimal
+import itertools
 import unicodedata
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -195,20 +196,34 @@ class Keys:
     def of(self, row: Mapping[Any, Any], cols: tuple[str, ...]) -> tuple[Any, ...]:
         return tuple([self.norm(c, row.get(c)) for c in cols])
 
-    def unique_many(self, rows: list[Row], cols: tuple[str, ...]) -> list[tuple[Any, ...] | None]:
+    def unique_many(
+        self,
+        rows: list[Row],
+        cols: tuple[str, ...],
+        types: Mapping[str, set[type]] | None = None,
+    ) -> list[tuple[Any, ...] | None]:
         """Each row's key, or None when it can't collide (a column missing or NULL:
         NULLs never collide in a unique index). A column at a time: values
-        already of their column's type (the usual case) are taken as they are."""
-        columns = [self._column(c, rows) for c in cols]
+        already of their column's type (the usual case) are taken as they are.
+        ``types``: each column's value types, when every row carries every
+        column (known beforehand: no pass to learn them)."""
+        columns = [self._column(c, rows, types) for c in cols]
         if len(columns) == 1:
             return [None if v is None else (v,) for v in columns[0]]
         return [None if None in key else key for key in zip(*columns, strict=True)]
 
-    def _column(self, col: str, rows: list[Row]) -> list[Any]:
+    def _column(
+        self, col: str, rows: list[Row], types: Mapping[str, set[type]] | None = None
+    ) -> list[Any]:
         """The rows' values of one key column, normalised unless they are keys as
         they are (no bind processing or fold, every value of the column's type)."""
-        values = [row.get(col) for row in rows]
         pytype = self.types[col]
+        if types is not None and col in types:  # every row carries it: C-level loops
+            values = list(map(itemgetter(col), rows))
+            if self.plain(col) and (pytype is None or types[col] <= {pytype, type(None)}):
+                return values
+            return [self.norm(col, v) for v in values]
+        values = [row.get(col) for row in rows]
         if self.plain(col) and (
             pytype is None or all(type(v) is pytype or v is None for v in values)
         ):
@@ -295,3 +310,52 @@ def _pair_repeated(
     if any(queues.values()):
         return None
     return out
+
+
+class RecordRows(Sequence[Row]):
+    """Rows a statement returned, kept as the driver's records (tuples or
+    records read by position, in the order of ``names``, values needing no
+    result processing): a row is made into a dict only when read, and the
+    key columns are read from the records themselves (``values``)."""
+
+    def __init__(self, records: Sequence[Any], names: Sequence[str]) -> None:
+        self.records = records
+        self.names = list(names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [dict(zip(self.names, r, strict=True)) for r in self.records[index]]
+        return dict(zip(self.names, self.records[index], strict=True))
+
+    def values(self, cols: tuple[str, ...]) -> list[Any]:
+        """Each record's values of ``cols``: a value for one column, else a tuple."""
+        return list(map(itemgetter(*map(self.names.index, cols)), self.records))
+
+    def build(self, order: list[int], out: Sequence[tuple[str, str]]) -> list[Row]:
+        """The records at positions ``order`` as dicts of ``out``'s (column
+        key, result key) pairs, in that order. C-level loops."""
+        at = [self.names.index(col) for col, _ in out]
+        keys = [key for _, key in out]
+        records = map(self.records.__getitem__, order)
+        if at == list(range(len(self.names))):  # every column, in order
+            return list(map(dict, map(zip, itertools.repeat(keys), records)))
+        if len(at) == 1:
+            return [{keys[0]: value} for value in map(itemgetter(at[0]), records)]
+        picked = map(itemgetter(*at), records)
+        return list(map(dict, map(zip, itertools.repeat(keys), picked)))
+
+
+def pair_positions(wanted: list[Any], found: list[Any]) -> list[int | None] | None:
+    """Pair input keys with returned keys (both as they are, compared by
+    equality): for each input key, the position of its returned row, or None
+    (not inserted, or an earlier input row of the same key took it). None when
+    the returned keys repeat or one of them pairs with no input key: the
+    general ``align`` decides then. C-level loops."""
+    pending: dict[Any, int] = dict(zip(found, range(len(found)), strict=True))
+    if len(pending) != len(found):
+        return None
+    out: list[int | None] = list(map(pending.pop, wanted, itertools.repeat(None)))
+    return None if pending else out

@@ -7,6 +7,7 @@ table's unique keys (``unique_keys``) and the conflict target (``ANY_KEY``,
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, KeysView, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -156,14 +157,63 @@ def normalize_rows(
     A plain dict whose keys already are column keys is used as it is (onconflict
     never changes input rows); anything else is copied.
     """
+    return _normalized(table, keymap, rows, fixed)
+
+
+class Rows(list[dict[str, Any]]):
+    """Input rows (plain dicts of column keys) as a list, with ``types``: each
+    column's value types, when every row has the same columns (else None).
+    Learnt in one pass of C-level loops, so that later steps (a SQL expression
+    in a key, the COPY path's type check, key identity) need no pass of their own."""
+
+    types: dict[str, set[type]] | None = None
+
+
+def _normalized(
+    table: sa.Table,
+    keymap: Mapping[str, str],
+    rows: Iterable[Mapping[str, Any]],
+    fixed: Mapping[str, Any] | None,
+) -> Rows:
     identity = all(k == v for k, v in keymap.items())
     rows = rows if isinstance(rows, list) else list(rows)
+    given: Any = rows  # plain dicts of column keys, where used as given
     auto = table.autoincrement_column
     numbered = None if auto is None else auto.key  # None for it: the database numbers it
-    if not fixed and identity and _usable_as_given(rows, keymap.keys(), numbered):
-        return list(rows)  # plain dicts of column keys (the usual case)
-    out = [_normalize_row(table, keymap, identity, numbered, i, row) for i, row in enumerate(rows)]
-    return [with_fixed(fixed, row, f"row {i}") for i, row in enumerate(out)] if fixed else out
+    if not fixed and identity:
+        types = column_types(rows)
+        if types is not None and _shape_usable(types, keymap.keys(), numbered):
+            out = Rows(given)  # one shape of plain dicts of column keys (the usual case)
+            out.types = types
+            return out
+        if types is None and _usable_as_given(rows, keymap.keys(), numbered):
+            return Rows(given)  # plain dicts of column keys, of several shapes
+    done = [_normalize_row(table, keymap, identity, numbered, i, row) for i, row in enumerate(rows)]
+    if fixed:
+        done = [with_fixed(fixed, row, f"row {i}") for i, row in enumerate(done)]
+    return Rows(done)
+
+
+def column_types(rows: list[Any]) -> dict[str, set[type]] | None:
+    """Each column's value types, when every row is a plain dict with the same
+    keys as the first; else None. C-level loops only (about 0.2 s for 10^6
+    rows of 3 columns): same length and every key of the first row present
+    means the same keys."""
+    if not rows or set(map(type, rows)) != {dict}:
+        return None
+    first = rows[0]
+    if set(map(len, rows)) != {len(first)}:
+        return None
+    try:
+        return {k: set(map(type, map(operator.itemgetter(k), rows))) for k in first}
+    except KeyError:  # a row without one of the first row's keys
+        return None
+
+
+def _shape_usable(types: dict[str, set[type]], valid: KeysView[str], numbered: str | None) -> bool:
+    """Rows of one shape (``types``: its columns) usable as given: some columns,
+    all of them column keys, the autoincrement key ``numbered`` never None."""
+    return bool(types) and types.keys() <= valid and type(None) not in types.get(numbered or "", ())
 
 
 def _usable_as_given(rows: list[Any], valid: KeysView[str], numbered: str | None) -> bool:
@@ -404,17 +454,21 @@ class InputRows(NamedTuple):
 
     table: sa.Table
     given: list[Mapping[str, Any]]  # the rows as the caller gave them
-    rows: list[dict[str, Any]]  # the same rows keyed by column key, fixed values applied
+    rows: Rows  # the same rows keyed by column key, fixed values applied
     outmap: dict[str, str]  # column key -> the key results use
     target: ConflictTarget
 
 
 def read_rows(table: Any, rows: Iterable[Mapping[str, Any]], on: OnTarget) -> InputRows | None:
-    """The call's table, rows and conflict target; None for no rows. Pure."""
+    """The call's table, rows and conflict target; None for no rows. Pure.
+    The rows are a :class:`Rows` (their column types known for one shape)."""
     tbl, keymap, outmap = resolve_table(table)
     given = list(rows)
-    data = normalize_rows(tbl, keymap, given, fixed_values(table))
+    data = _normalized(tbl, keymap, given, fixed_values(table))
     if not data:
         return None
-    target = resolve_target(tbl, on, set(data[0]).intersection(*data[1:]))
+    # one shape (types known): every row carries the first row's columns
+    types = data.types
+    carried = set(types) if types is not None else set(data[0]).intersection(*data[1:])
+    target = resolve_target(tbl, on, carried)
     return InputRows(tbl, given, data, outmap, target)

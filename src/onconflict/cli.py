@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +173,7 @@ def _engine(url: str, pool: int) -> AsyncEngine:
     return create_async_engine(url, **support.engine_options(pool))
 
 
-def _names(rows: list[Any]) -> str:
+def _names(rows: Sequence[Any]) -> str:
     return ", ".join(str(r["name"]) for r in rows) or "-"
 
 

@@ -12,7 +12,7 @@ the core hands over in ``dialects/plans.py``, driver-level paths in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -267,9 +267,10 @@ class DialectSupport:
         columns: tuple[str, ...],
         rows: list[Row],
         in_key_order: bool = False,
-    ) -> list[Row] | None:
+    ) -> Sequence[Row] | None:
         """A faster path for a large insert_ignore group, or None (the usual
-        statements then run). Returns the inserted rows, like write_many.
+        statements then run). Returns the inserted rows, like write_many (a
+        ``_keys.RecordRows``: rows made dicts when read).
         ``in_key_order``: the rows already are in key order (the lock order);
         otherwise this path puts them in it."""
         return None

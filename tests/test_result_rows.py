@@ -1,0 +1,248 @@
+"""InsertResult's rows (``ResultRows``): list-like and read-only everywhere;
+built lazily from the driver's records on PostgreSQL's COPY path, with the
+same values as the eager rows of every other path, exact outcomes settled
+(and a row that pairs with no input row raised) inside the call."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import onconflict
+import onconflict._insert_ignore as core
+from onconflict import InsertResult, ResultRows
+from tests.backends import Backend
+from tests.schema import Item, pairs
+
+N = 2_500  # above the COPY threshold the tests set (1,500)
+
+
+# -- ResultRows itself ------------------------------------------------------------
+
+
+def test_result_rows_read_like_a_list() -> None:
+    rows = [{"a": 1}, {"a": 2}, {"a": 3}]
+    got = ResultRows(rows)
+    assert len(got) == 3
+    assert got[0] == {"a": 1}
+    assert got[-1] == {"a": 3}
+    assert got[1:] == [{"a": 2}, {"a": 3}]
+    assert isinstance(got[1:], list)
+    assert list(got) == rows
+    assert list(reversed(got)) == rows[::-1]
+    assert {"a": 2} in got
+    assert {"a": 4} not in got
+    assert got.index({"a": 3}) == 2
+    assert got.count({"a": 1}) == 1
+    assert got == rows
+    assert rows == got
+    assert got == ResultRows(rows)
+    assert got != rows[:2]
+    assert got != ResultRows(rows[:2])
+    assert got != tuple(rows)
+    assert got + [{"a": 4}] == [*rows, {"a": 4}]  # noqa: RUF005 (ResultRows.__add__)
+    assert [{"a": 0}] + got == [{"a": 0}, *rows]  # noqa: RUF005 (ResultRows.__radd__)
+    assert repr(got) == repr(rows)
+    assert pickle.loads(pickle.dumps(got)) == rows
+    assert isinstance(pickle.loads(pickle.dumps(got)), ResultRows)
+    rows.append({"a": 4})  # a copy: the result does not change with the caller's list
+    assert len(got) == 3
+    with pytest.raises(TypeError):
+        hash(got)
+    assert ResultRows() == []
+    assert not ResultRows()
+
+
+def test_lazy_result_rows_are_built_once_when_first_read() -> None:
+    calls: list[int] = []
+
+    def make() -> list[Any]:
+        calls.append(1)
+        return [{"a": 1}, {"a": 2}]
+
+    got = ResultRows.lazy(2, make)
+    assert len(got) == 2
+    assert bool(got)
+    assert calls == []
+    assert got == [{"a": 1}, {"a": 2}]
+    assert got[0] == {"a": 1}
+    assert list(got)
+    assert calls == [1]
+    assert pickle.loads(pickle.dumps(ResultRows.lazy(2, make))) == [{"a": 1}, {"a": 2}]
+
+
+def test_insert_result_holds_result_rows_and_compares_with_lists() -> None:
+    made = InsertResult([{"a": 1}], [{"a": 2}])
+    assert isinstance(made.inserted, ResultRows)
+    assert isinstance(made.existing, ResultRows)
+    lazy = InsertResult(ResultRows.lazy(1, lambda: [{"a": 1}]), ResultRows([{"a": 2}]))
+    assert made == lazy
+    assert lazy.inserted == [{"a": 1}]
+    assert lazy.inserted_count == 1
+    assert pickle.loads(pickle.dumps(lazy)) == made
+    assert InsertResult() == InsertResult([], [])
+    assert InsertResult().inserted == []
+    counted = InsertResult.counted(3, 4)
+    assert pickle.loads(pickle.dumps(counted)) == counted
+    with pytest.raises(onconflict.NotReturnedError):
+        counted.inserted  # noqa: B018
+
+
+# -- on the databases --------------------------------------------------------------
+
+
+@pytest.fixture
+def copy_threshold(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The COPY path from 1,500 rows, so that a test of it stays small."""
+    from onconflict.dialects.postgresql import copy
+
+    monkeypatch.setattr(copy, "COPY_THRESHOLD", 1_500)
+    return 1_500
+
+
+async def _stored(engine: AsyncEngine, table: sa.Table) -> dict[tuple[Any, ...], dict[str, Any]]:
+    async with engine.connect() as conn:
+        found = await conn.execute(sa.select(table))
+        return {(r["a"], r["b"]): dict(r) for r in found.mappings()}
+
+
+async def _load(
+    engine: AsyncEngine, **kw: Any
+) -> tuple[InsertResult, list[dict[str, Any]], dict[tuple[Any, ...], dict[str, Any]]]:
+    """Every third key stored first, then N rows of which those exist."""
+    await onconflict.insert_ignore(engine, pairs, [{"a": i, "b": 0} for i in range(0, N, 3)])
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(N)]
+    result = await onconflict.insert_ignore(engine, pairs, rows, **kw)
+    return result, rows, await _stored(engine, pairs)
+
+
+async def _reset(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(sa.delete(pairs))
+
+
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_results_are_the_stored_rows_lazy_or_not(
+    backend: Backend, aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every database: ``inserted`` is the stored rows of the new keys in
+    input order, ``existing`` the given rows of the others, as ResultRows.
+    PostgreSQL (asyncpg) builds ``inserted`` lazily on the COPY path; the same
+    call with the eager pairing of the bulk path gives equal values."""
+    lazy, rows, stored = await _load(aengine)
+    new = [r for r in rows if r["a"] % 3]
+    assert isinstance(lazy.inserted, ResultRows)
+    assert isinstance(lazy.existing, ResultRows)
+    if backend.name == "postgresql":
+        assert lazy.inserted._rows is None  # not built yet: the lazy path was taken
+    assert lazy.existing == [r for r in rows if r["a"] % 3 == 0]
+    assert lazy.inserted == [stored[(r["a"], r["b"])] for r in new]
+    assert lazy.inserted_count == len(new)
+    assert lazy.existing_count == N - len(new)
+    await _reset(aengine)
+    monkeypatch.setattr(core, "_write_whole", lambda *_: None)  # the eager pairing
+    eager, _, stored = await _load(aengine)
+    assert eager.inserted == [stored[(r["a"], r["b"])] for r in new]
+    assert eager.existing == lazy.existing
+    assert [{k: v for k, v in r.items() if k != "id"} for r in eager.inserted] == [
+        {k: v for k, v in r.items() if k != "id"} for r in lazy.inserted
+    ]
+
+
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_lazy_results_with_named_columns_and_attribute_names(
+    backend: Backend, aengine: AsyncEngine
+) -> None:
+    """``returning=`` names (in the order given) and a mapped class's attribute
+    names, on the lazy path as on the others."""
+    got, rows, _ = await _load(aengine, returning=["v", "a"])
+    new = [r for r in rows if r["a"] % 3]
+    assert got.inserted == [{"v": r["v"], "a": r["a"]} for r in new]
+    assert [list(r) for r in got.inserted[:1]] == [["v", "a"]]
+    one, _ = await _load_one_column(aengine)
+    assert one.inserted == [{"b": 0}] * len(new)
+    items = [{"code": f"c{i}", "title": f"t{i}"} for i in range(N)]
+    first = await onconflict.insert_ignore(aengine, Item, items)
+    assert [(r["code"], r["title"]) for r in first.inserted] == [
+        (r["code"], r["title"]) for r in items
+    ]
+    assert sorted(first.inserted[0]) == ["code", "id", "title"]
+    again = await onconflict.insert_ignore(aengine, Item, [*items[:10], {"code": "new"}])
+    assert again.existing == items[:10]
+    assert [r["code"] for r in again.inserted] == ["new"]
+
+
+async def _load_one_column(engine: AsyncEngine) -> tuple[InsertResult, None]:
+    async with engine.begin() as conn:
+        await conn.execute(sa.delete(pairs))
+    await onconflict.insert_ignore(engine, pairs, [{"a": i, "b": 0} for i in range(0, N, 3)])
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(N)]
+    return await onconflict.insert_ignore(engine, pairs, rows, returning=["b"]), None
+
+
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_lazy_results_read_after_the_engine_is_disposed(
+    backend: Backend, aengine: AsyncEngine
+) -> None:
+    """The rows are held in memory: reading them needs no connection."""
+    got, rows, stored = await _load(aengine)
+    await aengine.dispose()
+    assert got.inserted == [stored[(r["a"], r["b"])] for r in rows if r["a"] % 3]
+    assert pickle.loads(pickle.dumps(got)) == got
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_a_returned_row_pairing_with_no_input_row_raises_inside_the_call(
+    backend: Backend, aengine: AsyncEngine
+) -> None:
+    """A trigger changes the key of what is stored: the returned rows pair
+    with no input row. The lazy path pairs inside the call, so the call raises
+    OutcomeMismatchError and its transaction is rolled back (nothing stored)."""
+    async with aengine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "CREATE OR REPLACE FUNCTION oc_shift_a() RETURNS trigger AS"
+                " $$ BEGIN NEW.a := NEW.a + 1000000; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                "CREATE TRIGGER oc_shift BEFORE INSERT ON oc_pairs"
+                " FOR EACH ROW EXECUTE FUNCTION oc_shift_a()"
+            )
+        )
+    rows = [{"a": i, "b": 0, "v": "v"} for i in range(N)]
+    with pytest.raises(onconflict.OutcomeMismatchError):
+        await onconflict.insert_ignore(aengine, pairs, rows)
+    assert await _stored(aengine, pairs) == {}
+    got = await onconflict.insert_ignore(aengine, pairs, rows, returning=False)
+    assert got.inserted_count == N  # counts only pairs nothing: exact from the server
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+@pytest.mark.parametrize("returning", [True, False])
+async def test_a_large_call_the_copy_path_declines_is_exact(
+    backend: Backend, aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, returning: bool
+) -> None:
+    """A large call planned for the bulk path (one shape, no repeats: no
+    per-row keys made) that the COPY path then declines: the usual statements,
+    in key order, with the same exact outcomes."""
+    from onconflict.dialects.postgresql import copy
+
+    monkeypatch.setattr(copy, "_copyable", lambda *_: None)
+    await onconflict.insert_ignore(aengine, pairs, [{"a": i, "b": 0} for i in range(0, N, 3)])
+    rows = [{"a": N - 1 - i, "b": 0, "v": f"v{i}"} for i in range(N)]  # not in key order
+    got = await onconflict.insert_ignore(aengine, pairs, rows, returning=returning)
+    stored = await _stored(aengine, pairs)
+    new = [r for r in rows if r["a"] % 3]
+    assert (got.inserted_count, got.existing_count) == (len(new), N - len(new))
+    assert len(stored) == N
+    if returning:
+        assert got.inserted == [stored[(r["a"], r["b"])] for r in new]
+        assert got.existing == [r for r in rows if r["a"] % 3 == 0]
