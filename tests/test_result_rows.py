@@ -1,10 +1,11 @@
-"""InsertResult's rows (``ResultRows``): list-like and read-only everywhere;
-built lazily from the driver's records on PostgreSQL's COPY path, with the
-same values as the eager rows of every other path, exact outcomes settled
-(and a row that pairs with no input row raised) inside the call."""
+"""InsertResult's rows: plain lists everywhere; ``inserted`` built lazily
+from the driver's records on PostgreSQL's COPY path, with the same values as
+the eager rows of every other path, exact outcomes settled (and a row that
+pairs with no input row raised) inside the call."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from typing import Any
 
@@ -14,80 +15,48 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import onconflict
 import onconflict._insert_ignore as core
-from onconflict import InsertResult, ResultRows
+from onconflict import InsertResult
+from onconflict.result import LazyRows
 from tests.backends import Backend
 from tests.schema import Item, pairs
 
 N = 2_500  # above the COPY threshold the tests set (1,500)
 
 
-# -- ResultRows itself ------------------------------------------------------------
+# -- InsertResult's lazy rows ----------------------------------------------------------
 
 
-def test_result_rows_read_like_a_list() -> None:
-    rows = [{"a": 1}, {"a": 2}, {"a": 3}]
-    got = ResultRows(rows)
-    assert len(got) == 3
-    assert got[0] == {"a": 1}
-    assert got[-1] == {"a": 3}
-    assert got[1:] == [{"a": 2}, {"a": 3}]
-    assert isinstance(got[1:], list)
-    assert list(got) == rows
-    assert list(reversed(got)) == rows[::-1]
-    assert {"a": 2} in got
-    assert {"a": 4} not in got
-    assert got.index({"a": 3}) == 2
-    assert got.count({"a": 1}) == 1
-    assert got == rows
-    assert rows == got
-    assert got == ResultRows(rows)
-    assert got != rows[:2]
-    assert got != ResultRows(rows[:2])
-    assert got != tuple(rows)
-    assert got + [{"a": 4}] == [*rows, {"a": 4}]  # noqa: RUF005 (ResultRows.__add__)
-    assert [{"a": 0}] + got == [{"a": 0}, *rows]  # noqa: RUF005 (ResultRows.__radd__)
-    assert repr(got) == repr(rows)
-    assert pickle.loads(pickle.dumps(got)) == rows
-    assert isinstance(pickle.loads(pickle.dumps(got)), ResultRows)
-    rows.append({"a": 4})  # a copy: the result does not change with the caller's list
-    assert len(got) == 3
-    with pytest.raises(TypeError):
-        hash(got)
-    assert ResultRows() == []
-    assert not ResultRows()
-
-
-def test_lazy_result_rows_are_built_once_when_first_read() -> None:
+def test_lazy_rows_are_a_list_built_once_when_first_read() -> None:
     calls: list[int] = []
 
     def make() -> list[Any]:
         calls.append(1)
         return [{"a": 1}, {"a": 2}]
 
-    got = ResultRows.lazy(2, make)
-    assert len(got) == 2
-    assert bool(got)
-    assert calls == []
-    assert got == [{"a": 1}, {"a": 2}]
-    assert got[0] == {"a": 1}
-    assert list(got)
+    got = InsertResult.lazy(LazyRows(2, make), [{"a": 3}])
+    assert (got.inserted_count, got.existing_count) == (2, 1)
+    assert repr(got) == "InsertResult(inserted_count=2, existing_count=1)"
+    assert calls == []  # counts and repr build nothing
+    assert got.inserted == [{"a": 1}, {"a": 2}]
+    assert type(got.inserted) is list
+    assert got.inserted is got.inserted  # built once, kept
     assert calls == [1]
-    assert pickle.loads(pickle.dumps(ResultRows.lazy(2, make))) == [{"a": 1}, {"a": 2}]
+    assert json.dumps(got.inserted) == '[{"a": 1}, {"a": 2}]'
 
 
-def test_insert_result_holds_result_rows_and_compares_with_lists() -> None:
+def test_insert_results_compare_and_pickle_with_lazy_rows() -> None:
     made = InsertResult([{"a": 1}], [{"a": 2}])
-    assert isinstance(made.inserted, ResultRows)
-    assert isinstance(made.existing, ResultRows)
-    lazy = InsertResult(ResultRows.lazy(1, lambda: [{"a": 1}]), ResultRows([{"a": 2}]))
+    lazy = InsertResult.lazy(LazyRows(1, lambda: [{"a": 1}]), [{"a": 2}])
+    assert pickle.loads(pickle.dumps(InsertResult.lazy(LazyRows(1, lambda: [{"a": 1}]), []))) == (
+        InsertResult([{"a": 1}], [])
+    )
     assert made == lazy
-    assert lazy.inserted == [{"a": 1}]
-    assert lazy.inserted_count == 1
     assert pickle.loads(pickle.dumps(lazy)) == made
     assert InsertResult() == InsertResult([], [])
     assert InsertResult().inserted == []
     counted = InsertResult.counted(3, 4)
     assert pickle.loads(pickle.dumps(counted)) == counted
+    assert counted != InsertResult.counted(3, 5)
     with pytest.raises(onconflict.NotReturnedError):
         counted.inserted  # noqa: B018
 
@@ -130,15 +99,15 @@ async def test_results_are_the_stored_rows_lazy_or_not(
     backend: Backend, aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every database: ``inserted`` is the stored rows of the new keys in
-    input order, ``existing`` the given rows of the others, as ResultRows.
+    input order, ``existing`` the given rows of the others, as lists.
     PostgreSQL (asyncpg) builds ``inserted`` lazily on the COPY path; the same
     call with the eager pairing of the bulk path gives equal values."""
     lazy, rows, stored = await _load(aengine)
     new = [r for r in rows if r["a"] % 3]
-    assert isinstance(lazy.inserted, ResultRows)
-    assert isinstance(lazy.existing, ResultRows)
-    if backend.name == "postgresql":
-        assert lazy.inserted._rows is None  # not built yet: the lazy path was taken
+    if backend.name == "postgresql":  # not built yet: the lazy path was taken
+        assert isinstance(object.__getattribute__(lazy, "inserted"), LazyRows)
+    assert type(lazy.inserted) is list
+    assert type(lazy.existing) is list
     assert lazy.existing == [r for r in rows if r["a"] % 3 == 0]
     assert lazy.inserted == [stored[(r["a"], r["b"])] for r in new]
     assert lazy.inserted_count == len(new)

@@ -32,7 +32,7 @@ from onconflict.exceptions import (
     SeedLockTimeout,
     UnsafeInsertError,
 )
-from onconflict.result import InsertResult, ResultRows, UpsertResult
+from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import Retry, RetryStats, retry_stats
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
     "NotSupportedError",
     "OnConflictError",
     "OutcomeMismatchError",
-    "ResultRows",
     "Retry",
     "RetryStats",
     "SeedLockTimeout",

@@ -43,7 +43,7 @@ from onconflict._target import (
 from onconflict.dialects import DialectSupport, native_support, support_for
 from onconflict.dialects.common import evaluate_keys, execute_row, with_primary_key
 from onconflict.exceptions import NotSupportedError
-from onconflict.result import InsertResult, ResultRows
+from onconflict.result import InsertResult, LazyRows
 
 Row = dict[str, Any]
 Strategy = Literal["auto", "native", "classify"]
@@ -592,7 +592,7 @@ def _lazy_result(
         with paused(len(order)):
             return list(returned.build(order, pairs))
 
-    return InsertResult(ResultRows.lazy(len(order), build), ResultRows(existing))
+    return InsertResult.lazy(LazyRows(len(order), build), existing)
 
 
 def _write_native(

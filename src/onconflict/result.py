@@ -1,103 +1,35 @@
 """What insert_ignore and upsert return: ``InsertResult`` and ``UpsertResult``.
 
-Both are frozen. ``InsertResult``'s rows are :class:`ResultRows`, read-only
-list-like sequences; a large call on the PostgreSQL COPY path fills
-``inserted`` from the driver's records when it is first read (every outcome
-is settled, and checked, inside the call; only the dicts are built later).
+Both are frozen, and their rows are plain lists. A large call on the
+PostgreSQL COPY path builds the dicts of ``InsertResult.inserted`` from the
+driver's records when that attribute is first read (every outcome is
+settled, and checked, inside the call; only the dicts are built later).
 (get_or_create_many's ``GetOrCreateResult`` lives with its call, in
 ``_get_or_create_many``; seed's ``SeedReport`` in ``_seed``.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 from onconflict.exceptions import NotReturnedError
 
 _Rows = list[Mapping[str, Any]]
 
 
-class ResultRows(Sequence[Mapping[str, Any]]):
-    """The rows of a result: a read-only sequence that reads like a list
-    (``len``, indexing and slices, iteration, ``in``, ``==`` with a list or
-    another ``ResultRows``, ``+`` gives a list, ``repr`` as a list's, pickled
-    as its rows). ``list(rows)`` gives a plain list.
+class LazyRows:
+    """``length`` rows that ``make()`` builds once, when they are first read
+    (from records the driver returned, held in memory: no connection needed)."""
 
-    Its rows may be built when first read (from records the driver returned,
-    held in memory: reading them needs no connection); what each row is was
-    settled inside the call.
-    """
+    __slots__ = ("length", "make")
 
-    __slots__ = ("_len", "_make", "_rows")
-
-    def __init__(self, rows: Sequence[Mapping[str, Any]] = ()) -> None:
-        self._rows: _Rows | None = list(rows)
-        self._len = len(self._rows)
-        self._make: Callable[[], _Rows] | None = None
-
-    @classmethod
-    def lazy(cls, length: int, make: Callable[[], _Rows]) -> ResultRows:
-        """``length`` rows, ``make()`` called once, when they are first read."""
-        self = cls.__new__(cls)
-        self._rows, self._len, self._make = None, length, make
-        return self
-
-    def _list(self) -> _Rows:
-        rows = self._rows
-        if rows is None:
-            make = self._make
-            assert make is not None
-            rows = self._rows = make()
-            self._make = None
-        return rows
+    def __init__(self, length: int, make: Callable[[], _Rows]) -> None:
+        self.length, self.make = length, make
 
     def __len__(self) -> int:
-        return self._len
-
-    @overload
-    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> _Rows: ...
-
-    def __getitem__(self, index: int | slice) -> Mapping[str, Any] | _Rows:
-        return self._list()[index]
-
-    def __iter__(self) -> Iterator[Mapping[str, Any]]:
-        return iter(self._list())
-
-    def __reversed__(self) -> Iterator[Mapping[str, Any]]:
-        return reversed(self._list())
-
-    def __contains__(self, row: object) -> bool:
-        return row in self._list()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ResultRows):
-            return self._len == other._len and self._list() == other._list()
-        if isinstance(other, list):
-            return self._list() == other
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __add__(self, other: Sequence[Mapping[str, Any]]) -> _Rows:
-        return self._list() + list(other)
-
-    def __radd__(self, other: Sequence[Mapping[str, Any]]) -> _Rows:
-        return list(other) + self._list()
-
-    def __repr__(self) -> str:
-        return repr(self._list())
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ResultRows, (self._list(),))
-
-
-def _as_rows(rows: Sequence[Mapping[str, Any]]) -> ResultRows:
-    return rows if isinstance(rows, ResultRows) else ResultRows(rows)
+        return self.length
 
 
 @dataclass(frozen=True)
@@ -112,42 +44,60 @@ class InsertResult:
     raises :class:`~onconflict.exceptions.NotReturnedError`.
     """
 
-    inserted: Sequence[Mapping[str, Any]] = field(default_factory=ResultRows)
+    inserted: list[Mapping[str, Any]] = field(default_factory=list)
     """The rows this call inserted, as stored: server-generated values included
-    (only the columns named by ``returning=``, when it names some). A
-    :class:`ResultRows` (list-like, read-only)."""
+    (only the columns named by ``returning=``, when it names some)."""
 
-    existing: Sequence[Mapping[str, Any]] = field(default_factory=ResultRows)
+    existing: list[Mapping[str, Any]] = field(default_factory=list)
     """The input rows skipped because their key already existed (or came earlier
-    in the same call), as given (with column keys). A :class:`ResultRows`."""
+    in the same call), as given (with column keys)."""
 
     counts: tuple[int, int] | None = field(default=None, kw_only=True, repr=False)
     """(inserted, existing) of a counts-only call (``returning=False``); None
     when the call returned its rows."""
 
-    def __post_init__(self) -> None:
-        get = object.__getattribute__
-        for name in _ROWS:  # lists given (a test's expected result, say) read alike
-            object.__setattr__(self, name, _as_rows(get(self, name)))
+    @classmethod
+    def lazy(cls, inserted: LazyRows, existing: _Rows) -> InsertResult:
+        """A result whose ``inserted`` list is built when first read."""
+        made = cls([], existing)
+        object.__setattr__(made, "inserted", inserted)
+        return made
 
     def __getattribute__(self, name: str) -> Any:
-        if name in _ROWS and object.__getattribute__(self, "counts") is not None:
-            raise NotReturnedError(
-                f"InsertResult.{name}: the call passed returning=False (counts only);"
-                " read inserted_count / existing_count, or pass returning=True (or the"
-                " columns you want) to get the rows"
-            )
+        if name in _ROWS:
+            get = object.__getattribute__
+            if get(self, "counts") is not None:
+                raise NotReturnedError(
+                    f"InsertResult.{name}: the call passed returning=False (counts only);"
+                    " read inserted_count / existing_count, or pass returning=True (or the"
+                    " columns you want) to get the rows"
+                )
+            rows = get(self, name)
+            if isinstance(rows, LazyRows):  # built now, once
+                rows = rows.make()
+                object.__setattr__(self, name, rows)
+            return rows
         return object.__getattribute__(self, name)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, InsertResult):
             return NotImplemented
-        mine, theirs = self._fields(), other._fields()
-        return mine == theirs
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
 
     def _fields(self) -> tuple[Any, ...]:
-        get = object.__getattribute__
-        return tuple(get(self, name) for name in ("inserted", "existing", "counts"))
+        if self.counts is not None:
+            return (None, None, self.counts)
+        return (self.inserted, self.existing, None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        inserted, existing, counts = self._fields()
+        return {"inserted": inserted or [], "existing": existing or [], "counts": counts}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def counted(cls, inserted: int, existing: int) -> InsertResult:
@@ -156,15 +106,18 @@ class InsertResult:
 
     @property
     def inserted_count(self) -> int:
-        if self.counts is not None:
-            return self.counts[0]
-        return len(self.inserted)
+        return self._count(0, "inserted")
 
     @property
     def existing_count(self) -> int:
-        if self.counts is not None:
-            return self.counts[1]
-        return len(self.existing)
+        return self._count(1, "existing")
+
+    def _count(self, index: int, name: str) -> int:
+        """A count, without building lazy rows."""
+        counts = self.counts
+        if counts is not None:
+            return counts[index]
+        return len(object.__getattribute__(self, name))
 
     def __repr__(self) -> str:
         counts = f"inserted_count={self.inserted_count}, existing_count={self.existing_count}"
