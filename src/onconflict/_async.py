@@ -130,8 +130,12 @@ async def insert_ignore(
     if prepared.empty:
         return insert_result(prepared, {})
     if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
-        if isinstance(conn, AsyncEngine) and prepared.support is not None:
-            stored = await driver_path(conn.dialect).insert_ignore(conn, prepared)
+        if prepared.support is not None and isinstance(conn, AsyncEngine | AsyncConnection):
+            path = driver_path(conn.dialect)
+            if isinstance(conn, AsyncEngine):
+                stored = await path.insert_ignore(conn, prepared)
+            else:  # inside the caller's transaction
+                stored = await path.insert_ignore_in(conn, prepared)
             if stored is not None:
                 return insert_result(prepared, stored)
     return await _run(conn, execute_insert_ignore, prepared, retry)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool.base import reset_commit
 
 from onconflict._excluded import has_expressions
 from onconflict._keys import expression_key
@@ -49,6 +51,21 @@ def checkout(engine: Any) -> Any | None:
         raise
     except Exception:
         return None
+
+
+def quiet_return(pool: Any) -> bool:
+    """Whether a pooled connection whose transaction has ended can be given
+    back (``_close_special(transaction_reset=True)``) outside SQLAlchemy's
+    greenlet bridge: no I/O on the way back, as for an asyncio queue pool with
+    room for it, no reset or checkin listeners, and a rollback (skipped: the
+    transaction ended) or nothing as its reset on return."""
+    return bool(
+        isinstance(pool, AsyncAdaptedQueuePool)
+        and pool.checkedin() < pool.size()
+        and not pool.dispatch.reset
+        and not pool.dispatch.checkin
+        and pool._reset_on_return is not reset_commit
+    )
 
 
 def connection_lost(
@@ -149,6 +166,13 @@ class DriverPath:
     async def insert_ignore(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
         """A faster path for an engine-owned insert_ignore: the inserted rows by
         input position ({} when the row was a duplicate); None: the usual one."""
+        return None
+
+    async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
+        """A faster path for an insert_ignore inside the caller's transaction (an
+        ``AsyncConnection``): the inserted rows by input position ({} when the
+        row was a duplicate); None: the usual one, which must then find the
+        connection and its transaction as they were."""
         return None
 
     async def get_or_create(

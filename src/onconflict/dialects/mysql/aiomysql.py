@@ -11,15 +11,27 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import DialectSupport
-from onconflict.dialects.driver import DriverPath, DriverStatement, checkout, connection_lost
-from onconflict.dialects.mysql.guard import DUPLICATE_KEY
+from onconflict.dialects.driver import (
+    DriverPath,
+    DriverStatement,
+    checkout,
+    connection_lost,
+    quiet_return,
+)
+from onconflict.dialects.mysql.guard import (
+    DUPLICATE_KEY,
+    TRANSACTION_LOST,
+    in_caller_transaction,
+    refuse,
+)
 from onconflict.dialects.plans import FetchPlan, Row
+from onconflict.exceptions import OutcomeMismatchError
 
 
 class _Driver:
@@ -94,31 +106,77 @@ def _driver(engine: Engine) -> Iterator[_Driver | None]:
         conn.close()
 
 
-def insert_ignore_row(
-    engine: Engine,
+async def insert_ignore_row(
+    raw: Any,
     fast: DriverStatement,
     args: list[Any],
     table: sa.Table,
     target: ConflictTarget,
     support: DialectSupport,
 ) -> Row | None:
-    """AiomysqlPath.insert_ignore's work, inside SQLAlchemy's greenlet bridge: the
-    stored row, {} for a duplicate of the target, None to take the ordinary path."""
-    with _driver(engine) as conn:
-        if conn is None:
-            return None
-        try:
-            records, count, _ = conn.run(fast, args, show=False)
-        except Exception as exc:  # not committed: the server drops it with the session
-            duplicate = _errno(exc) == DUPLICATE_KEY and support.duplicate_of_target(
-                exc, table, target
-            )
-            conn.roll_back(exc)  # (ends the shared lock a duplicate leaves)
-            return {} if duplicate else None
-        if count == 0 and len(records) == 1:
-            return fast.row(records[0]) if conn.commit(fast, args) else None
-        conn.roll_back()  # stored with a warning: the ordinary path raises it
+    """AiomysqlPath.insert_ignore's work on a checked-out pool connection, as
+    plain awaits on the aiomysql connection (no greenlet hop per statement):
+    the stored row, {} for a duplicate of the target, None to take the
+    ordinary path. The connection is given back to the pool here."""
+    driver = raw.driver_connection
+    if driver.get_autocommit():  # the guard needs a transaction: the ordinary path
+        await _give_back(raw)
         return None
+    try:
+        cursor = await driver.cursor(_quiet_cursor())
+        await cursor.execute(fast.sql, args)
+    except Exception as exc:  # not committed: the server drops it with the session
+        duplicate = _errno(exc) == DUPLICATE_KEY and support.duplicate_of_target(exc, table, target)
+        await _roll_back(raw, exc)  # (ends the shared lock a duplicate leaves)
+        return {} if duplicate else None
+    records: Any = cursor._rows or ()
+    if cursor._result.warning_count == 0 and len(records) == 1:
+        # outside the try: a lost COMMIT is raised, never run again
+        return fast.row(records[0]) if await _commit(raw, fast, args) else None
+    await _roll_back(raw)  # stored with a warning: the ordinary path raises it
+    return None
+
+
+async def _roll_back(raw: Any, exc: BaseException | None = None) -> None:
+    """End the transaction, keeping nothing, and give the connection back; it
+    is dropped instead when that fails or the error was the client library's
+    own (the server then rolls back on its own)."""
+    if exc is None or _server_refused(exc):
+        try:
+            await raw.driver_connection.rollback()
+        except Exception:
+            pass
+        else:
+            await _give_back(raw)
+            return
+    await greenlet_spawn(raw.invalidate)
+
+
+async def _commit(raw: Any, fast: DriverStatement, args: list[Any]) -> bool:
+    """COMMIT and give the connection back: True when done, False when the
+    server refused it (a Galera certification failure: rolled back). A
+    connection lost on the way is raised: the COMMIT may have happened, so the
+    call must not run again."""
+    try:
+        await raw.driver_connection.commit()
+    except Exception as exc:
+        if not _server_refused(exc):
+            raise await greenlet_spawn(connection_lost, raw, fast, args, exc) from exc
+        await _give_back(raw)
+        return False
+    await _give_back(raw)
+    return True
+
+
+async def _give_back(raw: Any) -> None:
+    """Return a connection whose transaction has ended to the pool, without
+    the pool's reset ROLLBACK. Done here when the pool can take it back
+    without any I/O (a queue pool with room, no reset or checkin listeners,
+    rollback or nothing on return), else in SQLAlchemy's greenlet bridge."""
+    if quiet_return(raw._pool):
+        raw._close_special(transaction_reset=True)
+    else:
+        await greenlet_spawn(raw._close_special, transaction_reset=True)
 
 
 FetchStatements = tuple[DriverStatement, DriverStatement, DriverStatement]
@@ -170,6 +228,20 @@ def _read_or_insert(
     return [], []
 
 
+def _lost(sync: Connection, fast: DriverStatement, args: list[Any], exc: Exception) -> Exception:
+    """The error of a statement whose transaction or connection was lost, as
+    SQLAlchemy wraps it (``Guard``'s driver cursor path does the same)."""
+    dbapi = sync.dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc  # (not the driver's: nothing known of the connection)
+    refused = _server_refused(exc)
+    if not refused:
+        sync.invalidate(exc)
+    return sa.exc.DBAPIError.instance(
+        fast.sql, args, exc, dbapi.Error, connection_invalidated=not refused, dialect=sync.dialect
+    )
+
+
 def _errno(exc: BaseException) -> Any:
     """The MySQL error number of a driver's own exception."""
     return exc.args[0] if exc.args else None
@@ -217,11 +289,57 @@ class AiomysqlPath(DriverPath):
         if one is None:
             return None
         fast, index, args = one
-        sync, table, target = engine.sync_engine, prepared.table, prepared.target
-        row = await greenlet_spawn(insert_ignore_row, sync, fast, args, table, target, self.support)
+        raw = await greenlet_spawn(checkout, engine.sync_engine)
+        if raw is None:
+            return None
+        table, target = prepared.table, prepared.target
+        row = await insert_ignore_row(raw, fast, args, table, target, self.support)
         if row is None:
             return None
         return {index: row} if row else {}
+
+    async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
+        """The one-row plain INSERT ... RETURNING inside the caller's transaction
+        (an AsyncConnection), sent on its aiomysql connection as plain awaits:
+        the same statement and decisions as ``Guard.write_row``'s driver cursor
+        path, without SQLAlchemy's run_sync and per-call setup. A duplicate of
+        the target is ``{}``; a row stored with a warning is deleted and raised
+        (``UnsafeInsertError``); any other refusal by the server (a duplicate of
+        another key, NOT NULL, ...) left nothing and the transaction as it was,
+        so None is returned and the ordinary path runs the row again and raises
+        the server's error as SQLAlchemy does. Lost transactions and
+        connections are raised here as SQLAlchemy raises them."""
+        sync = conn.sync_connection
+        if sync is None or not in_caller_transaction(sync, self.driver):
+            return None
+        if not prepared.table.primary_key or not sync.dialect.insert_returning:
+            return None  # (a warned row is undone by its primary key)
+        one = self.one_row_insert(sync, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        table, target = prepared.table, prepared.target
+        driver = sync.connection.driver_connection
+        if driver.get_autocommit():
+            return None  # (the ordinary path refuses it: nothing to undo a warned row)
+        try:
+            cursor = await driver.cursor(_quiet_cursor())
+            await cursor.execute(fast.sql, args)
+        except Exception as exc:
+            code = _errno(exc)
+            if code == DUPLICATE_KEY and self.support.duplicate_of_target(exc, table, target):
+                return {}
+            if _server_refused(exc) and code not in TRANSACTION_LOST:
+                return None  # nothing stored, the transaction goes on: the ordinary path
+            raise await conn.run_sync(_lost, fast, args, exc) from exc
+        records: Any = cursor._rows or ()
+        if len(records) != 1:  # (never: a plain INSERT of one row inserts it or raises)
+            raise OutcomeMismatchError(f"INSERT into {table.name!r} returned {len(records)} rows")
+        stored = fast.row(records[0])
+        count = cursor._result.warning_count
+        if count:
+            await conn.run_sync(refuse, table, stored, count)
+        return {index: stored}
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
