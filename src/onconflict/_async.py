@@ -126,6 +126,12 @@ async def insert_ignore(
     ``existing_count`` are exact, no row is built (reading ``inserted`` or
     ``existing`` raises ``NotReturnedError``).
     """
+    if True:  # ASYNC: a one-row call planned once per shape, on the driver (aiomysql)
+        if isinstance(conn, AsyncEngine | AsyncConnection):
+            path = driver_path(conn.dialect)
+            one = await path.insert_one(conn, table, rows, on, strategy, returning)
+            if one is not None:
+                return one
     prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy, returning)
     if prepared.empty:
         return insert_result(prepared, {})

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions
@@ -30,8 +31,12 @@ from onconflict.dialects.mysql.guard import (
     in_caller_transaction,
     refuse,
 )
+from onconflict.dialects.mysql_errors import (
+    _MYSQL_KEY as MYSQL_KEY,  # (read as the classifier reads it)
+)
 from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.exceptions import OutcomeMismatchError
+from onconflict.result import InsertResult
 
 
 class _Driver:
@@ -126,7 +131,7 @@ async def insert_ignore_row(
         cursor = await driver.cursor(_quiet_cursor())
         await cursor.execute(fast.sql, args)
     except Exception as exc:  # not committed: the server drops it with the session
-        duplicate = _errno(exc) == DUPLICATE_KEY and support.duplicate_of_target(exc, table, target)
+        duplicate = _errno(exc) == DUPLICATE_KEY and _of_target(exc, table, target, support)
         await _roll_back(raw, exc)  # (ends the shared lock a duplicate leaves)
         return {} if duplicate else None
     records: Any = cursor._rows or ()
@@ -242,6 +247,22 @@ def _lost(sync: Connection, fast: DriverStatement, args: list[Any], exc: Excepti
     )
 
 
+def _of_target(
+    exc: BaseException, table: sa.Table, target: ConflictTarget, support: DialectSupport
+) -> bool:
+    """A 1062 of the driver's that is a duplicate of the target: decided here
+    when its message names one of the target key's names (what the general
+    classifier concludes then too, read the same way), else by the general
+    classifier (``duplicate_of_target``)."""
+    key = target.key
+    message = exc.args[1] if len(exc.args) > 1 else None
+    if key is not None and isinstance(message, str):
+        named = MYSQL_KEY.search(message)
+        if named is not None and named.group("name").lower() in support.key_names(table, key):
+            return True
+    return support.duplicate_of_target(exc, table, target)
+
+
 def _errno(exc: BaseException) -> Any:
     """The MySQL error number of a driver's own exception."""
     return exc.args[0] if exc.args else None
@@ -274,31 +295,90 @@ class AiomysqlPath(DriverPath):
 
     driver = "aiomysql"
 
+    async def insert_one(
+        self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> InsertResult | None:
+        """A one-row call, planned once per shape (``one_row_plan``), run on
+        the engine's pool (``on_engine``) or in the caller's transaction
+        (``in_transaction``); None where either declines."""
+        engine = isinstance(conn, AsyncEngine)
+        if engine and not self.applies(conn):
+            return None
+        dialect = conn.dialect
+        if not dialect.insert_returning:  # (known once the engine has connected)
+            return None
+        planned = self.one_row_plan(dialect, table, rows, on, strategy, returning)
+        if planned is None:
+            return None
+        plan, row = planned
+        fast = plan.statement
+        args = fast.arguments(row)
+        if engine:
+            stored = await self.on_engine(conn, fast, args, plan.table, plan.target)
+        else:
+            stored = await self.in_transaction(conn, fast, args, plan.table, plan.target)
+        if stored is None:
+            return None
+        return plan.result(row, stored or None)
+
     async def insert_ignore(self, engine: Any, prepared: Any) -> dict[int, Row] | None:
-        """The plain one-row INSERT ... RETURNING of the guard, run on the pooled
-        driver connection, compiled once per shape, without SQLAlchemy's per-call
-        execution. Kept (COMMIT) only when the row came back with no warning;
-        reported existing (ROLLBACK, which also ends the shared lock the duplicate
-        left) only for error 1062 naming the conflict target. Anything else is
-        rolled back and None returned: the ordinary path then runs the call again
-        and raises the server's own error. Nothing is committed before that
-        decision; only a connection lost during the COMMIT itself is raised."""
+        """An engine-owned one-row call already planned: see ``on_engine``."""
         if not self.applies(engine) or not engine.dialect.insert_returning:
             return None  # (RETURNING is known once the engine has connected)
         one = self.one_row_insert(engine, prepared)
         if one is None:
             return None
         fast, index, args = one
-        raw = await greenlet_spawn(checkout, engine.sync_engine)
-        if raw is None:
-            return None
-        table, target = prepared.table, prepared.target
-        row = await insert_ignore_row(raw, fast, args, table, target, self.support)
+        row = await self.on_engine(engine, fast, args, prepared.table, prepared.target)
         if row is None:
             return None
         return {index: row} if row else {}
 
+    async def on_engine(
+        self,
+        engine: Any,
+        fast: DriverStatement,
+        args: list[Any],
+        table: sa.Table,
+        target: ConflictTarget,
+    ) -> Row | None:
+        """The plain one-row INSERT ... RETURNING of the guard, run on the pooled
+        driver connection, compiled once per shape, without SQLAlchemy's per-call
+        execution: the stored row, {} for a duplicate, None for the ordinary path.
+        Kept (COMMIT) only when the row came back with no warning; reported
+        existing (ROLLBACK, which also ends the shared lock the duplicate left)
+        only for error 1062 naming the conflict target. Anything else is rolled
+        back and None returned: the ordinary path then runs the call again and
+        raises the server's own error. Nothing is committed before that
+        decision; only a connection lost during the COMMIT itself is raised."""
+        raw = await greenlet_spawn(checkout, engine.sync_engine)
+        if raw is None:
+            return None
+        return await insert_ignore_row(raw, fast, args, table, target, self.support)
+
     async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row call in the caller's transaction already planned: see
+        ``in_transaction``."""
+        sync = conn.sync_connection
+        if sync is None or not sync.dialect.insert_returning:
+            return None
+        one = self.one_row_insert(sync, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        row = await self.in_transaction(conn, fast, args, prepared.table, prepared.target)
+        if row is None:
+            return None
+        return {index: row} if row else {}
+
+    async def in_transaction(
+        self,
+        conn: Any,
+        fast: DriverStatement,
+        args: list[Any],
+        table: sa.Table,
+        target: ConflictTarget,
+    ) -> Row | None:
         """The one-row plain INSERT ... RETURNING inside the caller's transaction
         (an AsyncConnection), sent on its aiomysql connection as plain awaits:
         the same statement and decisions as ``Guard.write_row``'s driver cursor
@@ -312,13 +392,8 @@ class AiomysqlPath(DriverPath):
         sync = conn.sync_connection
         if sync is None or not in_caller_transaction(sync, self.driver):
             return None
-        if not prepared.table.primary_key or not sync.dialect.insert_returning:
-            return None  # (a warned row is undone by its primary key)
-        one = self.one_row_insert(sync, prepared)
-        if one is None:
+        if not table.primary_key:  # (a warned row is undone by its primary key)
             return None
-        fast, index, args = one
-        table, target = prepared.table, prepared.target
         driver = sync.connection.driver_connection
         if driver.get_autocommit():
             return None  # (the ordinary path refuses it: nothing to undo a warned row)
@@ -327,7 +402,7 @@ class AiomysqlPath(DriverPath):
             await cursor.execute(fast.sql, args)
         except Exception as exc:
             code = _errno(exc)
-            if code == DUPLICATE_KEY and self.support.duplicate_of_target(exc, table, target):
+            if code == DUPLICATE_KEY and _of_target(exc, table, target, self.support):
                 return {}
             if _server_refused(exc) and code not in TRANSACTION_LOST:
                 return None  # nothing stored, the transaction goes on: the ordinary path
@@ -339,7 +414,7 @@ class AiomysqlPath(DriverPath):
         count = cursor._result.warning_count
         if count:
             await conn.run_sync(refuse, table, stored, count)
-        return {index: stored}
+        return stored
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
