@@ -7,6 +7,7 @@ MariaDB < 10.5 take (forced here by turning RETURNING off on a real server).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -652,3 +653,27 @@ async def test_one_row_planned_once_per_shape_stays_exact(aengine: AsyncEngine, 
     with pytest.raises(sa.exc.IntegrityError):
         await call([{"email": "h@x", "name": None}])
     assert await count(aengine, users) == 5
+
+
+async def test_engine_path_cancelled_calls_leave_the_pool_usable(backend: Backend) -> None:
+    """Calls cancelled at any point of the engine path (a timeout around
+    them) give their connection back or drop it: with a pool of one
+    connection every later call still gets one at once, and finds no
+    transaction or lock left behind."""
+    import asyncio
+
+    engine = backend.async_engine(pool_size=1, max_overflow=0, pool_timeout=5)
+    try:
+        await onconflict.insert_ignore(engine, tags, [{"slug": "warm"}])
+        for i in range(40):
+            call = onconflict.insert_ignore(engine, tags, [{"slug": f"c{i % 4}"}])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call, timeout=0.0002 * (i % 8))
+        for i in range(4):
+            done = await onconflict.insert_ignore(engine, tags, [{"slug": f"c{i}"}])
+            assert done.inserted_count + done.existing_count == 1
+        async with engine.connect() as conn:
+            trx = await conn.execute(sa.text("SELECT @@in_transaction"))
+            assert trx.scalar_one() == 0
+    finally:
+        await engine.dispose()

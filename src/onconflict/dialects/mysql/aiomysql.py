@@ -5,6 +5,7 @@ per-call execution (``AiomysqlPath``, found by the registry)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,7 +123,28 @@ async def insert_ignore_row(
     """AiomysqlPath.insert_ignore's work on a checked-out pool connection, as
     plain awaits on the aiomysql connection (no greenlet hop per statement):
     the stored row, {} for a duplicate of the target, None to take the
-    ordinary path. The connection is given back to the pool here."""
+    ordinary path. The connection is given back to the pool here; a call
+    cancelled on the way drops it (its session is in an unknown state: the
+    server rolls back whatever it had)."""
+    try:
+        return await _insert_ignore_row(raw, fast, args, table, target, support)
+    except Exception:
+        raise
+    except BaseException:
+        if raw.dbapi_connection is not None:  # (not given back yet)
+            with contextlib.suppress(Exception):
+                raw.invalidate()
+        raise
+
+
+async def _insert_ignore_row(
+    raw: Any,
+    fast: DriverStatement,
+    args: list[Any],
+    table: sa.Table,
+    target: ConflictTarget,
+    support: DialectSupport,
+) -> Row | None:
     driver = raw.driver_connection
     if driver.get_autocommit():  # the guard needs a transaction: the ordinary path
         await _give_back(raw)
