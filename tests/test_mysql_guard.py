@@ -677,3 +677,30 @@ async def test_engine_path_cancelled_calls_leave_the_pool_usable(backend: Backen
             assert trx.scalar_one() == 0
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["invalidated", "pre_ping", "recycle"])
+async def test_engine_path_checkout_reconnects_when_it_must(backend: Backend, kind: str) -> None:
+    """The engine path takes an idle pooled connection without SQLAlchemy's
+    greenlet bridge only where no I/O can be needed; a connection invalidated
+    meanwhile (it must reconnect), and engines with pre-ping or recycling,
+    go through the bridge: every call still stores or finds its row."""
+    options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}
+    if kind == "pre_ping":
+        options["pool_pre_ping"] = True
+    elif kind == "recycle":
+        options["pool_recycle"] = 3600
+    engine = backend.async_engine(**options)
+    try:
+        await onconflict.insert_ignore(engine, tags, [{"slug": "a"}])
+        raw = await engine.raw_connection()
+        raw.invalidate()  # the pooled record now has no connection: a reconnect is due
+        done = await onconflict.insert_ignore(engine, tags, [{"slug": "b"}])
+        assert done.inserted_count == 1
+        again = await onconflict.insert_ignore(engine, tags, [{"slug": "a"}])
+        assert again.existing_count == 1
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT @@in_transaction"))).scalar_one() == 0
+        assert await count(engine, tags) == 2
+    finally:
+        await engine.dispose()

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.pool.base import reset_commit
+from sqlalchemy.util import greenlet_spawn
 
 from onconflict._excluded import has_expressions
 from onconflict._keys import expression_key
@@ -55,6 +56,52 @@ def checkout(engine: Any) -> Any | None:
         raise
     except Exception:
         return None
+
+
+async def checkout_async(engine: Any) -> Any | None:
+    """:func:`checkout` for an ``AsyncEngine``: in SQLAlchemy's greenlet bridge,
+    except when the pool has an idle connection to hand over as it is (an
+    asyncio queue pool, no pre-ping, recycling or checkout listeners): then
+    directly, as no I/O is needed. Should it be after all (the connection was
+    invalidated meanwhile and must reconnect), SQLAlchemy raises
+    MissingGreenlet before any I/O, puts the record back, and the bridge is
+    taken."""
+    sync = engine.sync_engine
+    pool = sync.pool
+    if _idle_at_hand(pool):
+        try:
+            return sync.raw_connection()
+        except sa.exc.MissingGreenlet:
+            pass
+        except sa.exc.TimeoutError:
+            raise
+        except Exception:
+            return None
+    return await greenlet_spawn(checkout, sync)
+
+
+def _idle_at_hand(pool: Any) -> bool:
+    """Whether the pool's next checkout hands over an idle connection as it is
+    (no I/O): an asyncio queue pool without pre-ping, recycling or checkout
+    listeners, whose next idle record has its connection, not invalidated
+    since it was made. Read from the pool's internals, each with a default
+    that takes the bridge; a wrong answer only costs the MissingGreenlet
+    round above (and the driver's warning for the connect it closed)."""
+    if not isinstance(pool, AsyncAdaptedQueuePool) or pool.checkedin() == 0:
+        return False
+    if pool.dispatch.checkout or getattr(pool, "_pre_ping", True) is not False:
+        return False
+    if getattr(pool, "_recycle", 0) >= 0:
+        return False
+    idle = getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
+    if not idle:
+        return False
+    record = idle[-1] if getattr(pool._pool, "use_lifo", False) else idle[0]
+    made = getattr(record, "starttime", None)
+    if getattr(record, "dbapi_connection", None) is None or made is None:
+        return False
+    dropped = max(getattr(pool, "_invalidate_time", 1e300), record._soft_invalidate_time)
+    return bool(dropped <= made)
 
 
 def quiet_return(pool: Any) -> bool:

@@ -23,6 +23,7 @@ from onconflict.dialects.driver import (
     DriverPath,
     DriverStatement,
     checkout,
+    checkout_async,
     connection_lost,
     quiet_return,
 )
@@ -373,7 +374,7 @@ class AiomysqlPath(DriverPath):
         back and None returned: the ordinary path then runs the call again and
         raises the server's own error. Nothing is committed before that
         decision; only a connection lost during the COMMIT itself is raised."""
-        raw = await greenlet_spawn(checkout, engine.sync_engine)
+        raw = await checkout_async(engine)
         if raw is None:
             return None
         return await insert_ignore_row(raw, fast, args, table, target, self.support)
