@@ -7,6 +7,7 @@ MariaDB < 10.5 take (forced here by turning RETURNING off on a real server).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -485,3 +486,221 @@ async def test_deadlock_in_the_callers_transaction_is_raised(aengine: AsyncEngin
         await a.commit()
         await b.commit()
     assert await count(aengine, tags) == 2  # the winner's two rows, nothing of the victim
+
+
+async def in_transaction_path(conn: AsyncConnection, table: sa.Table, row: dict[str, Any]) -> Any:
+    """What the aiomysql caller's-transaction path itself answers for one row
+    (None: it declined, the ordinary path would run)."""
+    from onconflict._insert_ignore import prepare_insert_ignore
+    from onconflict.dialects import driver_path
+
+    prepared = prepare_insert_ignore(conn.dialect, table, [row], None)
+    return await driver_path(conn.dialect).insert_ignore_in(conn, prepared)
+
+
+async def test_callers_transaction_path_runs_on_the_driver(aengine: AsyncEngine) -> None:
+    """Inside the caller's transaction a one-row call goes on the aiomysql
+    connection itself: a new row comes back stored (server default included),
+    a duplicate of the target is {}; a NOT NULL error, a foreign key error and
+    a duplicate of another unique key are declined (None), having stored
+    nothing and left the caller's transaction usable, and then raised by the
+    call as the server's own error."""
+    async with aengine.connect() as conn:
+        await conn.execute(tags.insert(), [{"slug": "mine"}])
+        new = await in_transaction_path(conn, users, {"email": "a@x", "name": "a"})
+        assert new is not None
+        assert (new[0]["email"], new[0]["note"]) == ("a@x", "none")
+        assert await in_transaction_path(conn, users, {"email": "a@x", "name": "b"}) == {}
+        assert await in_transaction_path(conn, users, {"email": "n@x", "name": None}) is None
+        bad = {"email": "f@x", "name": "f", "pid": 99}
+        assert await in_transaction_path(conn, users, bad) is None
+        with pytest.raises(sa.exc.IntegrityError) as info:
+            await onconflict.insert_ignore(conn, users, [{"email": "n@x", "name": None}])
+        assert info.value.orig.args[0] == 1048  # type: ignore[union-attr]
+        await conn.commit()
+    assert await count(aengine, tags) == 1
+    assert await count(aengine, users) == 1
+
+
+@pytest.mark.usefixtures("codes_table")
+async def test_callers_transaction_path_declines_another_keys_duplicate(
+    aengine: AsyncEngine,
+) -> None:
+    """1062 naming a key other than the target's: not reported existing by
+    the driver path (declined: the ordinary path then raises it, or finds the
+    target's row with a locking read, as before)."""
+    from onconflict._insert_ignore import prepare_insert_ignore
+    from onconflict.dialects import driver_path
+
+    async with aengine.connect() as conn:
+        await conn.begin()
+        path = driver_path(conn.dialect)
+        made = prepare_insert_ignore(conn.dialect, codes, [{"k": "a"}], "k")
+        assert await path.insert_ignore_in(conn, made) is not None  # code 'x'
+        other = prepare_insert_ignore(conn.dialect, codes, [{"k": "b"}], "k")
+        assert await path.insert_ignore_in(conn, other) is None  # code 'x' again
+        with pytest.raises(sa.exc.IntegrityError, match="uq_codes_code"):
+            await onconflict.insert_ignore(conn, codes, [{"k": "b"}], on="k")
+        # both keys, the error names uq_codes_code: declined, then existing
+        again = prepare_insert_ignore(conn.dialect, codes, [{"k": "a"}], "k")
+        assert await path.insert_ignore_in(conn, again) is None
+        done = await onconflict.insert_ignore(conn, codes, [{"k": "a"}], on="k")
+        assert done.existing == [{"k": "a"}]
+        await conn.commit()
+    assert await count(aengine, codes) == 1
+
+
+async def test_callers_transaction_path_honours_events_and_options(backend: Backend) -> None:
+    """The driver path declines a connection with execution options, statement
+    listeners or handle_error listeners (they must see the statement), and
+    one in AUTOCOMMIT or outside a transaction."""
+    engine = backend.async_engine()
+    try:
+        async with engine.connect() as conn:
+            assert await in_transaction_path(conn, tags, {"slug": "a"}) is None  # not begun
+            await conn.begin()
+            assert await in_transaction_path(conn, tags, {"slug": "a"}) is not None
+            tagged = await conn.execution_options(logging_token="x")
+            assert await in_transaction_path(tagged, tags, {"slug": "b"}) is None
+            await conn.rollback()
+        seen: list[Any] = []
+
+        def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+            seen.append(statement)
+
+        def failed(context: Any) -> None:
+            seen.append(context)
+
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+        async with engine.begin() as conn:
+            assert await in_transaction_path(conn, tags, {"slug": "c"}) is None
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+        sa.event.listen(engine.sync_engine, "handle_error", failed)
+        async with engine.begin() as conn:
+            assert await in_transaction_path(conn, tags, {"slug": "d"}) is None
+        sa.event.remove(engine.sync_engine, "handle_error", failed)
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.begin()
+            assert await in_transaction_path(auto, tags, {"slug": "e"}) is None
+            await auto.rollback()
+        assert await count(engine, tags) == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_engine_path_gives_the_connection_back_clean(backend: Backend) -> None:
+    """The engine-owned one-row path returns its connection to the pool with
+    its transaction ended (no reset ROLLBACK needed): a new row and a duplicate
+    leave no open transaction or lock behind, with a pool of one connection."""
+    engine = backend.async_engine(pool_size=1, max_overflow=0)
+    try:
+        for _ in range(3):
+            assert (
+                await onconflict.insert_ignore(engine, tags, [{"slug": "p"}])
+            ).inserted_count in (
+                0,
+                1,
+            )
+        async with engine.connect() as conn:
+            trx = await conn.execute(sa.text("SELECT @@in_transaction"))
+            assert trx.scalar_one() == 0
+        # another session can take the row's lock at once (nothing was held)
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("SET SESSION innodb_lock_wait_timeout = 1"))
+            locked = sa.select(tags.c.slug).where(tags.c.slug == "p").with_for_update()
+            assert (await conn.execute(locked)).scalar_one() == "p"
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("owner", ["engine", "connection"])
+async def test_one_row_planned_once_per_shape_stays_exact(aengine: AsyncEngine, owner: str) -> None:
+    """One-row calls reuse a plan made once per call shape (table, the row's
+    keys, on=, returning=): what depends on the values is still checked on
+    every call (a SQL expression in the key refused, an autoincrement key
+    given as None left to the database), and results are as the planned
+    call's: returning= names, counts only."""
+    from onconflict.dialects import driver_path
+
+    async def call(rows: list[dict[str, Any]], **kw: Any) -> onconflict.InsertResult:
+        if owner == "engine":
+            return await onconflict.insert_ignore(aengine, users, rows, **kw)
+        async with aengine.begin() as conn:
+            return await onconflict.insert_ignore(conn, users, rows, **kw)
+
+    path = driver_path(aengine.dialect)
+    first = await call([{"email": "a@x", "name": "a"}])
+    assert first.inserted[0]["note"] == "none"
+    planned = len(path._one_row_plans)
+    again = await call([{"email": "a@x", "name": "b"}])
+    assert again.existing == [{"email": "a@x", "name": "b"}]
+    made = await call([{"email": "b@x", "name": "b"}])
+    assert made.inserted[0]["email"] == "b@x"
+    assert len(path._one_row_plans) == planned  # the same shape: planned once
+    with pytest.raises(ValueError, match="SQL expression"):
+        await call([{"email": sa.func.lower("C@X"), "name": "c"}])
+    numbered = await call([{"id": None, "email": "d@x", "name": "d"}], on="email")
+    assert numbered.inserted[0]["id"] is not None
+    given = await call([{"id": 1000, "email": "e@x", "name": "e"}], on=onconflict.ANY_KEY)
+    assert given.inserted[0]["id"] == 1000
+    named = await call([{"email": "f@x", "name": "f"}], returning=["email"])
+    assert named.inserted == [{"email": "f@x"}]
+    counted = await call([{"email": "f@x", "name": "f"}], returning=False)
+    assert (counted.inserted_count, counted.existing_count) == (0, 1)
+    with pytest.raises(ValueError, match="nope"):
+        await call([{"email": "g@x", "name": "g", "nope": 1}])
+    with pytest.raises(sa.exc.IntegrityError):
+        await call([{"email": "h@x", "name": None}])
+    assert await count(aengine, users) == 5
+
+
+async def test_engine_path_cancelled_calls_leave_the_pool_usable(backend: Backend) -> None:
+    """Calls cancelled at any point of the engine path (a timeout around
+    them) give their connection back or drop it: with a pool of one
+    connection every later call still gets one at once, and finds no
+    transaction or lock left behind."""
+    import asyncio
+
+    engine = backend.async_engine(pool_size=1, max_overflow=0, pool_timeout=5)
+    try:
+        await onconflict.insert_ignore(engine, tags, [{"slug": "warm"}])
+        for i in range(40):
+            call = onconflict.insert_ignore(engine, tags, [{"slug": f"c{i % 4}"}])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call, timeout=0.0002 * (i % 8))
+        for i in range(4):
+            done = await onconflict.insert_ignore(engine, tags, [{"slug": f"c{i}"}])
+            assert done.inserted_count + done.existing_count == 1
+        async with engine.connect() as conn:
+            trx = await conn.execute(sa.text("SELECT @@in_transaction"))
+            assert trx.scalar_one() == 0
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["invalidated", "pre_ping", "recycle"])
+async def test_engine_path_checkout_reconnects_when_it_must(backend: Backend, kind: str) -> None:
+    """The engine path takes an idle pooled connection without SQLAlchemy's
+    greenlet bridge only where no I/O can be needed; a connection invalidated
+    meanwhile (it must reconnect), and engines with pre-ping or recycling,
+    go through the bridge: every call still stores or finds its row."""
+    options: dict[str, Any] = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 5}
+    if kind == "pre_ping":
+        options["pool_pre_ping"] = True
+    elif kind == "recycle":
+        options["pool_recycle"] = 3600
+    engine = backend.async_engine(**options)
+    try:
+        await onconflict.insert_ignore(engine, tags, [{"slug": "a"}])
+        raw = await engine.raw_connection()
+        raw.invalidate()  # the pooled record now has no connection: a reconnect is due
+        done = await onconflict.insert_ignore(engine, tags, [{"slug": "b"}])
+        assert done.inserted_count == 1
+        again = await onconflict.insert_ignore(engine, tags, [{"slug": "a"}])
+        assert again.existing_count == 1
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT @@in_transaction"))).scalar_one() == 0
+        assert await count(engine, tags) == 2
+    finally:
+        await engine.dispose()

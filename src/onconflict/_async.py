@@ -126,12 +126,22 @@ async def insert_ignore(
     ``existing_count`` are exact, no row is built (reading ``inserted`` or
     ``existing`` raises ``NotReturnedError``).
     """
+    if True:  # ASYNC: a one-row call planned once per shape, on the driver (aiomysql)
+        if isinstance(conn, AsyncEngine | AsyncConnection):
+            path = driver_path(conn.dialect)
+            one = await path.insert_one(conn, table, rows, on, strategy, returning)
+            if one is not None:
+                return one
     prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy, returning)
     if prepared.empty:
         return insert_result(prepared, {})
     if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
-        if isinstance(conn, AsyncEngine) and prepared.support is not None:
-            stored = await driver_path(conn.dialect).insert_ignore(conn, prepared)
+        if prepared.support is not None and isinstance(conn, AsyncEngine | AsyncConnection):
+            path = driver_path(conn.dialect)
+            if isinstance(conn, AsyncEngine):
+                stored = await path.insert_ignore(conn, prepared)
+            else:  # inside the caller's transaction
+                stored = await path.insert_ignore_in(conn, prepared)
             if stored is not None:
                 return insert_result(prepared, stored)
     return await _run(conn, execute_insert_ignore, prepared, retry)

@@ -10,15 +10,22 @@ ordinary path then runs, and reports errors as SQLAlchemy does.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool.base import reset_commit
+from sqlalchemy.util import greenlet_spawn
 
 from onconflict._excluded import has_expressions
 from onconflict._keys import expression_key
+from onconflict._target import ConflictTarget
 from onconflict.dialects.plans import FetchPlan, Row
+from onconflict.result import InsertResult
 
 if TYPE_CHECKING:
     from onconflict.dialects.base import DialectSupport
@@ -49,6 +56,67 @@ def checkout(engine: Any) -> Any | None:
         raise
     except Exception:
         return None
+
+
+async def checkout_async(engine: Any) -> Any | None:
+    """:func:`checkout` for an ``AsyncEngine``: in SQLAlchemy's greenlet bridge,
+    except when the pool has an idle connection to hand over as it is (an
+    asyncio queue pool, no pre-ping, recycling or checkout listeners): then
+    directly, as no I/O is needed. Should it be after all (the connection was
+    invalidated meanwhile and must reconnect), SQLAlchemy raises
+    MissingGreenlet before any I/O, puts the record back, and the bridge is
+    taken."""
+    sync = engine.sync_engine
+    pool = sync.pool
+    if _idle_at_hand(pool):
+        try:
+            return sync.raw_connection()
+        except sa.exc.MissingGreenlet:
+            pass
+        except sa.exc.TimeoutError:
+            raise
+        except Exception:
+            return None
+    return await greenlet_spawn(checkout, sync)
+
+
+def _idle_at_hand(pool: Any) -> bool:
+    """Whether the pool's next checkout hands over an idle connection as it is
+    (no I/O): an asyncio queue pool without pre-ping, recycling or checkout
+    listeners, whose next idle record has its connection, not invalidated
+    since it was made. Read from the pool's internals, each with a default
+    that takes the bridge; a wrong answer only costs the MissingGreenlet
+    round above (and the driver's warning for the connect it closed)."""
+    if not isinstance(pool, AsyncAdaptedQueuePool) or pool.checkedin() == 0:
+        return False
+    if pool.dispatch.checkout or getattr(pool, "_pre_ping", True) is not False:
+        return False
+    if getattr(pool, "_recycle", 0) >= 0:
+        return False
+    idle = getattr(getattr(getattr(pool, "_pool", None), "_queue", None), "_queue", None)
+    if not idle:
+        return False
+    record = idle[-1] if getattr(pool._pool, "use_lifo", False) else idle[0]
+    made = getattr(record, "starttime", None)
+    if getattr(record, "dbapi_connection", None) is None or made is None:
+        return False
+    dropped = max(getattr(pool, "_invalidate_time", 1e300), record._soft_invalidate_time)
+    return bool(dropped <= made)
+
+
+def quiet_return(pool: Any) -> bool:
+    """Whether a pooled connection whose transaction has ended can be given
+    back (``_close_special(transaction_reset=True)``) outside SQLAlchemy's
+    greenlet bridge: no I/O on the way back, as for an asyncio queue pool with
+    room for it, no reset or checkin listeners, and a rollback (skipped: the
+    transaction ended) or nothing as its reset on return."""
+    return bool(
+        isinstance(pool, AsyncAdaptedQueuePool)
+        and pool.checkedin() < pool.size()
+        and not pool.dispatch.reset
+        and not pool.dispatch.checkin
+        and pool._reset_on_return is not reset_commit
+    )
 
 
 def connection_lost(
@@ -149,6 +217,69 @@ def python_default(column: sa.Column[Any]) -> Callable[[], Any] | None:
     return None
 
 
+_UNCACHED: Any = object()
+
+
+def _shape_of(value: Any) -> Any:
+    """``on`` or ``returning`` as part of a cache key: None, a bool, a name,
+    ANY_KEY or a sequence of names; _UNCACHED for anything else (a
+    constraint or Index object, whose ``==`` is SQL: the usual path)."""
+    if value is None or isinstance(value, bool | str | enum.Enum):
+        return (type(value), value)
+    if isinstance(value, list | tuple) and all(type(v) is str for v in value):
+        return (tuple, tuple(value))
+    return _UNCACHED
+
+
+@dataclass(frozen=True)
+class OneRowPlan:
+    """What a one-row insert_ignore of one call shape needs, planned once
+    (DriverPath.one_row_plan): the table, the resolved conflict target, the
+    statement compiled for the driver, and how the result is given."""
+
+    table: sa.Table
+    target: ConflictTarget
+    statement: DriverStatement
+    counts_only: bool
+    wanted: tuple[str, ...] | None
+    numbered: str | None  # the autoincrement column's key
+
+    def takes(self, row: Row) -> bool:
+        """The checks of the shape's rows that depend on their values: no SQL
+        expression, and not the autoincrement key given as None (left out for
+        the database to number: the call is then planned as it is)."""
+        numbered = self.numbered
+        if numbered is not None and numbered in row and row[numbered] is None:
+            return False
+        return not has_expressions([row])
+
+    def result(self, row: Row, stored: Row | None) -> InsertResult:
+        """The call's result, as ``insert_result`` gives it for one row of a
+        Table (column keys are result keys)."""
+        if self.counts_only:
+            return InsertResult.counted(int(stored is not None), int(stored is None))
+        if stored is None:
+            return InsertResult([], [row])
+        if self.wanted is not None:
+            stored = {k: stored[k] for k in self.wanted if k in stored}
+        return InsertResult([stored], [])
+
+
+def _one_dict(table: Any, rows: Any) -> Row | None:
+    """The row of a call of one plain dict (non-empty) into a Table, else None."""
+    if type(rows) is not list or len(rows) != 1 or not isinstance(table, sa.Table):
+        return None
+    row = rows[0]
+    return row if type(row) is dict and row else None
+
+
+class _On:
+    """Something with a ``dialect``, as ``one_row_insert`` reads an engine's."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+
+
 class DriverPath:
     """The driver-level fast paths of one driver: none here (every call answers
     None, the ordinary path runs). A subclass lives in its driver's module and
@@ -161,6 +292,8 @@ class DriverPath:
         self.support = support
         # one-row statements, by (dialect, table, target, columns)
         self._one_row_inserts: dict[Any, DriverStatement] = {}
+        # one-row insert_ignore calls planned once, by call shape (see one_row_plan)
+        self._one_row_plans: dict[Any, OneRowPlan | None] = {}
 
     def applies(self, engine: Any) -> bool:
         """Whether this engine may take the path (see :func:`plain_engine`)."""
@@ -170,6 +303,71 @@ class DriverPath:
         """A faster path for an engine-owned insert_ignore: the inserted rows by
         input position ({} when the row was a duplicate); None: the usual one."""
         return None
+
+    async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
+        """A faster path for an insert_ignore inside the caller's transaction (an
+        ``AsyncConnection``): the inserted rows by input position ({} when the
+        row was a duplicate); None: the usual one, which must then find the
+        connection and its transaction as they were."""
+        return None
+
+    async def insert_one(
+        self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> InsertResult | None:
+        """A faster path for a one-row insert_ignore on an ``AsyncEngine`` or
+        ``AsyncConnection``, taken before the call is planned (see
+        :meth:`one_row_plan`); None: the usual one."""
+        return None
+
+    def one_row_plan(
+        self, dialect: Dialect, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> tuple[OneRowPlan, Row] | None:
+        """A one-row insert_ignore call planned once per shape (dialect, table,
+        the row's keys in order, ``on``, ``strategy``, ``returning``) by
+        ``prepare_insert_ignore`` itself, which validates it as it validates
+        every call (and raises as it raises); later calls of the shape reuse
+        the plan, after the checks that depend on the row's values: a plain
+        dict, no SQL expression, no autoincrement key given as None. None
+        where the call is not such a row (the usual path plans it)."""
+        row = _one_dict(table, rows)
+        if row is None:
+            return None
+        on_key, returning_key = _shape_of(on), _shape_of(returning)
+        if on_key is _UNCACHED or returning_key is _UNCACHED:
+            return None
+        shape = (dialect, table, tuple(row), on_key, strategy, returning_key)
+        plans = self._one_row_plans
+        plan = plans.get(shape, _UNCACHED)
+        if plan is _UNCACHED:
+            if has_expressions([row]):
+                return None  # (refused or planned by value: the usual path)
+            plan = plans[shape] = self._plan_one_row(dialect, table, row, on, strategy, returning)
+            if len(plans) > 512:
+                plans.pop(next(iter(plans)))
+        if plan is None or not plan.takes(row):
+            return None
+        return plan, row
+
+    def _plan_one_row(
+        self, dialect: Dialect, table: sa.Table, row: Row, on: Any, strategy: str, returning: Any
+    ) -> OneRowPlan | None:
+        from onconflict._insert_ignore import prepare_insert_ignore
+
+        prepared = prepare_insert_ignore(dialect, table, [row], on, strategy, returning)  # type: ignore[arg-type]
+        if prepared.empty or prepared.support is None or prepared.rows[0] is not row:
+            return None  # (a row copied or changed on the way in: planned per call)
+        one = self.one_row_insert(_On(dialect), prepared)
+        if one is None or one[1] != 0:
+            return None
+        auto = table.autoincrement_column
+        return OneRowPlan(
+            table,
+            prepared.target,
+            one[0],
+            prepared.counts_only,
+            prepared.wanted,
+            None if auto is None else auto.key,
+        )
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int

@@ -166,7 +166,7 @@ class Guard(DialectSupport):
         if count is None:  # a driver we cannot read it from: ask the server
             count = int(conn.execute(WARNING_COUNTS).first()[0])  # type: ignore[index]
         if count:
-            _refuse(conn, table, stored, count)
+            refuse(conn, table, stored, count)
         return stored
 
     def _guarded(self, conn: Connection, stmt: Insert, rows: list[Row], run: Any) -> Any:
@@ -297,7 +297,7 @@ def _elsewhere(conn: Connection, stmt: GuardedInsert, row: Row, exc: BaseExcepti
     return conn.execute(look).first() is None
 
 
-def _refuse(conn: Connection, table: sa.Table, stored: Row, count: int) -> NoReturn:
+def refuse(conn: Connection, table: sa.Table, stored: Row, count: int) -> NoReturn:
     """A row the plain INSERT stored with ``count`` warnings: undo it (a call
     that owns its transaction rolls it back as this raises; in the caller's
     transaction it is deleted by its primary key) and raise UnsafeInsertError."""
@@ -352,7 +352,7 @@ def _on_driver(conn: Connection, stmt: GuardedInsert, row: Row) -> Any:
         raise OutcomeMismatchError(f"INSERT into {table.name!r} returned {len(records)} rows")
     stored = fast.row(records[0])
     if count:
-        _refuse(conn, table, stored, count)
+        refuse(conn, table, stored, count)
     return stored
 
 
@@ -382,13 +382,25 @@ def _driver_error(
     ) from exc
 
 
-def _driver_statement(conn: Connection, stmt: GuardedInsert, row: Row) -> DriverStatement | None:
-    if not (stmt.returns and conn.dialect.driver in DRIVER_ROW and conn.in_transaction()):
-        return None
-    dispatch = conn.dispatch
+def in_caller_transaction(conn: Connection, driver: str) -> bool:
+    """Whether a statement of the caller's transaction may go on the driver's
+    own connection: ``driver``'s, a transaction SQLAlchemy already began (not
+    in AUTOCOMMIT), no execution options, no statement events or echo, no
+    handle_error listeners (they would see a duplicate's error)."""
+    if not (conn.dialect.driver == driver and conn.in_transaction() and not conn.invalidated):
+        return False
+    dispatch, dialect = conn.dispatch, conn.dialect.dispatch
     if dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.engine.echo:
+        return False
+    if dialect.do_execute or dialect.handle_error:
+        return False
+    return not conn.get_execution_options()
+
+
+def _driver_statement(conn: Connection, stmt: GuardedInsert, row: Row) -> DriverStatement | None:
+    if not (stmt.returns and conn.dialect.driver in DRIVER_ROW):
         return None
-    if conn.dialect.dispatch.do_execute or conn.get_execution_options() or has_expressions([row]):
+    if not in_caller_transaction(conn, conn.dialect.driver) or has_expressions([row]):
         return None
     fast = _row_statement(conn.dialect, stmt.table, tuple(sorted(row)))
     return None if fast.needs_context else fast
