@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -348,14 +348,7 @@ class AiomysqlPath(DriverPath):
         """An engine-owned one-row call already planned: see ``on_engine``."""
         if not self.applies(engine) or not engine.dialect.insert_returning:
             return None  # (RETURNING is known once the engine has connected)
-        one = self.one_row_insert(engine, prepared)
-        if one is None:
-            return None
-        fast, index, args = one
-        row = await self.on_engine(engine, fast, args, prepared.table, prepared.target)
-        if row is None:
-            return None
-        return {index: row} if row else {}
+        return await self._planned_row(engine, prepared, self.on_engine, engine)
 
     async def on_engine(
         self,
@@ -385,11 +378,19 @@ class AiomysqlPath(DriverPath):
         sync = conn.sync_connection
         if sync is None or not sync.dialect.insert_returning:
             return None
-        one = self.one_row_insert(sync, prepared)
+        return await self._planned_row(sync, prepared, self.in_transaction, conn)
+
+    async def _planned_row(
+        self, bind: Any, prepared: Any, run: Callable[..., Awaitable[Row | None]], handle: Any
+    ) -> dict[int, Row] | None:
+        """A planned one-row call by ``run`` (``on_engine`` or ``in_transaction``)
+        on ``handle``: the stored row by input position, {} for a duplicate, None
+        for the ordinary path."""
+        one = self.one_row_insert(bind, prepared)
         if one is None:
             return None
         fast, index, args = one
-        row = await self.in_transaction(conn, fast, args, prepared.table, prepared.target)
+        row = await run(handle, fast, args, prepared.table, prepared.target)
         if row is None:
             return None
         return {index: row} if row else {}

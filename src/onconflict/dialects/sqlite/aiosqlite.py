@@ -222,8 +222,7 @@ def _on_driver_thread(
     raw = checkout(engine)
     if raw is None:
         return None
-    clean = False
-    try:
+    with _Lent(raw) as lent:
         driver: Any = raw.driver_connection
         try:
             got = await_only(driver._execute(_batch, works, driver._conn))
@@ -231,17 +230,29 @@ def _on_driver_thread(
             raw.invalidate()
             return None
         except sqlite3.Error:
-            clean = True  # _batch rolled back
+            lent.clean = True  # _batch rolled back
             return None
-        clean = got is not None
+        lent.clean = got is not None
         return got  # type: ignore[no-any-return]
-    finally:
-        if raw.dbapi_connection is None:  # invalidated
-            raw.close()
+
+
+class _Lent:
+    """A pooled connection lent to one hop or inline call, given back at the end:
+    closed if invalidated, else checked in; ``clean`` when the call ended its
+    transaction (COMMIT or ROLLBACK), so that the pool's reset, one more hop to
+    aiosqlite's thread, has nothing to roll back and is skipped."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.clean = raw, False
+
+    def __enter__(self) -> _Lent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.raw.dbapi_connection is None:  # invalidated
+            self.raw.close()
         else:
-            # _batch ended its transaction (COMMIT or ROLLBACK): the pool's
-            # reset, one more hop to the thread, has nothing to roll back
-            raw._checkin(transaction_was_reset=clean)
+            self.raw._checkin(transaction_was_reset=self.clean)
 
 
 def _alone(
@@ -259,30 +270,25 @@ def _alone(
     raw = checkout(engine)
     if raw is None:
         return None
-    clean = False
-    try:
-        driver: Any = raw.driver_connection
-        db = _idle_sqlite3(driver) if inline else None
-        done: Any = _DECLINED
-        if db is not None:
-            done = _inline(writer, work, db)
-        if done is _DECLINED:  # the hop, as for a batch of one
-            done = await_only(driver._execute(_batch, [work], driver._conn))
-        elif isinstance(done, _Written):  # written here, committed on aiosqlite's thread
-            done = await_only(driver._execute(_commit, done.result, db))
-        clean = True  # the transaction was ended: committed or rolled back
-        return done  # type: ignore[no-any-return]
-    except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
-        raw.invalidate()
-        return None
-    except sqlite3.Error:
-        clean = True  # rolled back
-        return None
-    finally:
-        if raw.dbapi_connection is None:  # invalidated
-            raw.close()
-        else:
-            raw._checkin(transaction_was_reset=clean)
+    with _Lent(raw) as lent:
+        try:
+            driver: Any = raw.driver_connection
+            db = _idle_sqlite3(driver) if inline else None
+            done: Any = _DECLINED
+            if db is not None:
+                done = _inline(writer, work, db)
+            if done is _DECLINED:  # the hop, as for a batch of one
+                done = await_only(driver._execute(_batch, [work], driver._conn))
+            elif isinstance(done, _Written):  # written here, committed on aiosqlite's thread
+                done = await_only(driver._execute(_commit, done.result, db))
+            lent.clean = True  # the transaction was ended: committed or rolled back
+            return done  # type: ignore[no-any-return]
+        except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+            raw.invalidate()
+            return None
+        except sqlite3.Error:
+            lent.clean = True  # rolled back
+            return None
 
 
 _DECLINED: Any = object()  # the inline attempt was not made, or gave up: take the hop
