@@ -269,6 +269,48 @@ async def test_checked_skips_under_concurrency_are_exact(aengine: AsyncEngine) -
             await conn.run_sync(md.drop_all)
 
 
+@pytest.mark.parametrize("owner", ["engine", "connection"])
+async def test_one_row_planned_once_per_shape_stays_exact(aengine: AsyncEngine, owner: str) -> None:
+    """Every database. Where the driver-level path plans a one-row call once
+    per call shape (table, the row's keys, on=, returning=; aiomysql,
+    aiosqlite), what depends on the values is still checked on every call (a
+    SQL expression in the key refused, an autoincrement key given as None left
+    to the database), and results are as the planned call's: returning=
+    names, counts only."""
+    from onconflict.dialects import driver_path
+
+    async def call(rows: list[dict[str, Any]], **kw: Any) -> onconflict.InsertResult:
+        if owner == "engine":
+            return await onconflict.insert_ignore(aengine, users, rows, **kw)
+        async with aengine.begin() as conn:
+            return await onconflict.insert_ignore(conn, users, rows, **kw)
+
+    path = driver_path(aengine.dialect)
+    first = await call([{"email": "a@x", "name": "a"}])
+    assert first.inserted[0]["note"] == "none"
+    planned = len(path._one_row_plans)
+    again = await call([{"email": "a@x", "name": "b"}])
+    assert again.existing == [{"email": "a@x", "name": "b"}]
+    made = await call([{"email": "b@x", "name": "b"}])
+    assert made.inserted[0]["email"] == "b@x"
+    assert len(path._one_row_plans) == planned  # the same shape: planned once
+    with pytest.raises(ValueError, match="SQL expression"):
+        await call([{"email": sa.func.lower("C@X"), "name": "c"}])
+    numbered = await call([{"id": None, "email": "d@x", "name": "d"}], on="email")
+    assert numbered.inserted[0]["id"] is not None
+    given = await call([{"id": 1000, "email": "e@x", "name": "e"}], on=onconflict.ANY_KEY)
+    assert given.inserted[0]["id"] == 1000
+    named = await call([{"email": "f@x", "name": "f"}], returning=["email"])
+    assert named.inserted == [{"email": "f@x"}]
+    counted = await call([{"email": "f@x", "name": "f"}], returning=False)
+    assert (counted.inserted_count, counted.existing_count) == (0, 1)
+    with pytest.raises(ValueError, match="nope"):
+        await call([{"email": "g@x", "name": "g", "nope": 1}])
+    with pytest.raises(sa.exc.IntegrityError):
+        await call([{"email": "h@x", "name": None}])
+    assert len(await rows_of(aengine, users)) == 5
+
+
 @pytest.mark.needs("partial_indexes")
 async def test_partial_unique_index(aengine: AsyncEngine) -> None:
     rows = [

@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions
@@ -23,6 +24,7 @@ from onconflict._keys import expression_key
 from onconflict.dialects.driver import DriverPath, DriverStatement, checkout, plain_engine
 from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.dialects.sqlite import build
+from onconflict.result import InsertResult
 
 MAX_BATCH = 64  # calls run in one hop and one transaction
 CONTENDED = 0.05  # seconds after calls last overlapped during which calls take the hop
@@ -81,6 +83,23 @@ class AiosqlitePath(DriverPath):
         if got is None:
             return None
         return {index: fast.row(got[0])} if got else {}
+
+    async def insert_one(
+        self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> InsertResult | None:
+        """A one-row call on an engine, planned once per shape (``one_row_plan``),
+        then as :meth:`insert_ignore`; None where that declines."""
+        if not isinstance(conn, AsyncEngine) or not self.applies(conn):
+            return None
+        planned = self.one_row_plan(conn.dialect, table, rows, on, strategy, returning)
+        if planned is None:
+            return None
+        plan, row = planned
+        fast = plan.statement
+        got = await self._hop(conn, functools.partial(_insert_one, fast.sql, fast.arguments(row)))
+        if got is None:
+            return None
+        return plan.result(row, fast.row(got[0]) if got else None)
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
