@@ -7,6 +7,7 @@ concurrency."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator
@@ -555,3 +556,28 @@ async def test_overlapping_callers_share_hops_instead_of_turns_on_the_loop(
     assert "SAVEPOINT" in sql  # batched
     assert len(hops) < 320 // 4
     assert [r["code"] for r in await stored(made)] == ["a"]
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_cancelled_calls_leave_the_pool_usable(made: AsyncEngine, backend: Backend) -> None:
+    """Calls cancelled at any point of the path (the inline attempt, the hop,
+    the COMMIT's hop; a timeout around them) give their connection back: with
+    a pool of one connection every later call still gets one at once, with no
+    transaction left open on it, and every key is stored at most once."""
+    engine = backend.async_engine(pool_size=1, max_overflow=0, pool_timeout=5)
+    try:
+        await onconflict.insert_ignore(engine, things, [{"code": "warm"}])
+        for i in range(40):
+            call = onconflict.insert_ignore(engine, things, [{"code": f"c{i % 4}"}])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call, timeout=0.0002 * (i % 8))
+        for i in range(4):
+            done = await onconflict.insert_ignore(engine, things, [{"code": f"c{i}"}])
+            assert done.inserted_count + done.existing_count == 1
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            assert not raw.driver_connection._conn.in_transaction
+            codes = (await conn.execute(sa.select(things.c.code))).scalars().all()
+        assert sorted(codes) == ["c0", "c1", "c2", "c3", "warm"]
+    finally:
+        await engine.dispose()

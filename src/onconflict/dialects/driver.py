@@ -66,7 +66,7 @@ async def checkout_async(engine: Any) -> Any | None:
     invalidated meanwhile and must reconnect), SQLAlchemy raises
     MissingGreenlet before any I/O, puts the record back, and the bridge is
     taken."""
-    sync = engine.sync_engine
+    sync = getattr(engine, "sync_engine", engine)  # (an AsyncEngine, or its Engine)
     pool = sync.pool
     if _idle_at_hand(pool):
         try:

@@ -21,7 +21,14 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions
 from onconflict._keys import expression_key
-from onconflict.dialects.driver import DriverPath, DriverStatement, checkout, plain_engine
+from onconflict.dialects.driver import (
+    DriverPath,
+    DriverStatement,
+    checkout,
+    checkout_async,
+    plain_engine,
+    quiet_return,
+)
 from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.dialects.sqlite import build
 from onconflict.result import InsertResult
@@ -183,7 +190,7 @@ class Writer:
             # next); else first the attempt on this thread
             inline = self.inline and loop.time() >= self.contended_until
             try:
-                got = await greenlet_spawn(_alone, self, engine, work, inline)
+                got = await _alone(self, engine, work, inline)
             finally:
                 self.busy = False
                 self._next(engine)
@@ -261,8 +268,8 @@ class _Lent:
     transaction (COMMIT or ROLLBACK), so that the pool's reset, one more hop to
     aiosqlite's thread, has nothing to roll back and is skipped."""
 
-    def __init__(self, raw: Any) -> None:
-        self.raw, self.clean = raw, False
+    def __init__(self, raw: Any, clean: bool = False) -> None:
+        self.raw, self.clean = raw, clean
 
     def __enter__(self) -> _Lent:
         return self
@@ -274,40 +281,53 @@ class _Lent:
             self.raw._checkin(transaction_was_reset=self.clean)
 
 
-def _alone(
+async def _alone(
     writer: Writer, engine: Engine, work: Callable[[sqlite3.Connection], Any], inline: bool
 ) -> list[Any] | None:
-    """Inside SQLAlchemy's greenlet bridge, with nothing else of this engine's
-    at the database (the writer is idle): a pooled connection and first the
-    call's statements run right here on the event loop's thread
-    (:func:`_inline`), which never waits: no lock wait (busy timeout 0 for the
-    attempt), no fsync (a COMMIT that has something to write goes to
-    aiosqlite's thread). When the attempt cannot be made (another connection
-    holds the write lock, the connection is not to be used from this thread)
-    the call takes its hop to aiosqlite's thread on the same connection.
+    """With nothing else of this engine's at the database (the writer is
+    idle): a pooled connection and first the call's statements run right here
+    on the event loop's thread (:func:`_inline`), which never waits: no lock
+    wait (busy timeout 0 for the attempt), no fsync (a COMMIT that has
+    something to write goes to aiosqlite's thread). When the attempt cannot
+    be made (another connection holds the write lock, the connection is not
+    to be used from this thread) the call takes its hop to aiosqlite's thread
+    on the same connection. No greenlet bridge where the pool hands over and
+    takes back a connection without I/O (checkout_async, quiet_return).
     None: the ordinary path runs (nothing stored)."""
-    raw = checkout(engine)
+    raw = await checkout_async(engine)
     if raw is None:
         return None
-    with _Lent(raw) as lent:
-        try:
-            driver: Any = raw.driver_connection
-            db = _idle_sqlite3(driver) if inline else None
-            done: Any = _DECLINED
-            if db is not None:
-                done = _inline(writer, work, db)
-            if done is _DECLINED:  # the hop, as for a batch of one
-                done = await_only(driver._execute(_batch, [work], driver._conn))
-            elif isinstance(done, _Written):  # written here, committed on aiosqlite's thread
-                done = await_only(driver._execute(_commit, done.result, db))
-            lent.clean = True  # the transaction was ended: committed or rolled back
-            return done  # type: ignore[no-any-return]
-        except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
-            raw.invalidate()
-            return None
-        except sqlite3.Error:
-            lent.clean = True  # rolled back
-            return None
+    clean = False
+    try:
+        driver: Any = raw.driver_connection
+        db = _idle_sqlite3(driver) if inline else None
+        done: Any = _DECLINED
+        if db is not None:
+            done = _inline(writer, work, db)
+        if done is _DECLINED:  # the hop, as for a batch of one
+            done = await driver._execute(_batch, [work], driver._conn)
+        elif isinstance(done, _Written):  # written here, committed on aiosqlite's thread
+            done = await driver._execute(_commit, done.result, db)
+        clean = True  # the transaction was ended: committed or rolled back
+        return done  # type: ignore[no-any-return]
+    except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+        await greenlet_spawn(raw.invalidate)
+        return None
+    except sqlite3.Error:
+        clean = True  # rolled back
+        return None
+    finally:
+        await _given_back(raw, clean)
+
+
+async def _given_back(raw: Any, clean: bool) -> None:
+    """The connection back to the pool: without the pool's reset when the call
+    ended its transaction, and outside the greenlet bridge when that needs no
+    I/O (see quiet_return)."""
+    if raw.dbapi_connection is not None and clean and quiet_return(raw._pool):
+        raw._checkin(transaction_was_reset=True)
+    else:
+        await greenlet_spawn(_Lent(raw, clean).__exit__)
 
 
 _DECLINED: Any = object()  # the inline attempt was not made, or gave up: take the hop
