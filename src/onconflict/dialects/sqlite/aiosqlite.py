@@ -275,6 +275,9 @@ class _Lent:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.give_back()
+
+    def give_back(self) -> None:
         if self.raw.dbapi_connection is None:  # invalidated
             self.raw.close()
         else:
@@ -327,7 +330,7 @@ async def _given_back(raw: Any, clean: bool) -> None:
     if raw.dbapi_connection is not None and clean and quiet_return(raw._pool):
         raw._checkin(transaction_was_reset=True)
     else:
-        await greenlet_spawn(_Lent(raw, clean).__exit__)
+        await greenlet_spawn(_Lent(raw, clean).give_back)
 
 
 _DECLINED: Any = object()  # the inline attempt was not made, or gave up: take the hop
