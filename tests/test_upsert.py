@@ -836,3 +836,22 @@ async def test_upsert_through_a_subclass_leaves_another_class_row_alone(
     async with aengine.connect() as conn:
         kinds = dict((await conn.execute(sa.select(Employee.email, Employee.kind))).all())
     assert kinds == {"e@x": "engineer"}
+
+
+@pytest.mark.databases("mariadb")  # REPEATABLE READ snapshots of InnoDB
+async def test_rows_committed_after_the_callers_snapshot_are_read_back(
+    aengine: AsyncEngine,
+) -> None:
+    """In the caller's REPEATABLE READ transaction, a row another caller
+    committed after the snapshot, which the upsert's update leaves as it was,
+    is invisible to a plain read: the read-back is a locking read and reports
+    it updated (it once raised OutcomeMismatchError, or reported it unchanged)."""
+    async with aengine.connect() as conn:
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(docs)) == 0  # snapshot
+        await onconflict.upsert(aengine, docs, [row("a"), row("b")])  # another caller
+        result = await onconflict.upsert(conn, docs, [row("a"), row("b", title="new")])
+        await conn.commit()
+    assert [r["slug"] for r in result.updated] == ["a", "b"]
+    assert result.updated[1]["title"] == "new"
+    assert {k: v["title"] for k, v in (await stored(aengine)).items()} == {"a": "t", "b": "new"}

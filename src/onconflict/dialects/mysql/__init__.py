@@ -381,10 +381,15 @@ class MySQL(Guard):
     def _read_back(
         self, conn: Connection, plan: UpsertPlan, updated: list[Row]
     ) -> dict[tuple[Any, ...], Row]:
-        """Phase 4: the updated rows as stored, by the input rows' keys."""
+        """Phase 4: the updated rows as stored, by the input rows' keys. A
+        locking read (the rows are this transaction's already: no new wait): a
+        plain read under REPEATABLE READ sees the caller's snapshot, where a row
+        another caller committed since, that the update left as it was, is
+        missing."""
         stored: dict[tuple[Any, ...], Row] = {}
         if updated:
-            for now in conn.execute(select_by_keys(plan, updated)).mappings():
+            read = select_by_keys(plan, updated).with_for_update()
+            for now in conn.execute(read).mappings():
                 stored[plan.keys.of(dict(now), plan.match)] = dict(now)
         wanted = [plan.keys.of(row, plan.match) for row in updated]
         missing = [key for key in wanted if key not in stored]
