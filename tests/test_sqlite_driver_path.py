@@ -88,42 +88,85 @@ def traced(engine: AsyncEngine) -> tuple[list[str], list[int]]:
     return sql, hops
 
 
+def writer_of(engine: AsyncEngine) -> Any:
+    """The engine's in-process writer (the aiosqlite driver-level path's)."""
+    from onconflict.dialects import driver_path
+
+    return driver_path(engine.dialect).writer(engine.sync_engine)  # type: ignore[attr-defined]
+
+
 @pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
-async def test_a_lone_call_runs_on_the_loop_and_only_a_commit_hops(
+async def test_a_lone_call_runs_on_the_loop_and_a_slow_commit_hops(
     made: AsyncEngine, backend: Backend
 ) -> None:
     """A call with nothing else of the engine under way runs on the event
     loop's thread: the busy timeout at 0 for the attempt (then put back),
     BEGIN IMMEDIATE, the statement(s), and ROLLBACK when nothing was written (a
-    duplicate, an existing row: no hop at all); a new row's COMMIT is the one
+    duplicate, an existing row: no hop at all). A new row's COMMIT runs there
+    too while this engine's commits are cheap (measured), else it is the one
     hop to aiosqlite's thread. No rollback from the pool afterwards."""
     sql, hops = traced(made)
     await made.dispose()
     async with made.connect() as conn:  # the connection's own busy timeout
         timeout = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
     await onconflict.insert_ignore(made, things, [{"code": "warm"}])
+    writer = writer_of(made)
     inline = ["PRAGMA", "PRAGMA", "BEGIN"]
     del sql[:], hops[:]
+    writer.commit_cost = 1.0  # commits measured slow: on aiosqlite's thread
     new = await onconflict.insert_ignore(made, things, [{"code": "a"}])
     assert (sql, len(hops)) == ([*inline, "INSERT", "PRAGMA", "COMMIT"], 1)
+    assert writer.commit_cost < 1.0  # (measured there too)
     del sql[:], hops[:]
     dup = await onconflict.insert_ignore(made, things, [{"code": "a", "rank": 1}])
-    assert (sql, len(hops)) == ([*inline, "INSERT", "PRAGMA", "ROLLBACK"], 0)
+    assert (sql, len(hops)) == ([*inline, "INSERT", "ROLLBACK", "PRAGMA"], 0)
     assert (new.inserted_count, dup.existing_count) == (1, 1)
     del sql[:], hops[:]
     row, created = await onconflict.get_or_create(made, things, {"code": "a"})
-    assert (sql, len(hops), created) == ([*inline, "SELECT", "PRAGMA", "ROLLBACK"], 0, False)
+    assert (sql, len(hops), created) == ([*inline, "SELECT", "ROLLBACK", "PRAGMA"], 0, False)
     del sql[:], hops[:]
+    writer.commit_cost = 0.0  # cheap commits: on the loop's thread, no hop at all
     row, created = await onconflict.get_or_create(made, things, {"code": "b"}, {"rank": 2})
-    assert (sql, len(hops), created) == (
-        [*inline, "SELECT", "INSERT", "PRAGMA", "COMMIT"],
-        1,
-        True,
-    )
+    assert (sql, len(hops), created) == ([*inline, "SELECT", "INSERT", "COMMIT", "PRAGMA"], 0, True)
     assert (row["code"], row["rank"], row["label"]) == ("b", 2, "none")
+    assert 0.0 < writer.commit_cost < 1.0
     assert [r["code"] for r in await stored(made)] == ["warm", "a", "b"]
     async with made.connect() as conn:  # the connection's busy timeout is its own again
         assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar() == timeout > 0
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_a_caller_in_a_loop_gives_other_tasks_turns(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """Calls that run on the loop's thread do not yield one by one, but a
+    caller looping on them gives the loop a turn at least every LOOP_HOLD
+    seconds: a task ticking meanwhile is never held off for long."""
+    from onconflict.dialects.sqlite import aiosqlite
+
+    await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    ticks = 0
+    done = False
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not done:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(2000):
+        await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    took, done = loop.time() - started, True
+    await ticker
+    # a turn per LOOP_HOLD of calls at the least (a caller that never yielded
+    # would let the ticker run once or not at all)
+    assert ticks >= min(10, took / aiosqlite.LOOP_HOLD / 4)
+    assert writer_of(made).calls >= 2000
+    assert [r["code"] for r in await stored(made)] == ["a"]
 
 
 async def test_outcomes_defaults_and_key_not_name(made: AsyncEngine, backend: Backend) -> None:
@@ -396,23 +439,34 @@ db.execute("ROLLBACK")
 """
 
 
-def hold_lock(path: str, seconds: float) -> Any:
-    """Another process holding the database's lock (BEGIN EXCLUSIVE) for
-    ``seconds``, from when this returns."""
+HOLD_READ = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN")
+db.execute("SELECT count(*) FROM oc_dp_things").fetchall()
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("ROLLBACK")
+"""
+
+
+def hold_lock(path: str, seconds: float, script: str = HOLD_LOCK) -> Any:
+    """Another process holding the database's lock (BEGIN EXCLUSIVE; or a read
+    lock with HOLD_READ) for ``seconds``, from when this returns."""
     import subprocess
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, path, str(seconds)], stdout=subprocess.PIPE
+        [sys.executable, "-c", script, path, str(seconds)], stdout=subprocess.PIPE
     )
     assert holder.stdout is not None
     assert holder.stdout.readline().strip() == b"locked"
     return holder
 
 
-async def _ticking(call: Any) -> tuple[Any, float]:
+async def _ticking(call: Any, every: float = 0.005) -> tuple[Any, float]:
     """``call()``'s result and the longest the event loop went without running a
-    task that ticks every 5 ms meanwhile."""
+    task that ticks every ``every`` seconds (5 ms) meanwhile."""
     loop = asyncio.get_running_loop()
     gaps = [0.0]
     done = asyncio.Event()
@@ -420,7 +474,7 @@ async def _ticking(call: Any) -> tuple[Any, float]:
     async def tick() -> None:
         last = loop.time()
         while not done.is_set():
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(every)
             now = loop.time()
             gaps.append(now - last)
             last = now
@@ -475,6 +529,42 @@ async def test_a_lock_held_by_another_process_never_blocks_the_loop(
         assert (existing.existing_count, new.inserted_count) == (1, 1)
         assert (row_a["code"], created_a, row_c["code"], created_c) == ("a", False, "c", True)
         assert [r["code"] for r in await stored(engine)] == ["a", "b", "c"]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_a_commit_that_must_wait_for_readers_waits_off_the_loop(
+    backend: Backend, tmp_path: Any
+) -> None:
+    """Rollback journal: another process reads (a shared lock), so a new row's
+    COMMIT must wait for it. Even with commits measured cheap, the COMMIT tried
+    on the loop's thread (busy timeout 0) gives up at once and waits on
+    aiosqlite's thread: the loop keeps running, the row is stored once."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    path = str(tmp_path / "read.db")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 30})
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("PRAGMA journal_mode=delete")
+            await conn.run_sync(meta.create_all)
+        await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+        writer = writer_of(engine)
+        writer.commit_cost = 0.0
+        holder = hold_lock(path, 0.6, HOLD_READ)
+        try:
+            started = asyncio.get_running_loop().time()
+            new, gap = await _ticking(
+                lambda: onconflict.insert_ignore(engine, things, [{"code": "b"}])
+            )
+            waited = asyncio.get_running_loop().time() - started
+        finally:
+            assert holder.wait(10) == 0
+        assert waited > 0.3  # it did wait for the reader...
+        assert gap < 0.2  # ...on aiosqlite's thread, not the loop's
+        assert new.inserted_count == 1
+        assert [r["code"] for r in await stored(engine)] == ["a", "b"]
     finally:
         await engine.dispose()
 

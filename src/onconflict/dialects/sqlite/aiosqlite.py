@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import sqlite3
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +37,15 @@ from onconflict.result import InsertResult
 
 MAX_BATCH = 64  # calls run in one hop and one transaction
 CONTENDED = 0.05  # seconds after calls last overlapped during which calls take the hop
+# Calls run on the event loop's thread (see _inline) hold it for tens of
+# microseconds each; a caller looping on them gives other tasks a turn once
+# the loop has been held this long (seconds) since its last turn.
+LOOP_HOLD = 0.0005
+# A new row's COMMIT (the journal's fsync) runs on the loop's thread while this
+# engine's commits take less than this on average (seconds, measured), else on
+# aiosqlite's thread (a slow disk, a checkpoint, a busy reader in rollback
+# journal mode): the loop is never held for a slow sync.
+COMMIT_BUDGET = 0.0005
 
 
 class AiosqlitePath(DriverPath):
@@ -179,6 +190,8 @@ class Writer:
         self.inline = True  # False once a connection refused use from this thread
         self.contended_until = 0.0  # (loop time) calls queued until lately: no inline attempts
         self.calls = 0  # calls submitted so far
+        self.turn_at = 0.0  # (loop time) when an inline call last gave the loop a turn
+        self.commit_cost = math.inf  # seconds a COMMIT takes here (moving average)
 
     async def submit(self, engine: Engine, work: Callable[[sqlite3.Connection], Any]) -> Any:
         """``work``'s result, or None: the call is to take the ordinary path."""
@@ -194,20 +207,29 @@ class Writer:
             finally:
                 self.busy = False
                 self._next(engine)
-            if inline:
-                # a call done on this thread never gave the loop a turn: give it
-                # one now (a caller in a loop must not starve other tasks); other
-                # calls made meanwhile: callers are many, the hop (which they
-                # share) serves them better than turns on this thread one by one
-                calls = self.calls
-                await asyncio.sleep(0)
-                if self.calls != calls:
-                    self.contended_until = loop.time() + CONTENDED
+            if inline and loop.time() - self.turn_at >= LOOP_HOLD:
+                await self._turn(loop)
             return got[0] if got else None
         self.contended_until = loop.time() + CONTENDED
         future: asyncio.Future[Any] = loop.create_future()
         self.pending.append((work, future))
         return await future
+
+    async def _turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Calls done on this thread never gave the loop a turn: one now (a
+        caller in a loop must not starve other tasks). Other calls made
+        meanwhile: callers are many, and the hop (which they share) serves them
+        better than turns on this thread one by one."""
+        calls = self.calls
+        await asyncio.sleep(0)
+        self.turn_at = loop.time()
+        if self.calls != calls:
+            self.contended_until = self.turn_at + CONTENDED
+
+    def committed(self, seconds: float) -> None:
+        """A COMMIT took ``seconds``: into the moving average."""
+        cost = self.commit_cost
+        self.commit_cost = seconds if cost == math.inf else 0.75 * cost + 0.25 * seconds
 
     def _next(self, engine: Engine) -> None:
         """Calls queued during a hop: one task of its own runs them, batch after
@@ -310,7 +332,7 @@ async def _alone(
         if done is _DECLINED:  # the hop, as for a batch of one
             done = await driver._execute(_batch, [work], driver._conn)
         elif isinstance(done, _Written):  # written here, committed on aiosqlite's thread
-            done = await driver._execute(_commit, done.result, db)
+            done = await driver._execute(_commit, writer, done.result, db)
         clean = True  # the transaction was ended: committed or rolled back
         return done  # type: ignore[no-any-return]
     except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
@@ -385,27 +407,56 @@ def _inline(
     except sqlite3.Error as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
-        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-        if code is None or code & 0xFF in (5, 6):  # SQLITE_BUSY, SQLITE_LOCKED: wait on the thread
+        if _busy(exc):  # wait on aiosqlite's thread
             return _DECLINED
         raise
+    else:
+        if db.total_changes == changes:
+            db.execute("ROLLBACK")  # nothing written: nothing to commit
+            return [got]
+        if writer.commit_cost < COMMIT_BUDGET and _committed_here(writer, db):
+            return [got]
+        return _Written(got)
     finally:
         db.execute(f"PRAGMA busy_timeout = {int(timeout)}")
-    if db.total_changes == changes:
-        db.execute("ROLLBACK")  # nothing written: nothing to commit
-        return [got]
-    return _Written(got)
 
 
-def _commit(result: Any, db: sqlite3.Connection) -> list[Any]:
-    """On aiosqlite's thread: the COMMIT of an inline attempt that wrote (a
-    failed COMMIT is rolled back and raised: nothing stored)."""
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (or a code unknown): another connection
+    holds a lock this one would have to wait for."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    return code is None or code & 0xFF in (5, 6)
+
+
+def _committed_here(writer: Writer, db: sqlite3.Connection) -> bool:
+    """The COMMIT of an inline attempt on the loop's thread, timed, the busy
+    timeout still 0: False (the transaction still open) when it would have to
+    wait for a lock (readers of a rollback journal's database): aiosqlite's
+    thread then commits."""
+    start = time.perf_counter()
+    try:
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if db.in_transaction and _busy(exc):
+            return False
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    writer.committed(time.perf_counter() - start)
+    return True
+
+
+def _commit(writer: Writer, result: Any, db: sqlite3.Connection) -> list[Any]:
+    """On aiosqlite's thread: the COMMIT of an inline attempt that wrote, timed
+    (a failed COMMIT is rolled back and raised: nothing stored)."""
+    start = time.perf_counter()
     try:
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+    writer.committed(time.perf_counter() - start)
     return [result]
 
 
