@@ -243,6 +243,21 @@ def sengine(backend: Backend) -> Iterator[Engine]:
     engine.dispose()
 
 
+async def asyncpg_queries(engine: AsyncEngine) -> list[str]:
+    """The statements asyncpg itself runs on the engine's connections (its query
+    logger, on connections made from now: the pool is emptied): what the
+    driver-level and COPY paths send too, which a SQLAlchemy statement listener
+    would turn off."""
+    queries: list[str] = []
+
+    def on_connect(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.driver_connection.add_query_logger(lambda r: queries.append(r.query))
+
+    sa.event.listen(engine.sync_engine, "connect", on_connect)
+    await engine.dispose()
+    return queries
+
+
 @pytest.fixture
 def handle(request: pytest.FixtureRequest, aengine: AsyncEngine, sengine: Engine) -> Handle:
     """The public API through one kind of handle (tests/handles.py)."""

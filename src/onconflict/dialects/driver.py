@@ -33,16 +33,44 @@ if TYPE_CHECKING:
 
 def plain_engine(engine: Any, driver: str) -> bool:
     """Driver-level paths only for an engine on ``driver`` as created: no
-    execution options (an isolation level, say), no statement listeners, no
-    echo, since their statements bypass SQLAlchemy's execution and its events."""
+    execution options (an isolation level, say), no echo, and no listeners of
+    SQLAlchemy's connection or dialect events (statements, begin/commit/rollback,
+    savepoints, engine_connect, do_execute, handle_error), since the path's
+    statements and transactions bypass SQLAlchemy's execution and its events."""
     sync = engine.sync_engine
     return bool(
         engine.dialect.driver == driver
         and not engine.get_execution_options()
         and not sync.echo
-        and not sync.dispatch.before_cursor_execute
-        and not sync.dispatch.after_cursor_execute
+        and not has_listeners(sync)
     )
+
+
+# execution options that set how a transaction begins, not what its statements say
+TRANSACTION_OPTIONS = frozenset({"isolation_level", "postgresql_readonly", "postgresql_deferrable"})
+
+
+def plain_connection(conn: Any) -> bool:
+    """Whether work of a call may go on the driver's own connection inside a
+    SQLAlchemy Connection (the COPY path, say): no echo, no listeners (see
+    :func:`has_listeners`), and no execution options but those of how its
+    transaction began. Others may change the statements themselves
+    (``schema_translate_map``: the driver would write to another schema) or ask
+    for SQLAlchemy's own execution."""
+    return bool(
+        not conn.engine.echo
+        and not has_listeners(conn)
+        and TRANSACTION_OPTIONS.issuperset(conn.get_execution_options())
+    )
+
+
+def has_listeners(bind: Any) -> bool:
+    """Whether an Engine or Connection (or its engine), or its dialect, has ever
+    had a listener of SQLAlchemy's ConnectionEvents or DialectEvents
+    (``_has_events``, which SQLAlchemy sets when one is added, on the class or
+    the instance, and checks as here at each event point; taken as yes where it
+    is missing)."""
+    return any(getattr(obj, "_has_events", True) for obj in (bind, bind.engine, bind.dialect))
 
 
 def checkout(engine: Any) -> Any | None:

@@ -20,7 +20,7 @@ from onconflict._gc import paused
 from onconflict._keys import RecordRows, expression_key
 from onconflict._target import ConflictTarget
 from onconflict.dialects.common import do_nothing, python_defaults
-from onconflict.dialects.driver import DriverStatement
+from onconflict.dialects.driver import DriverStatement, plain_connection
 from onconflict.dialects.plans import Row
 
 COPY_THRESHOLD = 20_000  # rows in one call's group; measured: benchmarks/bulk.py
@@ -76,6 +76,8 @@ def _records(
 ) -> Iterable[tuple[Any, ...]] | None:
     """The rows as COPY records, or None where the path does not apply."""
     if conn.dialect.driver != "asyncpg" or len(rows) < COPY_THRESHOLD:
+        return None
+    if not plain_connection(conn):  # (its statements would bypass them)
         return None
     if expression_key(target) is not None:  # rows are paired by evaluated keys
         return None
