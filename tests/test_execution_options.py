@@ -85,6 +85,8 @@ async def test_schema_translate_map_is_honoured_by_every_call(
     assert (row["code"], created) == ("c", True)
     many = await translated.call("get_or_create_many", things, [{"code": "c"}, {"code": "d"}])
     assert many.created == [False, True]
+    row, created = await translated.call("update_or_create", things, {"code": "d"}, {"rank": 5})
+    assert (row["rank"], created) == (5, False)
     rows = [{"code": f"bulk{i}"} for i in range(BULK if backend.name == "postgresql" else 500)]
     bulk = await translated.call("insert_ignore", things, rows)
     assert bulk.inserted_count == len(rows)
