@@ -358,6 +358,20 @@ uuid_pk = sa.Table(
     sa.Column("v", sa.String(20), nullable=True),
 )
 
+# a natural text primary key in a table SQLite keeps WITHOUT ROWID and STRICT (values
+# checked against the declared types; the other databases ignore the options) --------
+_text = sa.String(20).with_variant(sa.Text(), "sqlite")  # (STRICT takes no VARCHAR)
+strict_natural = sa.Table(
+    "oc_m_strict",
+    metadata,
+    sa.Column("code", _text, primary_key=True),
+    sa.Column("n", sa.Integer, nullable=True),
+    sa.Column("v", _text, nullable=True),
+    sqlite_with_rowid=False,
+    sqlite_strict=True,
+)
+
+bigint_key = _typed_key("oc_m_bigint_key", sa.BigInteger)
 date_key = _typed_key("oc_m_date_key", sa.Date)
 datetime_key = _typed_key("oc_m_datetime_key", sa.DateTime)
 numeric_key = _typed_key("oc_m_numeric_key", sa.Numeric(10, 2))
@@ -571,6 +585,22 @@ FEATURES = [
         key=("k",),
         change={"v": "y"},
         stored={"k": "a", "v": "x"},
+    ),
+    Feature(
+        "natural_pk_strict",
+        strict_natural,
+        row={"code": "a", "n": 1, "v": "x"},
+        key=("code",),
+        change={"v": "y"},
+        stored={"code": "a", "n": 1, "v": "x"},
+    ),
+    Feature(
+        "bigint_key",
+        bigint_key,
+        row={"k": 2**40 + 1, "v": "x"},
+        key=("k",),
+        change={"v": "y"},
+        stored={"k": 2**40 + 1, "v": "x"},
     ),
     Feature(
         "date_key",
