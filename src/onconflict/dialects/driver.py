@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.pool.base import reset_commit
 from sqlalchemy.util import greenlet_spawn
@@ -43,6 +43,26 @@ def plain_engine(engine: Any, driver: str) -> bool:
         and not sync.dispatch.before_cursor_execute
         and not sync.dispatch.after_cursor_execute
     )
+
+
+def in_caller_transaction(conn: Connection, driver: str) -> bool:
+    """Whether a statement of the caller's transaction may go on the driver's
+    own connection, past SQLAlchemy's execution: ``driver``'s, a transaction
+    SQLAlchemy already began (the connection not invalidated), no execution
+    options (an isolation level, say), no statement events (before/after
+    execute, before/after cursor execute) or echo, no ``do_execute`` or
+    ``handle_error`` listeners (they would see the statement, or a
+    duplicate's error). Shared by the drivers' in-transaction paths."""
+    if not (conn.dialect.driver == driver and conn.in_transaction() and not conn.invalidated):
+        return False
+    dispatch, dialect = conn.dispatch, conn.dialect.dispatch
+    if dispatch.before_cursor_execute or dispatch.after_cursor_execute or conn.engine.echo:
+        return False
+    if dispatch.before_execute or dispatch.after_execute:
+        return False
+    if dialect.do_execute or dialect.handle_error:
+        return False
+    return not conn.get_execution_options()
 
 
 def checkout(engine: Any) -> Any | None:

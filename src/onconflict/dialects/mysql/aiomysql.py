@@ -25,6 +25,7 @@ from onconflict.dialects.driver import (
     checkout,
     checkout_async,
     connection_lost,
+    in_caller_transaction,
     quiet_return,
 )
 from onconflict.dialects.mysql.errors import (
@@ -33,7 +34,6 @@ from onconflict.dialects.mysql.errors import (
 from onconflict.dialects.mysql.guard import (
     DUPLICATE_KEY,
     TRANSACTION_LOST,
-    in_caller_transaction,
     refuse,
 )
 from onconflict.dialects.plans import FetchPlan, Row

@@ -8,6 +8,7 @@ each in a savepoint). A lone call is first tried on the event loop's thread
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import sqlite3
 import weakref
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
@@ -26,6 +27,7 @@ from onconflict.dialects.driver import (
     DriverStatement,
     checkout,
     checkout_async,
+    in_caller_transaction,
     plain_engine,
     quiet_return,
 )
@@ -95,8 +97,11 @@ class AiosqlitePath(DriverPath):
         self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
     ) -> InsertResult | None:
         """A one-row call on an engine, planned once per shape (``one_row_plan``),
-        then as :meth:`insert_ignore`; None where that declines."""
-        if not isinstance(conn, AsyncEngine) or not self.applies(conn):
+        then as :meth:`insert_ignore`; in the caller's transaction (an
+        AsyncConnection), :meth:`insert_one_in`. None where those decline."""
+        if not isinstance(conn, AsyncEngine):
+            return await self.insert_one_in(conn, table, rows, on, strategy, returning)
+        if not self.applies(conn):
             return None
         planned = self.one_row_plan(conn.dialect, table, rows, on, strategy, returning)
         if planned is None:
@@ -107,6 +112,81 @@ class AiosqlitePath(DriverPath):
         if got is None:
             return None
         return plan.result(row, fast.row(got[0]) if got else None)
+
+    async def insert_one_in(
+        self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> InsertResult | None:
+        """A one-row call inside the caller's transaction (an AsyncConnection),
+        planned once per shape (``one_row_plan``), run by :meth:`in_transaction`;
+        None where that declines."""
+        sync = _usable(conn)
+        if sync is None:
+            return None
+        planned = self.one_row_plan(sync.dialect, table, rows, on, strategy, returning)
+        if planned is None:
+            return None
+        plan, row = planned
+        fast = plan.statement
+        got = await self.in_transaction(sync, fast, fast.arguments(row))
+        if got is None:  # refused: insert_ignore_in is not to run it again
+            _REFUSED.set((sync, row))
+            return None
+        return plan.result(row, fast.row(got[0]) if got else None)
+
+    async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row call in the caller's transaction already planned (one
+        that :meth:`insert_one_in` did not plan: ``on`` given as a constraint,
+        say): see :meth:`in_transaction`. Not a row :meth:`insert_one_in` just
+        ran and saw refused (the ordinary path runs it, once)."""
+        refused = _REFUSED.get()
+        if refused is not None:
+            _REFUSED.set(None)
+        sync = _usable(conn)
+        if sync is None:
+            return None
+        one = self.one_row_insert(sync, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        if refused is not None and refused[0] is sync and refused[1] is prepared.rows[index]:
+            return None
+        got = await self.in_transaction(sync, fast, args)
+        if got is None:
+            return None
+        return {index: fast.row(got[0])} if got else {}
+
+    async def in_transaction(
+        self, sync: Connection, fast: DriverStatement, args: list[Any]
+    ) -> list[Any] | None:
+        """The one-row INSERT ... ON CONFLICT DO NOTHING RETURNING inside the
+        caller's transaction, run in ONE hop to aiosqlite's thread on the
+        connection's sqlite3 connection (execute and fetchall together), with
+        the connection's own busy timeout and transaction control: exactly
+        what the same statement through SQLAlchemy does (sqlite3's implicit
+        BEGIN before it in its legacy transaction mode included), without
+        SQLAlchemy's four hops (cursor, execute, fetch, close), its greenlet
+        bridge and per-call setup. The returned records ([]: a duplicate).
+
+        An error that ended the caller's transaction (a constraint declared ON
+        CONFLICT ROLLBACK, SQLITE_FULL, ...: a transaction open before the
+        statement is gone after it) is raised here, wrapped as SQLAlchemy wraps
+        it: running the row again would store it without the caller's earlier
+        work. So is a busy or locked database (the busy timeout was waited
+        once; the transaction is as it was). Any other error of the statement
+        (NOT NULL, CHECK, FK, a duplicate of another key) left nothing and the
+        transaction as it was: None, and the ordinary path runs the row again
+        and raises it as SQLAlchemy does. None too when the connection is
+        closed (nothing was sent)."""
+        driver: Any = sync.connection.driver_connection
+        try:
+            done = await driver._execute(_in_caller_transaction, fast.sql, args, driver._conn)
+        except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+            return None
+        if isinstance(done, _Failed):
+            if done.ended or _busy(done.exc):
+                raise await greenlet_spawn(_as_sqlalchemy_raises, sync, fast, args, done.exc)
+            return None
+        return done  # type: ignore[no-any-return]
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
@@ -148,6 +228,68 @@ class AiosqlitePath(DriverPath):
     async def _hop(self, engine: Any, work: Callable[[sqlite3.Connection], Any]) -> Any:
         sync = engine.sync_engine
         return await self.writer(sync).submit(sync, work)
+
+
+# (connection, row) of the one-row call insert_one_in ran last in this task and
+# saw refused: the insert_ignore_in that follows at once leaves it to the
+# ordinary path (a context variable: per task, nothing shared between tasks)
+_REFUSED: contextvars.ContextVar[tuple[Connection, Row] | None] = contextvars.ContextVar(
+    "onconflict_sqlite_refused", default=None
+)
+
+
+def _usable(conn: Any) -> Connection | None:
+    """The synchronous connection of an AsyncConnection whose transaction a
+    statement may join on the driver's own connection (``in_caller_transaction``)
+    with RETURNING (SQLite 3.35); else None."""
+    sync: Connection | None = conn.sync_connection
+    if sync is None or not sync.dialect.insert_returning:
+        return None
+    return sync if in_caller_transaction(sync, "aiosqlite") else None
+
+
+class _Failed:
+    """The error of a statement run in the caller's transaction, and whether it
+    ended that transaction (open before the statement, not after)."""
+
+    __slots__ = ("ended", "exc")
+
+    def __init__(self, exc: Exception, ended: bool) -> None:
+        self.exc, self.ended = exc, ended
+
+
+def _in_caller_transaction(sql: str, args: list[Any], db: sqlite3.Connection) -> Any:
+    """On aiosqlite's thread, in the caller's transaction: the one-row INSERT
+    ... RETURNING and its records, or :class:`_Failed`."""
+    before = db.in_transaction
+    try:
+        return db.execute(sql, args).fetchall()
+    except Exception as exc:
+        return _Failed(exc, before and not db.in_transaction)
+
+
+def _busy(exc: Exception) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (any extended code; Python 3.11+ says)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (5, 6)
+
+
+def _as_sqlalchemy_raises(
+    sync: Connection, fast: DriverStatement, args: list[Any], exc: Exception
+) -> Exception:
+    """The error of a statement run in the caller's transaction, as SQLAlchemy's
+    execution raises it: a driver error wrapped in SQLAlchemy's class for it,
+    the connection invalidated when the dialect takes it for a disconnect."""
+    dialect = sync.dialect
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc  # (not the driver's: as it is)
+    lost = dialect.is_disconnect(exc, sync.connection.dbapi_connection, None)
+    if lost:
+        sync.invalidate(exc)
+    return sa.exc.DBAPIError.instance(
+        fast.sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=dialect
+    )
 
 
 def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
