@@ -789,3 +789,19 @@ async def test_in_the_callers_transaction_options_events_and_echo_take_the_ordin
         async with conn.begin():
             assert await _hops_of(conn, hops, {"code": "a"}) > 1
     assert [r["code"] for r in await stored(made)] == ["a"]
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_a_closed_connection_raises_as_sqlalchemy_does(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """The driver's connection closed underneath: nothing sent by the path,
+    SQLAlchemy's own path raises its error for it (the connection invalidated)."""
+    async with made.connect() as conn:
+        await conn.begin()
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.close()
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            await onconflict.insert_ignore(conn, things, [{"code": "a"}])
+        assert raised.value.connection_invalidated
+    assert await stored(made) == []

@@ -179,7 +179,7 @@ class AiosqlitePath(DriverPath):
         closed (nothing was sent)."""
         driver: Any = sync.connection.driver_connection
         try:
-            done = await driver._execute(_in_caller_transaction, fast.sql, args, driver._conn)
+            done = await driver._execute(_insert_in_transaction, fast.sql, args, driver._conn)
         except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
             return None
         if isinstance(done, _Failed):
@@ -258,7 +258,7 @@ class _Failed:
         self.exc, self.ended = exc, ended
 
 
-def _in_caller_transaction(sql: str, args: list[Any], db: sqlite3.Connection) -> Any:
+def _insert_in_transaction(sql: str, args: list[Any], db: sqlite3.Connection) -> Any:
     """On aiosqlite's thread, in the caller's transaction: the one-row INSERT
     ... RETURNING and its records, or :class:`_Failed`."""
     before = db.in_transaction
@@ -269,7 +269,7 @@ def _in_caller_transaction(sql: str, args: list[Any], db: sqlite3.Connection) ->
 
 
 def _busy(exc: Exception) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED (any extended code; Python 3.11+ says)."""
+    """SQLITE_BUSY or SQLITE_LOCKED, with any extended code."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (5, 6)
 
