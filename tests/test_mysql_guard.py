@@ -579,6 +579,10 @@ async def test_callers_transaction_path_honours_events_and_options(backend: Back
         async with engine.begin() as conn:
             assert await in_transaction_path(conn, tags, {"slug": "d"}) is None
         sa.event.remove(engine.sync_engine, "handle_error", failed)
+        sa.event.listen(engine.sync_engine, "before_execute", record)
+        async with engine.begin() as conn:
+            assert await in_transaction_path(conn, tags, {"slug": "f"}) is None
+        sa.event.remove(engine.sync_engine, "before_execute", record)
         async with engine.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await auto.begin()

@@ -229,6 +229,29 @@ async def test_errors_raise_as_sqlalchemy_raises_them(made: AsyncEngine, backend
     assert [r["code"] for r in await stored(made)] == ["a"]
 
 
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_a_refused_row_runs_on_the_driver_once_then_on_the_ordinary_path(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """A row the database refused on the driver-level path (engine or caller's
+    transaction) is run again by SQLAlchemy's path alone, which raises: two
+    INSERTs in all, not a second driver-level attempt in between."""
+    sql, _ = traced(made)
+    await made.dispose()
+    await onconflict.insert_ignore(made, things, [{"code": "a"}])
+    for row, error in BAD:
+        del sql[:]
+        with pytest.raises(error):
+            await onconflict.insert_ignore(made, things, [row], retry=None)
+        assert sql.count("INSERT") == 2, (row, sql)
+        async with made.begin() as conn:
+            del sql[:]
+            with pytest.raises(error):
+                await onconflict.insert_ignore(conn, things, [row])
+            assert sql.count("INSERT") == 2, (row, sql)
+    assert [r["code"] for r in await stored(made)] == ["a"]
+
+
 async def test_events_and_options_take_the_ordinary_path(
     made: AsyncEngine, backend: Backend
 ) -> None:
@@ -671,3 +694,229 @@ async def test_cancelled_calls_leave_the_pool_usable(made: AsyncEngine, backend:
         assert sorted(codes) == ["c0", "c1", "c2", "c3", "warm"]
     finally:
         await engine.dispose()
+
+
+# -- inside the caller's transaction (an AsyncConnection) --------------------------------
+
+
+async def _hops_of(conn: Any, hops: list[int], row: dict[str, Any], **kw: Any) -> int:
+    """The hops to aiosqlite's thread of one insert_ignore in ``conn``'s transaction."""
+    del hops[:]
+    await onconflict.insert_ignore(conn, things, [row], **kw)
+    return len(hops)
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_a_call_is_one_hop_and_commits_with_its_work(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """Inside the caller's transaction a one-row call is its one statement in
+    ONE hop to aiosqlite's thread: a new row, a duplicate, and (no statement
+    before it) with sqlite3's own implicit BEGIN first, as through SQLAlchemy.
+    The rows commit with the caller's other work; the rows returned are those
+    stored (key != name, Python and server defaults), as the ordinary path
+    returns them; a constraint given as ``on`` (planned per call) too."""
+    sql, hops = traced(made)
+    await made.dispose()
+    async with made.begin() as conn:
+        await conn.execute(parent.insert(), {"id": 1})  # the caller's own work
+        del sql[:], hops[:]
+        new = await onconflict.insert_ignore(conn, things, [{"code": "a", "pid": 1}])
+        assert (sql, len(hops)) == (["INSERT"], 1)
+        del sql[:], hops[:]
+        dup = await onconflict.insert_ignore(conn, things, [{"code": "a", "rank": 3}])
+        assert (sql, len(hops)) == (["INSERT"], 1)
+    async with made.begin() as conn:
+        del sql[:], hops[:]
+        first = await onconflict.insert_ignore(conn, things, [{"code": "b"}])
+        assert (sql, len(hops)) == (["BEGIN", "INSERT"], 1)
+        (key,) = (c for c in things.constraints if isinstance(c, sa.UniqueConstraint))
+        assert await _hops_of(conn, hops, {"code": "b"}, on=key) == 1
+        counted = await onconflict.insert_ignore(conn, things, [{"code": "c"}], returning=False)
+        assert (counted.inserted_count, counted.existing_count) == (1, 0)
+    assert (new.inserted_count, dup.existing, first.inserted_count) == (
+        1,
+        [{"code": "a", "rank": 3}],
+        1,
+    )
+    (row,) = new.inserted
+    assert (row["code"], row["rank"], row["label"], row["pid"]) == ("a", 7, "none", 1)
+    assert [r for r in await stored(made) if r["code"] != "c"] == [row, first.inserted[0]]
+    async with made.connect() as conn:  # the ordinary path, for the same call
+        await conn.execution_options(logging_token="ordinary")
+        async with conn.begin():
+            del hops[:]
+            ordinary = await onconflict.insert_ignore(conn, things, [{"code": "d"}])
+            assert len(hops) > 1
+    (other,) = ordinary.inserted
+    (mine,) = first.inserted  # the same row but for its key, id and serial
+    assert list(other.items()) == list(
+        {**mine, "id": other["id"], "code": "d", "serial": other["serial"]}.items()
+    )
+    assert other["serial"] > mine["serial"] > row["serial"]
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_a_rollback_leaves_nothing(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    async def work() -> None:
+        async with made.begin() as conn:
+            await conn.execute(parent.insert(), {"id": 2})
+            got = await onconflict.insert_ignore(conn, things, [{"code": "r", "pid": 2}])
+            assert got.inserted_count == 1
+            raise RuntimeError("the caller's work failed")
+
+    with pytest.raises(RuntimeError):
+        await work()
+    assert await stored(made) == []
+    assert await stored(made, parent) == []
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_errors_raise_and_the_transaction_goes_on(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """NOT NULL, CHECK, foreign key: the path's statement failed, leaving the
+    transaction as it was, so SQLAlchemy's own path runs the row again and
+    raises its error (what SQLAlchemy raises for it); nothing stored, the
+    caller's earlier and later work commits."""
+    sql, _ = traced(made)
+    await made.dispose()
+    async with made.begin() as conn:
+        await onconflict.insert_ignore(conn, things, [{"code": "a"}])
+        for row, error in BAD:
+            del sql[:]
+            with pytest.raises(error) as raised:
+                await onconflict.insert_ignore(conn, things, [row])
+            assert isinstance(raised.value.orig, sqlite3.Error)
+            assert sql == ["INSERT", "INSERT"], row  # the path's, then SQLAlchemy's
+        await onconflict.insert_ignore(conn, things, [{"code": "b"}])
+    assert [r["code"] for r in await stored(made)] == ["a", "b"]
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_an_error_that_ends_it_is_raised_not_run_again(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """A constraint declared ON CONFLICT ROLLBACK ends the caller's whole
+    transaction: raised at once, as SQLAlchemy raises it (IntegrityError, the
+    driver's error chained), never run again (a second run would store the
+    row without the caller's earlier work); nothing stored."""
+    rolled = sa.Table(
+        "oc_dp_rolled",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("code", sa.String(20), nullable=False, unique=True),
+        sa.Column("note", sa.String(20), nullable=False, sqlite_on_conflict_not_null="ROLLBACK"),
+    )
+    async with made.begin() as conn:
+        await conn.run_sync(rolled.create)
+    sql, hops = traced(made)
+    await made.dispose()
+
+    async def work() -> None:
+        async with made.begin() as conn:
+            await conn.execute(parent.insert(), {"id": 3})  # the caller's earlier work
+            await onconflict.insert_ignore(conn, rolled, [{"code": "a", "note": "x"}])
+            del sql[:], hops[:]
+            try:
+                await onconflict.insert_ignore(conn, rolled, [{"code": "b", "note": None}])
+            finally:
+                assert (sql, len(hops)) == (["INSERT"], 1)
+
+    with pytest.raises(sa.exc.IntegrityError, match="NOT NULL") as raised:
+        await work()
+    assert isinstance(raised.value.orig, sqlite3.IntegrityError)
+    assert await stored(made, parent) == []
+    assert await stored(made, rolled) == []
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_a_locked_database_raises_once(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """Another connection holding the write lock: the call waits the busy
+    timeout once and raises SQLAlchemy's OperationalError (not run again, which
+    would wait again); the transaction is as it was: once the lock is free
+    the caller's next call in it stores its row."""
+    engine = backend.async_engine(connect_args={"timeout": 0.2})
+    sql, hops = traced(engine)
+    try:
+        async with engine.begin() as conn:
+            other = sqlite3.connect(made.url.database or "", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            try:
+                del sql[:]
+                with pytest.raises(sa.exc.OperationalError, match="locked") as raised:
+                    await onconflict.insert_ignore(conn, things, [{"code": "a"}])
+                assert isinstance(raised.value.orig, sqlite3.OperationalError)
+                assert sql.count("INSERT") == 1
+            finally:
+                other.rollback()
+                other.close()
+            assert await _hops_of(conn, hops, {"code": "b"}) == 1
+        assert [r["code"] for r in await stored(made)] == ["b"]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_options_events_and_echo_take_the_ordinary_path(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """The statement must reach what watches SQLAlchemy's execution: with
+    statement or error listeners, echo or execution options on the
+    connection, the call is SQLAlchemy's (more than one hop), with the same
+    outcome; a default that takes SQLAlchemy's execution context too."""
+    _, hops = traced(made)
+    await made.dispose()
+    sync = made.sync_engine
+    listener = lambda *a, **kw: None  # noqa: E731
+    async with made.begin() as conn:
+        assert await _hops_of(conn, hops, {"code": "a"}) == 1
+        sync.echo = True
+        try:
+            assert await _hops_of(conn, hops, {"code": "a"}) > 1
+        finally:
+            sync.echo = False
+        assert await _hops_of(conn, hops, {"code": "a"}) == 1
+        for event in (
+            "before_cursor_execute",
+            "after_cursor_execute",
+            "before_execute",
+            "after_execute",
+            "handle_error",
+            "do_execute",
+        ):
+            sa.event.listen(sync, event, listener)
+            try:
+                assert await _hops_of(conn, hops, {"code": "a"}) > 1, event
+            finally:
+                sa.event.remove(sync, event, listener)
+        # a listener once added keeps the ordinary path (SQLAlchemy's flag stays set)
+        assert await _hops_of(conn, hops, {"code": "a"}) > 1
+        del hops[:]
+        shout = await onconflict.insert_ignore(conn, contextual, [{"code": "ab"}])
+        assert (shout.inserted[0]["shout"], len(hops) > 1) == ("AB", True)
+    async with made.connect() as conn:
+        await conn.execution_options(logging_token="x")
+        async with conn.begin():
+            assert await _hops_of(conn, hops, {"code": "a"}) > 1
+    assert [r["code"] for r in await stored(made)] == ["a"]
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_a_closed_connection_raises_as_sqlalchemy_does(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """The driver's connection closed underneath: nothing sent by the path,
+    SQLAlchemy's own path raises its error for it (the connection invalidated)."""
+    async with made.connect() as conn:
+        await conn.begin()
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.close()
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            await onconflict.insert_ignore(conn, things, [{"code": "a"}])
+        assert raised.value.connection_invalidated
+    assert await stored(made) == []

@@ -60,6 +60,7 @@ from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
 from onconflict.classify import is_transient, is_unique_violation, unique_violation
 from onconflict.dialects import driver_path, support_for
+from onconflict.dialects.driver import Ordinary
 from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry, retry_stats
 
@@ -126,17 +127,22 @@ async def insert_ignore(
     ``existing_count`` are exact, no row is built (reading ``inserted`` or
     ``existing`` raises ``NotReturnedError``).
     """
-    if True:  # ASYNC: a one-row call planned once per shape, on the driver (aiomysql)
+    if True:  # ASYNC: a one-row call planned once per shape, on the driver
+        one: InsertResult | Ordinary | None = None
         if isinstance(conn, AsyncEngine | AsyncConnection):
             path = driver_path(conn.dialect)
             one = await path.insert_one(conn, table, rows, on, strategy, returning)
-            if one is not None:
+            if isinstance(one, InsertResult):
                 return one
     prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy, returning)
     if prepared.empty:
         return insert_result(prepared, {})
-    if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
-        if prepared.support is not None and isinstance(conn, AsyncEngine | AsyncConnection):
+    if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...), unless it refused the row
+        if (
+            one is None
+            and prepared.support is not None
+            and isinstance(conn, AsyncEngine | AsyncConnection)
+        ):
             path = driver_path(conn.dialect)
             if isinstance(conn, AsyncEngine):
                 stored = await path.insert_ignore(conn, prepared)

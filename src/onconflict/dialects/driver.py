@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.pool.base import reset_commit
 from sqlalchemy.util import greenlet_spawn
@@ -71,6 +71,18 @@ def has_listeners(bind: Any) -> bool:
     the instance, and checks as here at each event point; taken as yes where it
     is missing)."""
     return any(getattr(obj, "_has_events", True) for obj in (bind, bind.engine, bind.dialect))
+
+
+def in_caller_transaction(conn: Connection, driver: str) -> bool:
+    """Whether a statement of the caller's transaction may go on the driver's
+    own connection, past SQLAlchemy's execution: ``driver``'s, a transaction
+    SQLAlchemy already began (the connection not invalidated), and
+    :func:`plain_connection` (no echo, no listeners of SQLAlchemy's events, no
+    execution options but the isolation level). Shared by the drivers'
+    in-transaction paths."""
+    if not (conn.dialect.driver == driver and conn.in_transaction() and not conn.invalidated):
+        return False
+    return plain_connection(conn)
 
 
 def checkout(engine: Any) -> Any | None:
@@ -245,6 +257,16 @@ def python_default(column: sa.Column[Any]) -> Callable[[], Any] | None:
     return None
 
 
+class Ordinary(enum.Enum):
+    """A driver-level path's answer for a call it ran and saw refused: only
+    the ordinary path is to run it again (another driver-level attempt would
+    meet the same refusal)."""
+
+    ORDINARY = "ordinary"
+
+
+ORDINARY = Ordinary.ORDINARY
+
 _UNCACHED: Any = object()
 
 
@@ -341,10 +363,12 @@ class DriverPath:
 
     async def insert_one(
         self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
-    ) -> InsertResult | None:
+    ) -> InsertResult | Ordinary | None:
         """A faster path for a one-row insert_ignore on an ``AsyncEngine`` or
         ``AsyncConnection``, taken before the call is planned (see
-        :meth:`one_row_plan`); None: the usual one."""
+        :meth:`one_row_plan`); None: the usual one; ``ORDINARY``: the row was
+        run here and refused (nothing stored): the ordinary path alone runs
+        it again, and raises as SQLAlchemy does."""
         return None
 
     def one_row_plan(

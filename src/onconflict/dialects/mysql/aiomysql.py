@@ -20,11 +20,14 @@ from onconflict._excluded import has_expressions
 from onconflict._target import ConflictTarget
 from onconflict.dialects.base import DialectSupport
 from onconflict.dialects.driver import (
+    ORDINARY,
     DriverPath,
     DriverStatement,
+    Ordinary,
     checkout,
     checkout_async,
     connection_lost,
+    in_caller_transaction,
     quiet_return,
 )
 from onconflict.dialects.mysql.errors import (
@@ -33,7 +36,6 @@ from onconflict.dialects.mysql.errors import (
 from onconflict.dialects.mysql.guard import (
     DUPLICATE_KEY,
     TRANSACTION_LOST,
-    in_caller_transaction,
     refuse,
 )
 from onconflict.dialects.plans import FetchPlan, Row
@@ -320,7 +322,7 @@ class AiomysqlPath(DriverPath):
 
     async def insert_one(
         self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
-    ) -> InsertResult | None:
+    ) -> InsertResult | Ordinary | None:
         """A one-row call, planned once per shape (``one_row_plan``), run on
         the engine's pool (``on_engine``) or in the caller's transaction
         (``in_transaction``); None where either declines."""
@@ -340,8 +342,8 @@ class AiomysqlPath(DriverPath):
             stored = await self.on_engine(conn, fast, args, plan.table, plan.target)
         else:
             stored = await self.in_transaction(conn, fast, args, plan.table, plan.target)
-        if stored is None:
-            return None
+        if stored is None:  # refused, or no connection: the ordinary path alone runs it
+            return ORDINARY
         return plan.result(row, stored or None)
 
     async def insert_ignore(self, engine: Any, prepared: Any) -> dict[int, Row] | None:

@@ -23,7 +23,7 @@ from onconflict._target import ConflictTarget
 from onconflict.dialects import support_for
 from onconflict.dialects.base import DialectSupport
 from onconflict.dialects.common import execute_row, execute_rows, with_primary_key
-from onconflict.dialects.driver import DriverStatement, plain_connection
+from onconflict.dialects.driver import DriverStatement, in_caller_transaction
 from onconflict.dialects.mysql.readers import WARNING_COUNT_READERS, packet_warning_count
 from onconflict.dialects.plans import Row
 from onconflict.exceptions import OutcomeMismatchError, UnsafeInsertError
@@ -380,16 +380,6 @@ def _driver_error(
     raise sa.exc.DBAPIError.instance(
         fast.sql, args, exc, dbapi.Error, connection_invalidated=not refused, dialect=conn.dialect
     ) from exc
-
-
-def in_caller_transaction(conn: Connection, driver: str) -> bool:
-    """Whether a statement of the caller's transaction may go on the driver's
-    own connection: ``driver``'s, a transaction SQLAlchemy already began (not
-    in AUTOCOMMIT), and :func:`plain_connection` (no echo, no listeners of
-    SQLAlchemy's events, no execution options but the isolation level)."""
-    if not (conn.dialect.driver == driver and conn.in_transaction() and not conn.invalidated):
-        return False
-    return plain_connection(conn)
 
 
 def _driver_statement(conn: Connection, stmt: GuardedInsert, row: Row) -> DriverStatement | None:

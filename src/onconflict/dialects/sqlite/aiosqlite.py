@@ -17,17 +17,20 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from onconflict._excluded import has_expressions
 from onconflict._keys import expression_key
 from onconflict.dialects.driver import (
+    ORDINARY,
     DriverPath,
     DriverStatement,
+    Ordinary,
     checkout,
     checkout_async,
+    in_caller_transaction,
     plain_engine,
     quiet_return,
 )
@@ -104,10 +107,13 @@ class AiosqlitePath(DriverPath):
 
     async def insert_one(
         self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
-    ) -> InsertResult | None:
+    ) -> InsertResult | Ordinary | None:
         """A one-row call on an engine, planned once per shape (``one_row_plan``),
-        then as :meth:`insert_ignore`; None where that declines."""
-        if not isinstance(conn, AsyncEngine) or not self.applies(conn):
+        then as :meth:`insert_ignore`; in the caller's transaction (an
+        AsyncConnection), :meth:`insert_one_in`. None where those decline."""
+        if not isinstance(conn, AsyncEngine):
+            return await self.insert_one_in(conn, table, rows, on, strategy, returning)
+        if not self.applies(conn):
             return None
         planned = self.one_row_plan(conn.dialect, table, rows, on, strategy, returning)
         if planned is None:
@@ -115,9 +121,77 @@ class AiosqlitePath(DriverPath):
         plan, row = planned
         fast = plan.statement
         got = await self._hop(conn, functools.partial(_insert_one, fast.sql, fast.arguments(row)))
+        if got is None:  # refused, or no connection: the ordinary path alone runs it
+            return ORDINARY
+        return plan.result(row, fast.row(got[0]) if got else None)
+
+    async def insert_one_in(
+        self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> InsertResult | Ordinary | None:
+        """A one-row call inside the caller's transaction (an AsyncConnection),
+        planned once per shape (``one_row_plan``), run by :meth:`in_transaction`;
+        None where that declines."""
+        sync = _usable(conn)
+        if sync is None:
+            return None
+        planned = self.one_row_plan(sync.dialect, table, rows, on, strategy, returning)
+        if planned is None:
+            return None
+        plan, row = planned
+        fast = plan.statement
+        got = await self.in_transaction(sync, fast, fast.arguments(row))
+        if got is None:  # refused: the ordinary path alone runs it again
+            return ORDINARY
+        return plan.result(row, fast.row(got[0]) if got else None)
+
+    async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row call in the caller's transaction already planned (one
+        that :meth:`insert_one_in` did not plan: ``on`` given as a constraint,
+        say): see :meth:`in_transaction`."""
+        sync = _usable(conn)
+        if sync is None:
+            return None
+        one = self.one_row_insert(sync, prepared)
+        if one is None:
+            return None
+        fast, index, args = one
+        got = await self.in_transaction(sync, fast, args)
         if got is None:
             return None
-        return plan.result(row, fast.row(got[0]) if got else None)
+        return {index: fast.row(got[0])} if got else {}
+
+    async def in_transaction(
+        self, sync: Connection, fast: DriverStatement, args: list[Any]
+    ) -> list[Any] | None:
+        """The one-row INSERT ... ON CONFLICT DO NOTHING RETURNING inside the
+        caller's transaction, run in ONE hop to aiosqlite's thread on the
+        connection's sqlite3 connection (execute and fetchall together), with
+        the connection's own busy timeout and transaction control: exactly
+        what the same statement through SQLAlchemy does (sqlite3's implicit
+        BEGIN before it in its legacy transaction mode included), without
+        SQLAlchemy's four hops (cursor, execute, fetch, close), its greenlet
+        bridge and per-call setup. The returned records ([]: a duplicate).
+
+        An error that ended the caller's transaction (a constraint declared ON
+        CONFLICT ROLLBACK, SQLITE_FULL, ...: a transaction open before the
+        statement is gone after it) is raised here, wrapped as SQLAlchemy wraps
+        it: running the row again would store it without the caller's earlier
+        work. So is a busy or locked database (the busy timeout was waited
+        once; the transaction is as it was). Any other error of the statement
+        (NOT NULL, CHECK, FK, a duplicate of another key) left nothing and the
+        transaction as it was: None, and the ordinary path runs the row again
+        and raises it as SQLAlchemy does. None too when the connection is
+        closed (nothing was sent)."""
+        driver: Any = sync.connection.driver_connection
+        try:
+            done = await driver._execute(_insert_in_transaction, fast.sql, args, driver._conn)
+        except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+            return None
+        if isinstance(done, _Failed):
+            if done.ended or _busy(done.exc):
+                raise await greenlet_spawn(_as_sqlalchemy_raises, sync, fast, args, done.exc)
+            return None
+        return done  # type: ignore[no-any-return]
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
@@ -159,6 +233,60 @@ class AiosqlitePath(DriverPath):
     async def _hop(self, engine: Any, work: Callable[[sqlite3.Connection], Any]) -> Any:
         sync = engine.sync_engine
         return await self.writer(sync).submit(sync, work)
+
+
+def _usable(conn: Any) -> Connection | None:
+    """The synchronous connection of an AsyncConnection whose transaction a
+    statement may join on the driver's own connection (``in_caller_transaction``)
+    with RETURNING (SQLite 3.35); else None."""
+    sync: Connection | None = conn.sync_connection
+    if sync is None or not sync.dialect.insert_returning:
+        return None
+    return sync if in_caller_transaction(sync, "aiosqlite") else None
+
+
+class _Failed:
+    """The error of a statement run in the caller's transaction, and whether it
+    ended that transaction (open before the statement, not after)."""
+
+    __slots__ = ("ended", "exc")
+
+    def __init__(self, exc: Exception, ended: bool) -> None:
+        self.exc, self.ended = exc, ended
+
+
+def _insert_in_transaction(sql: str, args: list[Any], db: sqlite3.Connection) -> Any:
+    """On aiosqlite's thread, in the caller's transaction: the one-row INSERT
+    ... RETURNING and its records, or :class:`_Failed`."""
+    before = db.in_transaction
+    try:
+        return db.execute(sql, args).fetchall()
+    except Exception as exc:
+        return _Failed(exc, before and not db.in_transaction)
+
+
+def _busy(exc: Exception) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED, with any extended code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (5, 6)
+
+
+def _as_sqlalchemy_raises(
+    sync: Connection, fast: DriverStatement, args: list[Any], exc: Exception
+) -> Exception:
+    """The error of a statement run in the caller's transaction, as SQLAlchemy's
+    execution raises it: a driver error wrapped in SQLAlchemy's class for it,
+    the connection invalidated when the dialect takes it for a disconnect."""
+    dialect = sync.dialect
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc  # (not the driver's: as it is)
+    lost = dialect.is_disconnect(exc, sync.connection.dbapi_connection, None)
+    if lost:
+        sync.invalidate(exc)
+    return sa.exc.DBAPIError.instance(
+        fast.sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=dialect
+    )
 
 
 def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
@@ -407,7 +535,7 @@ def _inline(
     except sqlite3.Error as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
-        if _busy(exc):  # wait on aiosqlite's thread
+        if _waits(exc):  # wait on aiosqlite's thread
             return _DECLINED
         raise
     else:
@@ -421,11 +549,10 @@ def _inline(
         db.execute(f"PRAGMA busy_timeout = {int(timeout)}")
 
 
-def _busy(exc: sqlite3.Error) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED (or a code unknown): another connection
-    holds a lock this one would have to wait for."""
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    return code is None or code & 0xFF in (5, 6)
+def _waits(exc: sqlite3.Error) -> bool:
+    """Another connection holds a lock this one would have to wait for
+    (:func:`_busy`), or the error has no SQLite code to tell: the hop decides."""
+    return getattr(exc, "sqlite_errorcode", None) is None or _busy(exc)
 
 
 def _committed_here(writer: Writer, db: sqlite3.Connection) -> bool:
@@ -437,7 +564,7 @@ def _committed_here(writer: Writer, db: sqlite3.Connection) -> bool:
     try:
         db.execute("COMMIT")
     except sqlite3.Error as exc:
-        if db.in_transaction and _busy(exc):
+        if db.in_transaction and _waits(exc):
             return False
         if db.in_transaction:
             db.execute("ROLLBACK")
