@@ -757,6 +757,34 @@ async def test_in_the_callers_transaction_a_call_is_one_hop_and_commits_with_its
 
 
 @pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_a_session_pending_objects_are_flushed_first_and_a_call_is_one_hop(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """An AsyncSession's transaction takes the same one-hop path on the
+    session's connection, after the session is flushed (as the ordinary path
+    flushes it): an object the caller added is a duplicate; the rows commit
+    with the session."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    class Thing:
+        def __init__(self, **kw: Any) -> None:
+            self.__dict__.update(kw)
+
+    sa.orm.registry().map_imperatively(Thing, things)
+    _, hops = traced(made)
+    await made.dispose()
+    async with AsyncSession(made) as session:
+        session.add(Thing(code="a"))  # pending: flushed by the call
+        got = await onconflict.insert_ignore(session, things, [{"code": "a"}])
+        assert got.existing_count == 1
+        del hops[:]
+        new = await onconflict.insert_ignore(session, things, [{"code": "b"}])
+        assert (new.inserted_count, len(hops)) == (1, 1)
+        await session.commit()
+    assert [r["code"] for r in await stored(made)] == ["a", "b"]
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_in_the_callers_transaction_a_rollback_leaves_nothing(
     made: AsyncEngine, backend: Backend
 ) -> None:

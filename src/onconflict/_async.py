@@ -60,7 +60,7 @@ from onconflict._target import ANY_KEY, OnTarget
 from onconflict._upsert import Duplicates, UpdateSpec, execute_upsert, prepare_upsert
 from onconflict.classify import is_transient, is_unique_violation, unique_violation
 from onconflict.dialects import driver_path, support_for
-from onconflict.dialects.driver import Ordinary
+from onconflict.dialects.driver import Ordinary, driver_handle
 from onconflict.result import InsertResult, UpsertResult
 from onconflict.retry import DEFAULT_RETRY, NO_RETRY, Attempts, Retry, retry_stats
 
@@ -129,25 +129,22 @@ async def insert_ignore(
     """
     if True:  # ASYNC: a one-row call planned once per shape, on the driver
         one: InsertResult | Ordinary | None = None
-        if isinstance(conn, AsyncEngine | AsyncConnection):
-            path = driver_path(conn.dialect)
-            one = await path.insert_one(conn, table, rows, on, strategy, returning)
+        bound = await driver_handle(conn)
+        if bound is not None:
+            path = driver_path(bound.dialect)
+            one = await path.insert_one(bound, table, rows, on, strategy, returning)
             if isinstance(one, InsertResult):
                 return one
     prepared = prepare_insert_ignore(dialect_of(conn), table, rows, on, strategy, returning)
     if prepared.empty:
         return insert_result(prepared, {})
     if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...), unless it refused the row
-        if (
-            one is None
-            and prepared.support is not None
-            and isinstance(conn, AsyncEngine | AsyncConnection)
-        ):
-            path = driver_path(conn.dialect)
-            if isinstance(conn, AsyncEngine):
-                stored = await path.insert_ignore(conn, prepared)
+        if one is None and prepared.support is not None and bound is not None:
+            path = driver_path(bound.dialect)
+            if isinstance(bound, AsyncEngine):
+                stored = await path.insert_ignore(bound, prepared)
             else:  # inside the caller's transaction
-                stored = await path.insert_ignore_in(conn, prepared)
+                stored = await path.insert_ignore_in(bound, prepared)
             if stored is not None:
                 return insert_result(prepared, stored)
     return await _run(conn, execute_insert_ignore, prepared, retry)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 from sqlalchemy.pool.base import reset_commit
 from sqlalchemy.util import greenlet_spawn
@@ -83,6 +84,20 @@ def in_caller_transaction(conn: Connection, driver: str) -> bool:
     if not (conn.dialect.driver == driver and conn.in_transaction() and not conn.invalidated):
         return False
     return plain_connection(conn)
+
+
+async def driver_handle(handle: Any) -> Any | None:
+    """What a driver-level path of the async front may run on: an
+    ``AsyncEngine`` or ``AsyncConnection`` as given; an ``AsyncSession``'s
+    connection in its transaction, after the session is flushed when it
+    autoflushes (as the ordinary path flushes it first); None otherwise."""
+    if isinstance(handle, AsyncEngine | AsyncConnection):
+        return handle
+    if isinstance(handle, AsyncSession):
+        if handle.sync_session.autoflush:
+            await handle.flush()
+        return await handle.connection()
+    return None
 
 
 def checkout(engine: Any) -> Any | None:
