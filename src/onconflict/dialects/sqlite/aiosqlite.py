@@ -1,9 +1,16 @@
-"""The aiosqlite driver-level paths: a one-row insert_ignore and get_or_create
-run with BEGIN IMMEDIATE ... COMMIT on the pooled connection's sqlite3
-connection in ONE hop to aiosqlite's thread, through the engine's
-:class:`Writer` (calls queued meanwhile share the hop and the transaction,
-each in a savepoint). A lone call is first tried on the event loop's thread
-(:func:`_inline`: never a lock wait, never an fsync there)."""
+"""The aiosqlite driver-level paths.
+
+On an engine, a one-row insert_ignore and get_or_create run with BEGIN
+IMMEDIATE ... COMMIT on the pooled connection's sqlite3 connection in ONE hop
+to aiosqlite's thread, through the engine's :class:`Writer` (calls queued
+meanwhile share the hop and the transaction, each in a savepoint). A lone call
+is first tried on the event loop's thread (:func:`_inline`: never a lock wait;
+its COMMIT there only while the engine's commits are measured cheap,
+``COMMIT_BUDGET``).
+
+In the caller's transaction (an AsyncConnection, or an AsyncSession's
+connection), a one-row insert_ignore is one hop to aiosqlite's thread with the
+connection's own busy timeout (:meth:`AiosqlitePath.in_transaction`)."""
 
 from __future__ import annotations
 
