@@ -19,12 +19,15 @@ with Galera's causality wait, and certification conflicts are reported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import gc
+import os
 import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -520,13 +523,48 @@ async def reset(engine: AsyncEngine, preload: list[str]) -> None:
 async def warm(engine: AsyncEngine) -> None:
     """Open the engine pool's connections before the clock starts, as the raw
     driver's pools are opened when made (a server's connection set-up is not
-    what the storms measure); SQLite's engine opens a file, nothing to warm."""
+    what the storms measure); SQLite's engine opens a file: its journal is
+    evened instead."""
     if engine.dialect.name == "sqlite":
+        await even_journal(engine)
         return
     size = engine.sync_engine.pool.size()  # type: ignore[attr-defined]
     opened = await asyncio.gather(*(engine.connect() for _ in range(size)))
     for conn in opened:
         await conn.close()
+
+
+WAL_PAGES = 1_000  # SQLite's autocheckpoint threshold, in pages
+
+
+async def even_journal(engine: AsyncEngine) -> None:
+    """SQLite in WAL mode: every contender starts with the same journal, its
+    file grown to the autocheckpoint size, checkpointed, and written again from
+    its start (wal_checkpoint(RESTART)). A journal file still growing makes
+    each commit extend it: measured ~330 us per new row against ~180 us once
+    it has its size, a cost that fell on whoever ran first (onconflict, in
+    the first scenario), and Tortoise's connections shrink it again
+    (journal_size_limit=16384)."""
+    async with engine.connect() as conn:
+        if (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() != "wal":
+            return
+        page = (await conn.exec_driver_sql("PRAGMA page_size")).scalar() or 4096
+        wal = await asyncio.to_thread(_file_bytes, f"{engine.url.database}-wal")
+        if wal < WAL_PAGES * page:
+            await conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS oc_bench_filler (b BLOB)")
+            await conn.exec_driver_sql(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+                "INSERT INTO oc_bench_filler SELECT zeroblob(?) FROM n",
+                (WAL_PAGES, page - 100),
+            )
+            await conn.exec_driver_sql("DELETE FROM oc_bench_filler")
+            await conn.commit()
+        await conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)")
+        await conn.commit()
+
+
+def _file_bytes(path: str) -> int:
+    return os.path.getsize(path) if os.path.exists(path) else 0
 
 
 async def measure_before(engine: AsyncEngine) -> dict[str, Any]:
@@ -659,6 +697,22 @@ def check_exactly_once(
         )
 
 
+@contextlib.contextmanager
+def settled_heap() -> Iterator[None]:
+    """A contender's timed run starts after a full collection, with every
+    object alive then frozen (gc.freeze) until it ends. This process holds
+    four ORMs' modules: a full collection walking them took up to ~100 ms and
+    landed on whichever contender was running (about one run in ten). Frozen,
+    a collection walks only what the run itself made, so each contender pays
+    for collecting its own allocations and nothing else."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 @dataclass
 class Runner:
     """One benchmark run over its engines: runs each contender on each load."""
@@ -681,9 +735,10 @@ class Runner:
             before["conflicts"] = await conflicts(engines)
         spent = onconflict.retry_stats()
         await self.statements.start()
-        start = time.perf_counter()
-        latencies, made, errors = await contender.run(load)
-        seconds = time.perf_counter() - start
+        with settled_heap():
+            start = time.perf_counter()
+            latencies, made, errors = await contender.run(load)
+            seconds = time.perf_counter() - start
         sent = await self.statements.stop()
         if hasattr(contender, "teardown"):
             await contender.teardown()
