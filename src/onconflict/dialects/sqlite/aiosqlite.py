@@ -49,8 +49,11 @@ MAX_BATCH = 64  # calls run in one hop and one transaction
 CONTENDED = 0.05  # seconds after calls last overlapped during which calls take the hop
 # Calls run on the event loop's thread (see _inline) hold it for tens of
 # microseconds each; a caller looping on them gives other tasks a turn once
-# the loop has been held this long (seconds) since its last turn.
-LOOP_HOLD = 0.0005
+# the loop has been held this long (seconds) since its last turn: less than
+# CPython's own thread switch interval (5 ms), which a synchronous peer on a
+# thread holds the interpreter for. A turn per call (sleep(0), 5-10 us) was a
+# fifth of a duplicate's time and its p95.
+LOOP_HOLD = 0.002
 # A new row's COMMIT (the journal's fsync) runs on the loop's thread while this
 # engine's commits take less than this on average (seconds, measured), else on
 # aiosqlite's thread (a slow disk, a checkpoint, a busy reader in rollback
