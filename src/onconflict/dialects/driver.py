@@ -184,6 +184,27 @@ def connection_lost(
     return sa.exc.OperationalError(fast.sql, args, exc, connection_invalidated=True)
 
 
+def statement_error(
+    sync: Connection, sql: str, args: Any, exc: BaseException, lost: bool | None = None
+) -> BaseException:
+    """The error of a statement a driver-level path ran in a SQLAlchemy
+    Connection, as SQLAlchemy's execution raises it: the driver's error wrapped
+    in SQLAlchemy's class for it (``DBAPIError.instance``), the connection
+    invalidated when it was lost (``lost``; by default, as the dialect's
+    ``is_disconnect`` says). An error not of the driver's is as it is."""
+    dialect = sync.dialect
+    dbapi = dialect.loaded_dbapi
+    if not isinstance(exc, dbapi.Error):
+        return exc
+    if lost is None:
+        lost = bool(dialect.is_disconnect(exc, sync.connection.dbapi_connection, None))
+    if lost:
+        sync.invalidate(exc)
+    return sa.exc.DBAPIError.instance(
+        sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=dialect
+    )
+
+
 class DriverStatement:
     """A statement compiled for a driver-level path: its SQL text, parameter
     order with SQLAlchemy's bind processing, and its result columns with their

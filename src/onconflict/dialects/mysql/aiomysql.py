@@ -29,6 +29,7 @@ from onconflict.dialects.driver import (
     connection_lost,
     in_caller_transaction,
     quiet_return,
+    statement_error,
 )
 from onconflict.dialects.mysql.errors import (
     _MYSQL_KEY as MYSQL_KEY,  # (read as the classifier reads it)
@@ -258,18 +259,13 @@ def _read_or_insert(
     return [], []
 
 
-def _lost(sync: Connection, fast: DriverStatement, args: list[Any], exc: Exception) -> Exception:
+def _lost(
+    sync: Connection, fast: DriverStatement, args: list[Any], exc: Exception
+) -> BaseException:
     """The error of a statement whose transaction or connection was lost, as
-    SQLAlchemy wraps it (``Guard``'s driver cursor path does the same)."""
-    dbapi = sync.dialect.loaded_dbapi
-    if not isinstance(exc, dbapi.Error):
-        return exc  # (not the driver's: nothing known of the connection)
-    refused = _server_refused(exc)
-    if not refused:
-        sync.invalidate(exc)
-    return sa.exc.DBAPIError.instance(
-        fast.sql, args, exc, dbapi.Error, connection_invalidated=not refused, dialect=sync.dialect
-    )
+    SQLAlchemy wraps it; the connection invalidated unless the server sent the
+    error (the session lives on)."""
+    return statement_error(sync, fast.sql, args, exc, lost=not _server_refused(exc))
 
 
 def _of_target(

@@ -23,7 +23,7 @@ from onconflict._target import ConflictTarget
 from onconflict.dialects import support_for
 from onconflict.dialects.base import DialectSupport
 from onconflict.dialects.common import execute_row, execute_rows, with_primary_key
-from onconflict.dialects.driver import DriverStatement, in_caller_transaction
+from onconflict.dialects.driver import DriverStatement, in_caller_transaction, statement_error
 from onconflict.dialects.mysql.readers import WARNING_COUNT_READERS, packet_warning_count
 from onconflict.dialects.plans import Row
 from onconflict.exceptions import OutcomeMismatchError, UnsafeInsertError
@@ -375,11 +375,7 @@ def _driver_error(
     refused = isinstance(code, int) and code > 0 and not 2000 <= code < 3000
     if refused and code not in TRANSACTION_LOST:
         return SQLALCHEMY
-    if not refused:
-        conn.invalidate(exc)
-    raise sa.exc.DBAPIError.instance(
-        fast.sql, args, exc, dbapi.Error, connection_invalidated=not refused, dialect=conn.dialect
-    ) from exc
+    raise statement_error(conn, fast.sql, args, exc, lost=not refused) from exc
 
 
 def _driver_statement(conn: Connection, stmt: GuardedInsert, row: Row) -> DriverStatement | None:

@@ -40,6 +40,7 @@ from onconflict.dialects.driver import (
     in_caller_transaction,
     plain_engine,
     quiet_return,
+    statement_error,
 )
 from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.dialects.sqlite import build
@@ -199,7 +200,7 @@ class AiosqlitePath(DriverPath):
             return None
         if isinstance(done, _Failed):
             if done.ended or _busy(done.exc):
-                raise await greenlet_spawn(_as_sqlalchemy_raises, sync, fast, args, done.exc)
+                raise await greenlet_spawn(statement_error, sync, fast.sql, args, done.exc)
             return None
         return done  # type: ignore[no-any-return]
 
@@ -279,24 +280,6 @@ def _busy(exc: Exception) -> bool:
     """SQLITE_BUSY or SQLITE_LOCKED, with any extended code."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (5, 6)
-
-
-def _as_sqlalchemy_raises(
-    sync: Connection, fast: DriverStatement, args: list[Any], exc: Exception
-) -> Exception:
-    """The error of a statement run in the caller's transaction, as SQLAlchemy's
-    execution raises it: a driver error wrapped in SQLAlchemy's class for it,
-    the connection invalidated when the dialect takes it for a disconnect."""
-    dialect = sync.dialect
-    dbapi = dialect.loaded_dbapi
-    if not isinstance(exc, dbapi.Error):
-        return exc  # (not the driver's: as it is)
-    lost = dialect.is_disconnect(exc, sync.connection.dbapi_connection, None)
-    if lost:
-        sync.invalidate(exc)
-    return sa.exc.DBAPIError.instance(
-        fast.sql, args, exc, dbapi.Error, connection_invalidated=lost, dialect=dialect
-    )
 
 
 def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
