@@ -249,3 +249,55 @@ async def test_listeners_options_echo_and_autocommit_take_the_ordinary_path(
     assert len(taken) == 1
     assert any("INSERT" in s for s in seen)
     assert [r["code"] for r in await stored(made)] == ["a", "b", "c", "d"]
+
+
+async def test_a_killed_connection_is_raised_as_sqlalchemy_raises_it(
+    made: AsyncEngine, taken: list[str]
+) -> None:
+    """The server ends the session while the statement waits (on another
+    transaction's row lock): the call raises SQLAlchemy's error for a lost
+    connection, the connection invalidated, nothing of it stored. (A session
+    asyncpg already knows closed sends nothing: the ordinary path raises.)"""
+    async with made.connect() as holder:
+        await holder.begin()
+        await onconflict.insert_ignore(holder, things, [{"code": "a"}])  # holds code "a"
+        async with made.connect() as conn:
+            await conn.begin()
+            await onconflict.insert_ignore(conn, things, [{"code": "b"}])
+            pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar()
+            waiting = asyncio.ensure_future(onconflict.insert_ignore(conn, things, [{"code": "a"}]))
+            await asyncio.sleep(0.2)
+            async with made.connect() as other:
+                await other.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+            with pytest.raises(sa.exc.DBAPIError) as raised:
+                await waiting
+            assert raised.value.connection_invalidated
+            assert conn.invalidated
+            await conn.rollback()
+        await holder.commit()
+    assert len(taken) == 3  # (every call on the asyncpg connection)
+    assert [r["code"] for r in await stored(made)] == ["a"]
+
+
+async def test_a_cancelled_call_drops_the_connection_as_sqlalchemy_does(
+    made: AsyncEngine, taken: list[str]
+) -> None:
+    """A call cancelled while the server works on it (waiting for another
+    transaction's row lock): the connection is invalidated, as SQLAlchemy's own
+    execution does for a cancelled statement; the other transaction goes on."""
+    async with made.connect() as holder:
+        await holder.begin()
+        await onconflict.insert_ignore(holder, things, [{"code": "a"}])  # holds code "a"
+        async with made.connect() as conn:
+            await conn.begin()
+            waiting = asyncio.ensure_future(onconflict.insert_ignore(conn, things, [{"code": "a"}]))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert conn.invalidated
+            await conn.rollback()
+        await holder.commit()
+    assert len(taken) == 2
+    assert [r["code"] for r in await stored(made)] == ["a"]
