@@ -1,18 +1,31 @@
 """The asyncpg driver-level paths: a one-row insert_ignore and get_or_create
 run on the pooled asyncpg connection in autocommit, the statement compiled
-once per shape (asyncpg keeps it prepared), no BEGIN/COMMIT round trips."""
+once per shape (asyncpg keeps it prepared), no BEGIN/COMMIT round trips; and a
+one-row insert_ignore inside the caller's transaction, sent on its asyncpg
+connection as SQLAlchemy's own execution sends it (``in_transaction``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.util.concurrency import is_exit_exception
 
 from onconflict._excluded import has_expressions
-from onconflict.dialects.driver import DriverPath, DriverStatement, checkout, connection_lost
+from onconflict.dialects.driver import (
+    DriverPath,
+    DriverStatement,
+    Ordinary,
+    checkout,
+    connection_lost,
+    in_caller_transaction,
+)
 from onconflict.dialects.plans import FetchPlan, Row
 from onconflict.dialects.postgresql.build import CREATED
+from onconflict.dialects.postgresql.copy import as_sqlalchemy_errors
+from onconflict.result import InsertResult
 
 
 class AsyncpgPath(DriverPath):
@@ -33,6 +46,97 @@ class AsyncpgPath(DriverPath):
             return None
         row, _ = got
         return {index: row} if row else {}
+
+    async def insert_one(
+        self, conn: Any, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> InsertResult | Ordinary | None:
+        """A one-row call inside the caller's transaction (an AsyncConnection,
+        an AsyncSession's), planned once per shape (``one_row_plan``), run by
+        :meth:`in_transaction`. None where that declines (nothing was sent)
+        and for an engine (its path is :meth:`insert_ignore`)."""
+        if isinstance(conn, AsyncEngine):
+            return None
+        sync = _in_transaction(conn)
+        if sync is None:
+            return None
+        planned = self.one_row_plan(sync.dialect, table, rows, on, strategy, returning)
+        if planned is None:
+            return None
+        plan, row = planned
+        fast = plan.statement
+        try:
+            args = fast.arguments(row)
+        except Exception:  # a bind processor's error: the ordinary path raises it
+            return None
+        stored = await self.in_transaction(sync, fast, args)
+        if stored is None:
+            return None
+        return plan.result(row, stored or None)
+
+    async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
+        """A one-row call in the caller's transaction already planned (one that
+        :meth:`insert_one` did not plan: ``on`` given as a constraint, say):
+        see :meth:`in_transaction`."""
+        sync = _in_transaction(conn)
+        if sync is None:
+            return None
+        try:
+            one = self.one_row_insert(sync, prepared)
+        except Exception:  # a bind processor's error: the ordinary path raises it
+            return None
+        if one is None:
+            return None
+        fast, index, args = one
+        stored = await self.in_transaction(sync, fast, args)
+        if stored is None:
+            return None
+        return {index: stored} if stored else {}
+
+    async def in_transaction(
+        self, sync: Connection, fast: DriverStatement, args: list[Any]
+    ) -> Row | None:
+        """The one-row INSERT ... ON CONFLICT DO NOTHING RETURNING inside the
+        caller's transaction, sent on its asyncpg connection as SQLAlchemy's
+        asyncpg adapter sends a statement (``_prepare_and_execute``): under the
+        adapter's mutex, its transaction begun first when it has not been yet
+        (the adapter begins lazily, with the connection's isolation level,
+        read-only and deferrable settings), its type cache reloaded when the
+        dialect says so; without SQLAlchemy's greenlet bridge and per-call
+        execution. The stored row, {} for a duplicate.
+
+        None (the ordinary path runs) only before anything is sent: the
+        adapter is not the one read here, the connection is in autocommit or
+        closed. Once sent, an error aborted the caller's transaction on
+        PostgreSQL: it is raised, never run again, as SQLAlchemy raises it (a
+        ``DBAPIError`` of the adapter's error, the connection invalidated on a
+        disconnect; a cancellation or timeout invalidates the connection and
+        is raised as it is)."""
+        adapter: Any = sync.connection.dbapi_connection
+        try:
+            mutex = adapter._execute_mutex
+            driver: Any = adapter._connection
+            level = adapter.isolation_level
+            adapter._transaction  # noqa: B018  (read under the mutex below)
+            start, recheck = adapter._start_transaction, adapter._check_type_cache_invalidation
+            stamp = sync.dialect._invalidate_schema_cache_asof  # type: ignore[attr-defined]
+        except AttributeError:
+            return None
+        if level == "autocommit" or driver.is_closed():
+            return None
+        try:
+            async with mutex:
+                if adapter._transaction is None:
+                    await start()
+                await recheck(stamp)
+                record = await driver.fetchrow(fast.sql, *args)
+        except BaseException as exc:
+            if is_exit_exception(exc):  # as SQLAlchemy's execution: the connection is dropped
+                if not sync.invalidated:
+                    sync.invalidate(exc)
+                raise
+            await greenlet_spawn(_raise_as_sqlalchemy, sync, fast.sql, exc)
+            raise
+        return {} if record is None else fast.row(record)
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
@@ -65,6 +169,22 @@ class AsyncpgPath(DriverPath):
         args = fast.arguments(plan.params)
         # one trip into SQLAlchemy's greenlet bridge for checkout, query and return
         return await greenlet_spawn(_fetch_fast, engine.sync_engine, fast, args, attempts)
+
+
+def _in_transaction(conn: Any) -> Connection | None:
+    """The sync Connection of an AsyncConnection whose transaction a statement
+    may join on the asyncpg connection itself (``in_caller_transaction``)."""
+    sync: Connection | None = getattr(conn, "sync_connection", None)
+    if sync is None or not in_caller_transaction(sync, AsyncpgPath.driver):
+        return None
+    return sync
+
+
+def _raise_as_sqlalchemy(sync: Connection, statement: str, exc: BaseException) -> None:
+    """Raise a statement's error as SQLAlchemy's execution raises it (inside its
+    greenlet bridge, so that a lost connection is closed as SQLAlchemy closes it)."""
+    with as_sqlalchemy_errors(sync, statement):
+        raise exc
 
 
 def _fetch_fast(
