@@ -306,3 +306,20 @@ async def test_one_returned_row_of_many_pairing_with_no_input_row_raises(
     with pytest.raises(onconflict.OutcomeMismatchError):
         await onconflict.insert_ignore(aengine, pairs, rows)
     assert await _stored(aengine, pairs) == {}
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_rows_in_key_order_with_a_key_repeated_on_the_copy_path(
+    backend: Backend, aengine: AsyncEngine
+) -> None:
+    """Keys in ascending order repeat none, so no set of them is made; a key
+    given twice in a row (in order, not strictly) is found: the first row of
+    it is stored, the second is existing."""
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(N)]
+    rows.insert(8, {"a": 7, "b": 0, "v": "again"})
+    got = await onconflict.insert_ignore(aengine, pairs, rows)
+    stored = await _stored(aengine, pairs)
+    assert got.existing == [{"a": 7, "b": 0, "v": "again"}]
+    assert stored[(7, 0)]["v"] == "v7"
+    assert got.inserted == [stored[(i, 0)] for i in range(N)]

@@ -303,8 +303,9 @@ def _bulk_whole(prepared: PreparedInsert, bulk_from: int | None) -> bool:
     keyed by plain columns (no bind processing or fold, every value of the
     column's type) and repeat no key: one group of every row in input order,
     found from the key values as they are (C-level loops, no per-row key
-    tuples). The rows' keys are made only if the bulk path declines
-    (``in_key_order``)."""
+    tuples; keys in strictly ascending order, a sorted export say, repeat
+    none: no set of them is made). The rows' keys are made only if the bulk
+    path declines (``in_key_order``)."""
     rows, keyed, types, keys = prepared.rows, prepared.keyed, prepared.types, prepared.keys
     if bulk_from is None or len(rows) < bulk_from or types is None or not keyed:
         return False
@@ -315,12 +316,14 @@ def _bulk_whole(prepared: PreparedInsert, bulk_from: int | None) -> bool:
         if not keys.plain(col) or pytype is None or not types[col] <= {pytype, type(None)}:
             return False
     values = list(map(operator.itemgetter(*keyed), rows))
-    distinct = set(values)
-    if len(distinct) != len(rows) or None in distinct:  # repeats: the usual plan
-        return False
+    ascending = _in_order(values, operator.lt)  # (stops at the first key out of order)
+    if not ascending:
+        distinct = set(values)
+        if len(distinct) != len(rows) or None in distinct:  # repeats: the usual plan
+            return False
     cols = tuple(sorted(types))
     group = _Group(cols, range(len(rows)), _match_of(keyed, cols), distinct=True)
-    group.in_key_order = _in_order(values)
+    group.in_key_order = ascending or _in_order(values)
     prepared.groups, prepared.row_keys = [group], []
     return True
 
@@ -424,9 +427,11 @@ def _sorted(row_keys: list[tuple[Any, ...] | None], indexes: Sequence[int]) -> b
     return _in_order([row_keys[i] for i in indexes])
 
 
-def _in_order(keys: list[Any]) -> bool:
+def _in_order(keys: list[Any], before: Callable[[Any, Any], bool] = operator.le) -> bool:
+    """Each key ``before`` the next (``le``: in order; ``lt``: strictly, so
+    no key repeats)."""
     try:
-        return all(map(operator.le, keys, itertools.islice(keys, 1, None)))
+        return all(map(before, keys, itertools.islice(keys, 1, None)))
     except TypeError:  # a row without a key, or keys that do not compare
         return False
 
