@@ -323,3 +323,22 @@ async def test_rows_in_key_order_with_a_key_repeated_on_the_copy_path(
     assert got.existing == [{"a": 7, "b": 0, "v": "again"}]
     assert stored[(7, 0)]["v"] == "v7"
     assert got.inserted == [stored[(i, 0)] for i in range(N)]
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_every_row_new_in_key_order_on_the_copy_path(
+    backend: Backend, aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows in key order, none stored yet: the returned keys are the input
+    keys in input order, paired by one comparison (no mask); the result is
+    the stored rows, and reading ``inserted`` after the caller has changed
+    its list changes nothing."""
+    monkeypatch.setattr(core, "returned_mask", lambda *_: pytest.fail("no mask needed"))
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(N)]
+    got = await onconflict.insert_ignore(aengine, pairs, rows)
+    given = list(rows)
+    rows.clear()
+    stored = await _stored(aengine, pairs)
+    assert got.existing == []
+    assert got.inserted == [stored[(r["a"], r["b"])] for r in given]

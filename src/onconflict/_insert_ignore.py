@@ -309,12 +309,8 @@ def _bulk_whole(prepared: PreparedInsert, bulk_from: int | None) -> bool:
     rows, keyed, types, keys = prepared.rows, prepared.keyed, prepared.types, prepared.keys
     if bulk_from is None or len(rows) < bulk_from or types is None or not keyed:
         return False
-    if prepared.server_keys is not None or not set(keyed) <= types.keys():
+    if prepared.server_keys is not None or not _plain_keys(keyed, types, keys):
         return False
-    for col in keyed:
-        pytype = keys.types[col]
-        if not keys.plain(col) or pytype is None or not types[col] <= {pytype, type(None)}:
-            return False
     values = list(map(operator.itemgetter(*keyed), rows))
     ascending = _in_order(values, operator.lt)  # (stops at the first key out of order)
     if not ascending:
@@ -325,6 +321,18 @@ def _bulk_whole(prepared: PreparedInsert, bulk_from: int | None) -> bool:
     group = _Group(cols, range(len(rows)), _match_of(keyed, cols), distinct=True)
     group.in_key_order = ascending or _in_order(values)
     prepared.groups, prepared.row_keys = [group], []
+    return True
+
+
+def _plain_keys(keyed: tuple[str, ...], types: Types, keys: Keys) -> bool:
+    """Every row carries the key columns, which have no bind processing or
+    fold, and every value of them is of its column's type (or None)."""
+    for col in keyed:
+        pytype = keys.types[col]
+        if col not in types or not keys.plain(col) or pytype is None:
+            return False
+        if not types[col] <= {pytype, type(None)}:
+            return False
     return True
 
 
@@ -547,7 +555,7 @@ def _write_whole(
     (``RecordRows``) are paired with the input rows by key here, inside the
     call (a row that pairs with none raises OutcomeMismatchError, and the
     call's work is rolled back), as positions: the result's dicts are built
-    from the records when ``inserted`` is first read."""
+    from the records when ``inserted`` is first read (``_paired_records``)."""
     group = _whole_group(prepared)
     if group is None:
         return None
@@ -564,29 +572,46 @@ def _write_whole(
         return None
     match, rows = group.match, prepared.rows
     if isinstance(returned, RecordRows) and all(map(prepared.keys.plain, match)):
-        # the COPY path took every value in its column's type: keys as they are
-        wanted = list(map(operator.itemgetter(*match), rows))
-        found = returned.values(match)
-        mask = returned_mask(wanted, found) if group.distinct else None
-        if mask is not None:  # which record is whose: found when the rows are read
-            keys = list(itertools.compress(wanted, mask))
-            return _lazy_result(
-                prepared, returned, mask, lambda: positions_of(keys, returned.values(match))
-            )
-        positions = pair_positions(wanted, found)
-        if positions is not None:
-            mask = list(map(operator.is_not, positions, itertools.repeat(None)))
-            return _lazy_result(
-                prepared,
-                returned,
-                mask,
-                lambda: itertools.compress(positions, mask),  # type: ignore[arg-type]
-            )
+        lazy = _paired_records(prepared, group, returned)
+        if lazy is not None:
+            return lazy
     with paused(len(rows)):  # keys Python cannot pair as they are: the general pairing
         found = list(returned)
         known = prepared.known_keys(group, group.indexes)
         aligned = align(prepared.keys, prepared.table, rows, found, match, known)
         return insert_result(prepared, {i: r for i, r in enumerate(aligned) if r is not None})
+
+
+def _paired_records(
+    prepared: PreparedInsert, group: _Group, returned: RecordRows
+) -> InsertResult | None:
+    """``_write_whole``'s pairing of the records the COPY path returned, which
+    took every value in its column's type: keys as they are. Input keys known
+    distinct: every row new and returned in input order (rows in key order)
+    is one list comparison; else a mask of the input keys returned (set
+    lookups), and which record is whose is found when the rows are read.
+    Otherwise ``pair_positions``; None where keys repeat (the general pairing)."""
+    match, n = group.match, len(prepared.rows)
+    wanted = list(map(operator.itemgetter(*match), prepared.rows))
+    found = returned.values(match)
+    if group.distinct and found == wanted:
+        return _lazy_result(prepared, returned, [True] * n, lambda: range(n))
+    mask = returned_mask(wanted, found) if group.distinct else None
+    if mask is not None:
+        keys = list(itertools.compress(wanted, mask))
+        return _lazy_result(
+            prepared, returned, mask, lambda: positions_of(keys, returned.values(match))
+        )
+    positions = pair_positions(wanted, found)
+    if positions is None:
+        return None
+    done = list(map(operator.is_not, positions, itertools.repeat(None)))
+    return _lazy_result(
+        prepared,
+        returned,
+        done,
+        lambda: itertools.compress(positions, done),  # type: ignore[arg-type]
+    )
 
 
 def _whole_group(prepared: PreparedInsert) -> _Group | None:
