@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import onconflict
 import onconflict._insert_ignore as core
 from onconflict import InsertResult
+from onconflict._keys import pair_positions, positions_of, returned_mask
 from onconflict.result import LazyRows
 from tests.backends import Backend
 from tests.schema import Item, pairs
@@ -59,6 +61,20 @@ def test_insert_results_compare_and_pickle_with_lazy_rows() -> None:
     assert counted != InsertResult.counted(3, 5)
     with pytest.raises(onconflict.NotReturnedError):
         counted.inserted  # noqa: B018
+
+
+def test_returned_keys_pair_with_distinct_input_keys_as_a_mask() -> None:
+    """Distinct input keys: which were returned, by set lookups; None when a
+    returned key repeats or pairs with no input key (the count says so)."""
+    wanted = ["d", "a", "c", "b"]
+    assert returned_mask(wanted, ["a", "b", "d"]) == [True, True, False, True]
+    assert positions_of(["d", "a", "b"], ["a", "b", "d"]) == [2, 0, 1]
+    assert returned_mask(wanted, []) == [False] * 4
+    assert returned_mask(wanted, ["a", "x"]) is None  # x pairs with no input key
+    assert returned_mask(wanted, ["a", "a"]) is None  # a repeated returned key
+    assert returned_mask([(1, 0), (2, 0)], [(2, 0)]) == [False, True]
+    # repeated input keys are pair_positions' (the first row of a key takes it)
+    assert pair_positions(["a", "b", "a"], ["a"]) == [0, None, None]
 
 
 # -- on the databases --------------------------------------------------------------
@@ -226,3 +242,103 @@ async def test_a_large_call_the_copy_path_declines_is_exact(
     if returning:
         assert got.inserted == [stored[(r["a"], r["b"])] for r in new]
         assert got.existing == [r for r in rows if r["a"] % 3 == 0]
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_the_copy_path_pairs_rows_given_out_of_key_order(
+    backend: Backend, aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows in no particular order (the server inserts them in key order):
+    ``inserted`` is the stored rows in input order, ``existing`` the given
+    rows, for plain dicts and for a mapped class's attribute names, both
+    paired by the distinct keys' mask."""
+    masks: list[int] = []
+
+    def spy(wanted: list[Any], found: list[Any]) -> list[bool] | None:
+        got = returned_mask(wanted, found)
+        masks.append(-1 if got is None else len(got))
+        return got
+
+    monkeypatch.setattr(core, "returned_mask", spy)
+    await onconflict.insert_ignore(aengine, pairs, [{"a": i, "b": 0} for i in range(0, N, 3)])
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(N)]
+    random.Random(14).shuffle(rows)
+    got = await onconflict.insert_ignore(aengine, pairs, rows)
+    stored = await _stored(aengine, pairs)
+    assert got.existing == [r for r in rows if r["a"] % 3 == 0]
+    assert got.inserted == [stored[(r["a"], r["b"])] for r in rows if r["a"] % 3]
+    items = [{"code": f"c{i}", "title": f"t{i}"} for i in range(N)]
+    random.Random(15).shuffle(items)
+    await onconflict.insert_ignore(aengine, Item, items[::2])
+    again = await onconflict.insert_ignore(aengine, Item, items)
+    assert again.existing == items[::2]
+    assert [(r["code"], r["title"]) for r in again.inserted] == [
+        (r["code"], r["title"]) for r in items[1::2]
+    ]
+    assert masks == [N, N]  # (the preloads are below the threshold)
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_one_returned_row_of_many_pairing_with_no_input_row_raises(
+    backend: Backend, aengine: AsyncEngine
+) -> None:
+    """A trigger changes the key of one stored row only: every other returned
+    row pairs, that one does not: OutcomeMismatchError inside the call, its
+    work rolled back."""
+    async with aengine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "CREATE OR REPLACE FUNCTION oc_shift_one() RETURNS trigger AS $$ BEGIN"
+                " IF NEW.a = 7 THEN NEW.a := 1000007; END IF; RETURN NEW; END $$"
+                " LANGUAGE plpgsql"
+            )
+        )
+        await conn.execute(
+            sa.text(
+                "CREATE TRIGGER oc_shift BEFORE INSERT ON oc_pairs"
+                " FOR EACH ROW EXECUTE FUNCTION oc_shift_one()"
+            )
+        )
+    rows = [{"a": i, "b": 0, "v": "v"} for i in range(N)]
+    random.Random(16).shuffle(rows)
+    with pytest.raises(onconflict.OutcomeMismatchError):
+        await onconflict.insert_ignore(aengine, pairs, rows)
+    assert await _stored(aengine, pairs) == {}
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_rows_in_key_order_with_a_key_repeated_on_the_copy_path(
+    backend: Backend, aengine: AsyncEngine
+) -> None:
+    """Keys in ascending order repeat none, so no set of them is made; a key
+    given twice in a row (in order, not strictly) is found: the first row of
+    it is stored, the second is existing."""
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(N)]
+    rows.insert(8, {"a": 7, "b": 0, "v": "again"})
+    got = await onconflict.insert_ignore(aengine, pairs, rows)
+    stored = await _stored(aengine, pairs)
+    assert got.existing == [{"a": 7, "b": 0, "v": "again"}]
+    assert stored[(7, 0)]["v"] == "v7"
+    assert got.inserted == [stored[(i, 0)] for i in range(N)]
+
+
+@pytest.mark.databases("postgresql")  # the COPY path is PostgreSQL's (asyncpg)
+@pytest.mark.usefixtures("tables", "copy_threshold")
+async def test_every_row_new_in_key_order_on_the_copy_path(
+    backend: Backend, aengine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows in key order, none stored yet: the returned keys are the input
+    keys in input order, paired by one comparison (no mask); the result is
+    the stored rows, and reading ``inserted`` after the caller has changed
+    its list changes nothing."""
+    monkeypatch.setattr(core, "returned_mask", lambda *_: pytest.fail("no mask needed"))
+    rows = [{"a": i, "b": 0, "v": f"v{i}"} for i in range(N)]
+    got = await onconflict.insert_ignore(aengine, pairs, rows)
+    given = list(rows)
+    rows.clear()
+    stored = await _stored(aengine, pairs)
+    assert got.existing == []
+    assert got.inserted == [stored[(r["a"], r["b"])] for r in given]

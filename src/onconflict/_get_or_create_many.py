@@ -126,7 +126,7 @@ def prepare_get_or_create_many(
     if head is None:
         resolve_table(table)  # a bad table is refused even without rows
         return None
-    tbl, _given, data, outmap, target = head
+    tbl, _given, data, outmap, target, _types = head
     _check_target(tbl, target, on)
     for i, row in enumerate(data):
         _check_row(tbl, target, i, row)

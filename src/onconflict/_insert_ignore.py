@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,10 +32,13 @@ from onconflict._keys import (
     evaluated_key,
     expression_key,
     pair_positions,
+    positions_of,
+    returned_mask,
 )
 from onconflict._target import (
     ConflictTarget,
     OnTarget,
+    Types,
     reachable_keys,
     read_rows,
     resolve_table,
@@ -57,9 +60,12 @@ class _Group:
     """Rows with the same key set: one statement shape."""
 
     columns: tuple[str, ...]
-    indexes: list[int] = field(default_factory=list)  # positions in the input
+    # positions in the input: a range for every row in input order (no list of
+    # 10^6 ints for the cyclic collector to walk while the call runs)
+    indexes: list[int] | range = field(default_factory=list)
     match: tuple[str, ...] = ()  # columns that identify a returned row
     in_key_order: bool = False  # indexes sorted by key (the lock order)
+    distinct: bool = False  # no two rows share a value of ``match`` (known when planned)
 
 
 @dataclass
@@ -74,6 +80,7 @@ class PreparedInsert:
     outmap: dict[str, str] = field(default_factory=dict)  # column key -> result key
     keys: Keys = field(init=False)
     row_keys: list[tuple[Any, ...] | None] = field(default_factory=list)  # by input position
+    types: Types | None = None  # each column's value types, when every row has the same columns
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.table, self.dialect)
@@ -98,19 +105,15 @@ class PreparedInsert:
         return not self.rows
 
     @property
-    def types(self) -> dict[str, set[type]] | None:
-        """Each column's value types when every row has the same columns (see
-        ``_target.Rows``), else None."""
-        return getattr(self.rows, "types", None)
-
-    @property
     def keyed(self) -> tuple[str, ...]:
         """The columns rows are keyed by in the call: the target's, except for a
         partial index (it covers only rows matching its WHERE: the database decides)."""
         key = self.target.key
         return self.target.columns if key is not None and key.where is None else ()
 
-    def known_keys(self, group: _Group, indexes: list[int]) -> list[tuple[Any, ...] | None] | None:
+    def known_keys(
+        self, group: _Group, indexes: Sequence[int]
+    ) -> list[tuple[Any, ...] | None] | None:
         """The keys _group computed for these rows, when they are the match keys."""
         if not self.row_keys or group.match != self.target.columns:
             return None
@@ -121,7 +124,7 @@ class PreparedInsert:
             return sum(len(g.indexes) for g in self.groups)
         return sum(len(list(self.chunks(g))) for g in self.groups)
 
-    def chunks(self, group: _Group) -> Iterator[list[int]]:
+    def chunks(self, group: _Group) -> Iterator[Sequence[int]]:
         """Split a group so that each piece is one statement within the budgets."""
         limit = self.max_rows[group.columns]
         if not self.max_bytes:  # a row budget only: plain slices
@@ -193,11 +196,11 @@ def _prepare_insert_ignore(
         empty = PreparedInsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
         empty.counts_only = wanted == ()
         return empty
-    tbl, given, data, outmap, target = head
+    tbl, given, data, outmap, target, types = head
     support, native = _choose(dialect, strategy)
     support.check_target(tbl, target)
     prepared = PreparedInsert(
-        tbl, target, data, support, given=given, outmap=outmap, dialect=dialect
+        tbl, target, data, support, given=given, outmap=outmap, dialect=dialect, types=types
     )
     prepared.native = native
     prepared.counts_only, prepared.wanted = wanted == (), wanted or None
@@ -300,25 +303,36 @@ def _bulk_whole(prepared: PreparedInsert, bulk_from: int | None) -> bool:
     keyed by plain columns (no bind processing or fold, every value of the
     column's type) and repeat no key: one group of every row in input order,
     found from the key values as they are (C-level loops, no per-row key
-    tuples). The rows' keys are made only if the bulk path declines
-    (``in_key_order``)."""
+    tuples; keys in strictly ascending order, a sorted export say, repeat
+    none: no set of them is made). The rows' keys are made only if the bulk
+    path declines (``in_key_order``)."""
     rows, keyed, types, keys = prepared.rows, prepared.keyed, prepared.types, prepared.keys
     if bulk_from is None or len(rows) < bulk_from or types is None or not keyed:
         return False
-    if prepared.server_keys is not None or not set(keyed) <= types.keys():
+    if prepared.server_keys is not None or not _plain_keys(keyed, types, keys):
         return False
+    values = list(map(operator.itemgetter(*keyed), rows))
+    ascending = _in_order(values, operator.lt)  # (stops at the first key out of order)
+    if not ascending:
+        distinct = set(values)
+        if len(distinct) != len(rows) or None in distinct:  # repeats: the usual plan
+            return False
+    cols = tuple(sorted(types))
+    group = _Group(cols, range(len(rows)), _match_of(keyed, cols), distinct=True)
+    group.in_key_order = ascending or _in_order(values)
+    prepared.groups, prepared.row_keys = [group], []
+    return True
+
+
+def _plain_keys(keyed: tuple[str, ...], types: Types, keys: Keys) -> bool:
+    """Every row carries the key columns, which have no bind processing or
+    fold, and every value of them is of its column's type (or None)."""
     for col in keyed:
         pytype = keys.types[col]
-        if not keys.plain(col) or pytype is None or not types[col] <= {pytype, type(None)}:
+        if col not in types or not keys.plain(col) or pytype is None:
             return False
-    values = list(map(operator.itemgetter(*keyed), rows))
-    distinct = set(values)
-    if len(distinct) != len(rows) or None in distinct:  # repeats: the usual plan
-        return False
-    cols = tuple(sorted(types))
-    group = _Group(cols, list(range(len(rows))), _match_of(keyed, cols))
-    group.in_key_order = _in_order(values)
-    prepared.groups, prepared.row_keys = [group], []
+        if not types[col] <= {pytype, type(None)}:
+            return False
     return True
 
 
@@ -340,7 +354,7 @@ def _lean(prepared: PreparedInsert, bulk_from: int | None) -> bool:
         return False
     prepared.keep, prepared.bulk_from = "first", bulk_from
     cols = tuple(sorted(types))
-    prepared.groups = [_Group(cols, list(range(len(rows))), _match_of(prepared.keyed, cols))]
+    prepared.groups = [_Group(cols, range(len(rows)), _match_of(prepared.keyed, cols))]
     prepared.lean = True
     return True
 
@@ -357,19 +371,16 @@ def _shapes(
     if unique and _one_shape(prepared):
         # the usual large call: one shape, no repeats: one group, in input order
         cols = tuple(sorted(rows[0]))
-        return [_Group(cols, list(range(len(rows))), _match_of(keyed, cols))]
-    groups: dict[tuple[str, ...], _Group] = {}
+        match = _match_of(keyed, cols)
+        return [_Group(cols, range(len(rows)), match, distinct=match == keyed)]
+    members: dict[tuple[str, ...], list[int]] = {}  # shape -> its rows' positions
     for i, row in enumerate(rows):
         key = row_keys[i]
         if key is not None and winner is not None and winner[key] != i:
             prepared.duplicate_of[i] = winner[key]
             continue
-        cols = tuple(sorted(row))
-        group = groups.get(cols)
-        if group is None:
-            group = groups[cols] = _Group(cols, match=_match_of(keyed, cols))
-        group.indexes.append(i)
-    return list(groups.values())
+        members.setdefault(tuple(sorted(row)), []).append(i)
+    return [_Group(cols, indexes, _match_of(keyed, cols)) for cols, indexes in members.items()]
 
 
 def _one_shape(prepared: PreparedInsert) -> bool:
@@ -420,13 +431,15 @@ def _winners(
     return winner
 
 
-def _sorted(row_keys: list[tuple[Any, ...] | None], indexes: list[int]) -> bool:
+def _sorted(row_keys: list[tuple[Any, ...] | None], indexes: Sequence[int]) -> bool:
     return _in_order([row_keys[i] for i in indexes])
 
 
-def _in_order(keys: list[Any]) -> bool:
+def _in_order(keys: list[Any], before: Callable[[Any, Any], bool] = operator.le) -> bool:
+    """Each key ``before`` the next (``le``: in order; ``lt``: strictly, so
+    no key repeats)."""
     try:
-        return all(map(operator.le, keys, itertools.islice(keys, 1, None)))
+        return all(map(before, keys, itertools.islice(keys, 1, None)))
     except TypeError:  # a row without a key, or keys that do not compare
         return False
 
@@ -446,11 +459,13 @@ def in_key_order(prepared: PreparedInsert, group: _Group) -> None:
     if not prepared.row_keys:  # not made for a group left to the bulk path (_bulk_whole)
         prepared.row_keys = _row_keys(prepared)
     row_keys, keys, rows = prepared.row_keys, prepared.keys, prepared.rows
+    indexes = list(group.indexes)
     with suppress(TypeError):  # keys that do not compare: left in input order
-        if all(row_keys[i] is not None for i in group.indexes):
-            group.indexes.sort(key=row_keys.__getitem__)  # type: ignore[arg-type]
+        if all(row_keys[i] is not None for i in indexes):
+            indexes.sort(key=row_keys.__getitem__)  # type: ignore[arg-type]
         else:
-            group.indexes.sort(key=lambda i: row_keys[i] or keys.of(rows[i], keyed))
+            indexes.sort(key=lambda i: row_keys[i] or keys.of(rows[i], keyed))
+    group.indexes = indexes
     group.in_key_order = True
 
 
@@ -540,27 +555,63 @@ def _write_whole(
     (``RecordRows``) are paired with the input rows by key here, inside the
     call (a row that pairs with none raises OutcomeMismatchError, and the
     call's work is rolled back), as positions: the result's dicts are built
-    from the records when ``inserted`` is first read."""
+    from the records when ``inserted`` is first read (``_paired_records``)."""
     group = _whole_group(prepared)
     if group is None:
         return None
     returned = support.write_bulk(
-        conn, prepared.table, prepared.target, group.columns, prepared.rows, group.in_key_order
+        conn,
+        prepared.table,
+        prepared.target,
+        group.columns,
+        prepared.rows,
+        group.in_key_order,
+        prepared.types,
     )
     if returned is None:
         return None
     match, rows = group.match, prepared.rows
     if isinstance(returned, RecordRows) and all(map(prepared.keys.plain, match)):
-        # the COPY path took every value in its column's type: keys as they are
-        wanted = list(map(operator.itemgetter(*match), rows))
-        positions = pair_positions(wanted, returned.values(match))
-        if positions is not None:
-            return _lazy_result(prepared, returned, positions)
+        lazy = _paired_records(prepared, group, returned)
+        if lazy is not None:
+            return lazy
     with paused(len(rows)):  # keys Python cannot pair as they are: the general pairing
         found = list(returned)
         known = prepared.known_keys(group, group.indexes)
         aligned = align(prepared.keys, prepared.table, rows, found, match, known)
         return insert_result(prepared, {i: r for i, r in enumerate(aligned) if r is not None})
+
+
+def _paired_records(
+    prepared: PreparedInsert, group: _Group, returned: RecordRows
+) -> InsertResult | None:
+    """``_write_whole``'s pairing of the records the COPY path returned, which
+    took every value in its column's type: keys as they are. Input keys known
+    distinct: every row new and returned in input order (rows in key order)
+    is one list comparison; else a mask of the input keys returned (set
+    lookups), and which record is whose is found when the rows are read.
+    Otherwise ``pair_positions``; None where keys repeat (the general pairing)."""
+    match, n = group.match, len(prepared.rows)
+    wanted = list(map(operator.itemgetter(*match), prepared.rows))
+    found = returned.values(match)
+    if group.distinct and found == wanted:
+        return _lazy_result(prepared, returned, [True] * n, lambda: range(n))
+    mask = returned_mask(wanted, found) if group.distinct else None
+    if mask is not None:
+        keys = list(itertools.compress(wanted, mask))
+        return _lazy_result(
+            prepared, returned, mask, lambda: positions_of(keys, returned.values(match))
+        )
+    positions = pair_positions(wanted, found)
+    if positions is None:
+        return None
+    done = list(map(operator.is_not, positions, itertools.repeat(None)))
+    return _lazy_result(
+        prepared,
+        returned,
+        done,
+        lambda: itertools.compress(positions, done),  # type: ignore[arg-type]
+    )
 
 
 def _whole_group(prepared: PreparedInsert) -> _Group | None:
@@ -575,24 +626,27 @@ def _whole_group(prepared: PreparedInsert) -> _Group | None:
 
 
 def _lazy_result(
-    prepared: PreparedInsert, returned: RecordRows, positions: list[int | None]
+    prepared: PreparedInsert,
+    returned: RecordRows,
+    mask: list[bool],
+    order: Callable[[], Iterable[int]],
 ) -> InsertResult:
-    """The result of ``_write_whole``: ``positions[i]`` is the returned
-    record of input row i (None: it existed). ``existing`` is built now (the
-    given rows); ``inserted`` when first read."""
-    skipped = list(map(operator.is_, positions, itertools.repeat(None)))
-    existing = list(itertools.compress(prepared.given, skipped))
-    order: list[int] = list(itertools.compress(positions, map(operator.not_, skipped)))  # type: ignore[arg-type]
+    """The result of ``_write_whole``: ``mask[i]`` says whether input row i
+    was inserted (else it existed); ``order()``, the returned records of the
+    inserted rows, in input order. ``existing`` is built now (the given
+    rows); ``inserted`` when first read."""
+    existing = list(itertools.compress(prepared.given, map(operator.not_, mask)))
     out, wanted = prepared.outmap, prepared.wanted
     names = returned.names
     cols = names if wanted is None else [k for k in wanted if k in names]
     pairs = [(k, out.get(k, k)) for k in cols]
+    count = len(returned)
 
     def build() -> list[Mapping[str, Any]]:
-        with paused(len(order)):
-            return list(returned.build(order, pairs))
+        with paused(count):
+            return list(returned.build(list(order()), pairs))
 
-    return InsertResult.lazy(LazyRows(len(order), build), existing)
+    return InsertResult.lazy(LazyRows(count, build), existing)
 
 
 def _write_native(
@@ -640,7 +694,13 @@ def _count_bulk(
 ) -> int | None:
     batch = prepared.rows if prepared.lean else _batch(prepared, group)
     return support.count_bulk(
-        conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
+        conn,
+        prepared.table,
+        prepared.target,
+        group.columns,
+        batch,
+        group.in_key_order,
+        prepared.types,
     )
 
 
@@ -667,7 +727,13 @@ def _write_bulk(
     """The dialect's bulk path (PostgreSQL's COPY, say), or None if it declines."""
     batch = _batch(prepared, group)
     returned = support.write_bulk(
-        conn, prepared.table, prepared.target, group.columns, batch, group.in_key_order
+        conn,
+        prepared.table,
+        prepared.target,
+        group.columns,
+        batch,
+        group.in_key_order,
+        prepared.types,
     )
     if returned is None:
         return None
@@ -682,7 +748,8 @@ def _batch(prepared: PreparedInsert, group: _Group) -> list[Row]:
     """A group's rows; the input rows themselves (with their column types, for
     the bulk path's checks) when the group is every row in input order."""
     rows, indexes = prepared.rows, group.indexes
-    if len(indexes) == len(rows) and indexes == list(range(len(rows))):
+    whole = range(len(rows))
+    if indexes == whole or (len(indexes) == len(rows) and list(indexes) == list(whole)):
         return rows
     return [rows[i] for i in indexes]
 
@@ -700,7 +767,11 @@ def _write_chunks(
 
 
 def _align(
-    prepared: PreparedInsert, group: _Group, chunk: list[int], batch: list[Row], returned: list[Row]
+    prepared: PreparedInsert,
+    group: _Group,
+    chunk: Sequence[int],
+    batch: list[Row],
+    returned: list[Row],
 ) -> list[Row | None]:
     """Pair returned rows with the chunk's rows, by the key as the server sees it."""
     if prepared.server_keys is not None and expression_key(prepared.target):

@@ -359,3 +359,26 @@ def pair_positions(wanted: list[Any], found: list[Any]) -> list[int | None] | No
         return None
     out: list[int | None] = list(map(pending.pop, wanted, itertools.repeat(None)))
     return None if pending else out
+
+
+def returned_mask(wanted: list[Any], found: list[Any]) -> list[bool] | None:
+    """For input keys known to be distinct (``wanted``, as they are): whether
+    each was returned (a key of ``found``, compared by equality). None when
+    the returned keys repeat or one of them pairs with no input key: then
+    ``pair_positions`` decides. Set lookups only (C-level loops): cheaper
+    than ``pair_positions``' dict, and which returned row is whose is left
+    to ``positions_of``, when the rows are read. Exact: distinct input keys,
+    distinct returned keys, and as many input keys found as rows returned
+    pair them one to one."""
+    got = set(found)
+    if len(got) != len(found):
+        return None
+    mask = list(map(got.__contains__, wanted))
+    return mask if mask.count(True) == len(found) else None
+
+
+def positions_of(keys: list[Any], found: list[Any]) -> list[int]:
+    """The position in ``found`` (distinct keys) of each of ``keys`` (each one
+    of them: see ``returned_mask``)."""
+    position = dict(zip(found, range(len(found)), strict=True))
+    return list(map(position.__getitem__, keys))

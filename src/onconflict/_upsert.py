@@ -75,12 +75,12 @@ def prepare_upsert(
         head = read_rows(table, listed, on)
     if head is None:
         return PreparedUpsert(resolve_table(table)[0], ConflictTarget(None, any_key=True), [])
-    tbl, given, data, outmap, target = head
+    tbl, given, data, outmap, target, types = head
     keymap = resolve_table(table)[1]
     support = native_support(dialect)
     support.check_target(tbl, target)
     prepared = PreparedUpsert(
-        tbl, target, data, support, given=given, outmap=outmap, dialect=dialect
+        tbl, target, data, support, given=given, outmap=outmap, dialect=dialect, types=types
     )
     _check_names(tbl, where, "where")
     refuse_key_expressions(tbl, data, prepared.keyed)

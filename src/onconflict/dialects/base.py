@@ -12,7 +12,7 @@ the core hands over in ``dialects/plans.py``, driver-level paths in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -267,12 +267,14 @@ class DialectSupport:
         columns: tuple[str, ...],
         rows: list[Row],
         in_key_order: bool = False,
+        types: Mapping[str, set[type]] | None = None,
     ) -> Sequence[Row] | None:
         """A faster path for a large insert_ignore group, or None (the usual
         statements then run). Returns the inserted rows, like write_many (a
         ``_keys.RecordRows``: rows made dicts when read).
         ``in_key_order``: the rows already are in key order (the lock order);
-        otherwise this path puts them in it."""
+        otherwise this path puts them in it. ``types``: each column's value
+        types, where known (``_target.Types``: every row has every column)."""
         return None
 
     def count_bulk(
@@ -283,6 +285,7 @@ class DialectSupport:
         columns: tuple[str, ...],
         rows: list[Row],
         in_key_order: bool = False,
+        types: Mapping[str, set[type]] | None = None,
     ) -> int | None:
         """``write_bulk`` for a counts-only call: how many rows were inserted,
         or None (the usual statements then run)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import operator
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,7 +27,10 @@ COPY_THRESHOLD = 20_000  # rows in one call's group; measured: benchmarks/bulk.p
 
 
 def _copyable(
-    cols: list[sa.Column[Any]], rows: list[Row], dialect: Dialect
+    cols: list[sa.Column[Any]],
+    rows: list[Row],
+    dialect: Dialect,
+    known: Mapping[str, set[type]] | None = None,
 ) -> Iterable[tuple[Any, ...]] | None:
     """The rows as COPY records, if every value is None or of its column's plain
     Python type and no column needs bind processing; else None.
@@ -46,9 +49,8 @@ def _copyable(
         if pytype not in (int, str, float, bool, bytes):
             return None
         kinds.append(pytype)
-    # the value types of every column, where the input rows came with them
-    # (every row of one shape, see _target.Rows); else learnt here
-    known: Any = getattr(rows, "types", None)
+    # the value types of every column, where the call learnt them (every
+    # row of one shape, see _target.Types); else learnt here
     keys = [c.key for c in cols]
     if known is not None and set(keys) == known.keys():
         types = [known[k] for k in keys]
@@ -73,6 +75,7 @@ def _records(
     target: ConflictTarget,
     columns: tuple[str, ...],
     rows: list[Row],
+    types: Mapping[str, set[type]] | None,
 ) -> Iterable[tuple[Any, ...]] | None:
     """The rows as COPY records, or None where the path does not apply."""
     if conn.dialect.driver != "asyncpg" or len(rows) < COPY_THRESHOLD:
@@ -83,7 +86,7 @@ def _records(
         return None
     if python_defaults(table, columns):  # computed per row by SQLAlchemy's path
         return None
-    return _copyable([table.c[c] for c in columns], rows, conn.dialect)
+    return _copyable([table.c[c] for c in columns], rows, conn.dialect, types)
 
 
 def write_bulk(
@@ -93,6 +96,7 @@ def write_bulk(
     columns: tuple[str, ...],
     rows: list[Row],
     in_key_order: bool = False,
+    types: Mapping[str, set[type]] | None = None,
 ) -> Sequence[Row] | None:
     """COPY into a temporary table, then one INSERT ... SELECT ... [ORDER BY key]
     ON CONFLICT DO NOTHING RETURNING: for large calls on asyncpg. Rows not
@@ -102,7 +106,7 @@ def write_bulk(
     column needs SQLAlchemy's own value processing, so that COPY cannot fail
     half way on a conversion; otherwise (or below the threshold) None.
     """
-    copied = _copy_in(conn, table, target, columns, rows, in_key_order, returning=True)
+    copied = _copy_in(conn, table, target, columns, rows, in_key_order, types, returning=True)
     if copied is None:
         return None
     driver, stmt, scratch = copied
@@ -125,10 +129,11 @@ def count_bulk(
     columns: tuple[str, ...],
     rows: list[Row],
     in_key_order: bool = False,
+    types: Mapping[str, set[type]] | None = None,
 ) -> int | None:
     """``write_bulk`` for a counts-only call: the INSERT ... SELECT has no
     RETURNING, and the count is the server's command tag (``INSERT 0 n``)."""
-    copied = _copy_in(conn, table, target, columns, rows, in_key_order, returning=False)
+    copied = _copy_in(conn, table, target, columns, rows, in_key_order, types, returning=False)
     if copied is None:
         return None
     driver, stmt, scratch = copied
@@ -146,12 +151,13 @@ def _copy_in(
     columns: tuple[str, ...],
     rows: list[Row],
     in_key_order: bool,
+    types: Mapping[str, set[type]] | None,
     returning: bool,
 ) -> tuple[Any, Insert, sa.Table] | None:
     """COPY the rows into a temporary table: the asyncpg connection, the
     INSERT ... SELECT ... ON CONFLICT DO NOTHING from it, and the temporary
     table (dropped by the caller); None where the path does not apply."""
-    records = _records(conn, table, target, columns, rows)
+    records = _records(conn, table, target, columns, rows, types)
     if records is None:
         return None
     cols = [table.c[c] for c in columns]
