@@ -407,6 +407,54 @@ class DriverPath:
         it again, and raises as SQLAlchemy does."""
         return None
 
+    async def one_row_in(
+        self, sync: Connection, table: Any, rows: Any, on: Any, strategy: str, returning: Any
+    ) -> InsertResult | Ordinary | None:
+        """A one-row call in the caller's transaction (``sync``, a Connection
+        :func:`in_caller_transaction` accepted), planned once per shape
+        (:meth:`one_row_plan`) and run by the driver's :meth:`in_transaction`;
+        ``ORDINARY`` when that answers None (refused, or not sent): the
+        ordinary path alone runs the row then."""
+        planned = self.one_row_plan(sync.dialect, table, rows, on, strategy, returning)
+        if planned is None:
+            return None
+        plan, row = planned
+        fast = plan.statement
+        try:
+            args = fast.arguments(row)
+        except Exception:  # a bind processor's error: the ordinary path raises it
+            return None
+        stored = await self.in_transaction(sync, fast, args)
+        if stored is None:
+            return ORDINARY
+        return plan.result(row, stored or None)
+
+    async def planned_in(self, sync: Connection, prepared: Any) -> dict[int, Row] | None:
+        """A one-row call in the caller's transaction already planned (one that
+        :meth:`one_row_in` did not plan: ``on`` given as a constraint, say), run
+        by :meth:`in_transaction`: the stored row by input position, {} for a
+        duplicate; None: the ordinary path runs it."""
+        try:
+            one = self.one_row_insert(sync, prepared)
+        except Exception:  # a bind processor's error: the ordinary path raises it
+            return None
+        if one is None:
+            return None
+        fast, index, args = one
+        stored = await self.in_transaction(sync, fast, args)
+        if stored is None:
+            return None
+        return {index: stored} if stored else {}
+
+    async def in_transaction(
+        self, sync: Connection, fast: DriverStatement, args: list[Any]
+    ) -> Row | None:
+        """A planned one-row INSERT run in the caller's transaction on the
+        driver's connection: the stored row, {} for a duplicate; None when it
+        was refused with the transaction as it was, or not sent (the ordinary
+        path runs it); an error that ended the transaction is raised."""
+        return None
+
     def one_row_plan(
         self, dialect: Dialect, table: Any, rows: Any, on: Any, strategy: str, returning: Any
     ) -> tuple[OneRowPlan, Row] | None:

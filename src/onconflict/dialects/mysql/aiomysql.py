@@ -321,7 +321,7 @@ class AiomysqlPath(DriverPath):
     ) -> InsertResult | Ordinary | None:
         """A one-row call, planned once per shape (``one_row_plan``), run on
         the engine's pool (``on_engine``) or in the caller's transaction
-        (``in_transaction``); None where either declines."""
+        (``row_in_transaction``); None where either declines."""
         engine = isinstance(conn, AsyncEngine)
         if engine and not self.applies(conn):
             return None
@@ -337,7 +337,7 @@ class AiomysqlPath(DriverPath):
         if engine:
             stored = await self.on_engine(conn, fast, args, plan.table, plan.target)
         else:
-            stored = await self.in_transaction(conn, fast, args, plan.table, plan.target)
+            stored = await self.row_in_transaction(conn, fast, args, plan.table, plan.target)
         if stored is None:  # refused, or no connection: the ordinary path alone runs it
             return ORDINARY
         return plan.result(row, stored or None)
@@ -372,16 +372,16 @@ class AiomysqlPath(DriverPath):
 
     async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
         """A one-row call in the caller's transaction already planned: see
-        ``in_transaction``."""
+        ``row_in_transaction``."""
         sync = conn.sync_connection
         if sync is None or not sync.dialect.insert_returning:
             return None
-        return await self._planned_row(sync, prepared, self.in_transaction, conn)
+        return await self._planned_row(sync, prepared, self.row_in_transaction, conn)
 
     async def _planned_row(
         self, bind: Any, prepared: Any, run: Callable[..., Awaitable[Row | None]], handle: Any
     ) -> dict[int, Row] | None:
-        """A planned one-row call by ``run`` (``on_engine`` or ``in_transaction``)
+        """A planned one-row call by ``run`` (``on_engine`` or ``row_in_transaction``)
         on ``handle``: the stored row by input position, {} for a duplicate, None
         for the ordinary path."""
         one = self.one_row_insert(bind, prepared)
@@ -393,7 +393,7 @@ class AiomysqlPath(DriverPath):
             return None
         return {index: row} if row else {}
 
-    async def in_transaction(
+    async def row_in_transaction(
         self,
         conn: Any,
         fast: DriverStatement,

@@ -59,38 +59,14 @@ class AsyncpgPath(DriverPath):
         sync = _in_transaction(conn)
         if sync is None:
             return None
-        planned = self.one_row_plan(sync.dialect, table, rows, on, strategy, returning)
-        if planned is None:
-            return None
-        plan, row = planned
-        fast = plan.statement
-        try:
-            args = fast.arguments(row)
-        except Exception:  # a bind processor's error: the ordinary path raises it
-            return None
-        stored = await self.in_transaction(sync, fast, args)
-        if stored is None:
-            return None
-        return plan.result(row, stored or None)
+        return await self.one_row_in(sync, table, rows, on, strategy, returning)
 
     async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
         """A one-row call in the caller's transaction already planned (one that
         :meth:`insert_one` did not plan: ``on`` given as a constraint, say):
         see :meth:`in_transaction`."""
         sync = _in_transaction(conn)
-        if sync is None:
-            return None
-        try:
-            one = self.one_row_insert(sync, prepared)
-        except Exception:  # a bind processor's error: the ordinary path raises it
-            return None
-        if one is None:
-            return None
-        fast, index, args = one
-        stored = await self.in_transaction(sync, fast, args)
-        if stored is None:
-            return None
-        return {index: stored} if stored else {}
+        return None if sync is None else await self.planned_in(sync, prepared)
 
     async def in_transaction(
         self, sync: Connection, fast: DriverStatement, args: list[Any]

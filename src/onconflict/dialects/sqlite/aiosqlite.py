@@ -145,35 +145,18 @@ class AiosqlitePath(DriverPath):
         sync = _usable(conn)
         if sync is None:
             return None
-        planned = self.one_row_plan(sync.dialect, table, rows, on, strategy, returning)
-        if planned is None:
-            return None
-        plan, row = planned
-        fast = plan.statement
-        got = await self.in_transaction(sync, fast, fast.arguments(row))
-        if got is None:  # refused: the ordinary path alone runs it again
-            return ORDINARY
-        return plan.result(row, fast.row(got[0]) if got else None)
+        return await self.one_row_in(sync, table, rows, on, strategy, returning)
 
     async def insert_ignore_in(self, conn: Any, prepared: Any) -> dict[int, Row] | None:
         """A one-row call in the caller's transaction already planned (one
         that :meth:`insert_one_in` did not plan: ``on`` given as a constraint,
         say): see :meth:`in_transaction`."""
         sync = _usable(conn)
-        if sync is None:
-            return None
-        one = self.one_row_insert(sync, prepared)
-        if one is None:
-            return None
-        fast, index, args = one
-        got = await self.in_transaction(sync, fast, args)
-        if got is None:
-            return None
-        return {index: fast.row(got[0])} if got else {}
+        return None if sync is None else await self.planned_in(sync, prepared)
 
     async def in_transaction(
         self, sync: Connection, fast: DriverStatement, args: list[Any]
-    ) -> list[Any] | None:
+    ) -> Row | None:
         """The one-row INSERT ... ON CONFLICT DO NOTHING RETURNING inside the
         caller's transaction, run in ONE hop to aiosqlite's thread on the
         connection's sqlite3 connection (execute and fetchall together), with
@@ -181,7 +164,7 @@ class AiosqlitePath(DriverPath):
         what the same statement through SQLAlchemy does (sqlite3's implicit
         BEGIN before it in its legacy transaction mode included), without
         SQLAlchemy's four hops (cursor, execute, fetch, close), its greenlet
-        bridge and per-call setup. The returned records ([]: a duplicate).
+        bridge and per-call setup. The stored row ({}: a duplicate).
 
         An error that ended the caller's transaction (a constraint declared ON
         CONFLICT ROLLBACK, SQLITE_FULL, ...: a transaction open before the
@@ -202,7 +185,7 @@ class AiosqlitePath(DriverPath):
             if done.ended or _busy(done.exc):
                 raise await greenlet_spawn(statement_error, sync, fast.sql, args, done.exc)
             return None
-        return done  # type: ignore[no-any-return]
+        return fast.row(done[0]) if done else {}
 
     async def get_or_create(
         self, engine: Any, plan: FetchPlan, attempts: int
