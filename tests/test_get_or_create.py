@@ -323,8 +323,14 @@ async def test_a_vanished_row_is_retried_not_returned_as_none(
         return None if len(calls) == 1 else got
 
     monkeypatch.setattr(support, "get_or_create_once", first_lost)
-    async with aengine.begin() as conn:  # the SQLAlchemy path, where attempts are counted
-        row, _created = await onconflict.get_or_create(conn, users, {"email": "v@x"}, {"name": "v"})
+    # the SQLAlchemy path, where attempts are counted (an execution option keeps
+    # the driver-level paths off)
+    async with aengine.connect() as plain:
+        conn = await plain.execution_options(logging_token="ordinary")
+        async with conn.begin():
+            row, _created = await onconflict.get_or_create(
+                conn, users, {"email": "v@x"}, {"name": "v"}
+            )
     assert len(calls) == 2
     assert row["email"] == "v@x"
     monkeypatch.setattr(support, "get_or_create_once", lambda conn, plan: None)

@@ -707,6 +707,50 @@ async def _hops_of(conn: Any, hops: list[int], row: dict[str, Any], **kw: Any) -
 
 
 @pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
+async def test_in_the_callers_transaction_get_or_create_is_one_hop(
+    made: AsyncEngine, backend: Backend
+) -> None:
+    """get_or_create inside the caller's transaction: its statements in ONE hop
+    (a row made, a row found), committed with the caller's work or rolled back
+    with it; a lookup whose other columns differ from the stored row raises
+    LookupMismatchError and a NOT NULL default error raises, nothing stored,
+    the transaction usable; with a listener the call is SQLAlchemy's."""
+    sql, hops = traced(made)
+    await made.dispose()
+    async with made.begin() as conn:
+        del hops[:]
+        row, created = await onconflict.get_or_create(conn, things, {"code": "a"}, {"rank": 3})
+        assert (row["code"], row["rank"], row["label"], created, len(hops)) == (
+            "a",
+            3,
+            "none",
+            True,
+            1,
+        )
+        del hops[:], sql[:]
+        again, created = await onconflict.get_or_create(conn, things, {"code": "a"})
+        assert (again, created, len(hops), sql) == (row, False, 1, ["SELECT"])
+        with pytest.raises(onconflict.LookupMismatchError):
+            await onconflict.get_or_create(conn, things, {"code": "a", "rank": 9})
+        with pytest.raises(sa.exc.IntegrityError):
+            await onconflict.get_or_create(conn, things, {"code": "b"}, {"label": None})
+        await conn.execute(parent.insert(), {"id": 1})  # the caller's own work goes on
+    async with made.begin() as conn:
+        await onconflict.get_or_create(conn, things, {"code": "gone"})
+        await conn.rollback()
+    assert [r["code"] for r in await stored(made)] == ["a"]
+    listener = lambda *a: None  # noqa: E731
+    sa.event.listen(made.sync_engine, "before_cursor_execute", listener)
+    try:
+        async with made.begin() as conn:
+            del hops[:]
+            _, created = await onconflict.get_or_create(conn, things, {"code": "a"})
+            assert (created, len(hops) > 1) == (False, True)
+    finally:
+        sa.event.remove(made.sync_engine, "before_cursor_execute", listener)
+
+
+@pytest.mark.databases("sqlite")  # the driver-level path of aiosqlite
 async def test_in_the_callers_transaction_a_call_is_one_hop_and_commits_with_its_work(
     made: AsyncEngine, backend: Backend
 ) -> None:

@@ -246,12 +246,15 @@ async def get_or_create(
     """
     prepared = prepare_get_or_create(dialect_of(conn), table, lookup, defaults, on)
     if True:  # ASYNC: the driver-level path (asyncpg, aiomysql, ...)
+        got = None
         if isinstance(conn, AsyncEngine):
             attempts = fast_attempts(prepared)
             got = await driver_path(conn.dialect).get_or_create(conn, prepared.plan, attempts)
-            if got is not None:
-                row, created = got
-                return prepared.output(row), created
+        elif isinstance(conn, AsyncConnection):  # inside the caller's transaction
+            got = await driver_path(conn.dialect).get_or_create_in(conn, prepared.plan)
+        if got is not None:
+            row, created = got
+            return prepared.output(row), created
     return await _run(
         conn,
         _get_or_create_work,

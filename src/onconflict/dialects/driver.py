@@ -511,6 +511,12 @@ class DriverPath:
         """A faster path for an engine-owned get_or_create; None: the usual one."""
         return None
 
+    async def get_or_create_in(self, conn: Any, plan: FetchPlan) -> tuple[Row, bool] | None:
+        """A faster path for a get_or_create inside the caller's transaction
+        (an ``AsyncConnection``); None: the usual one, which must then find the
+        connection and its transaction as they were."""
+        return None
+
     def one_row_insert(
         self, engine: Any, prepared: Any
     ) -> tuple[DriverStatement, int, list[Any]] | None:

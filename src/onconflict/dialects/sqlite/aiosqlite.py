@@ -178,7 +178,9 @@ class AiosqlitePath(DriverPath):
         closed (nothing was sent)."""
         driver: Any = sync.connection.driver_connection
         try:
-            done = await driver._execute(_insert_in_transaction, fast.sql, args, driver._conn)
+            done = await driver._execute(
+                _in_caller_transaction, _insert_one, fast.sql, args, driver._conn
+            )
         except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
             return None
         if isinstance(done, _Failed):
@@ -202,13 +204,7 @@ class AiosqlitePath(DriverPath):
             or has_expressions([plan.params])
         ):
             return None
-        by_dialect: dict[Any, tuple[DriverStatement, DriverStatement]] = plan.statements.setdefault(
-            "aiosqlite", {}
-        )
-        pair = by_dialect.get(engine.dialect)
-        if pair is None:
-            pair = by_dialect[engine.dialect] = _fetch_statements(plan, engine.dialect)
-        select, insert = pair
+        select, insert = _fetch_statements(plan, engine.dialect)
         if insert.needs_context:
             return None
         work = functools.partial(
@@ -223,6 +219,47 @@ class AiosqlitePath(DriverPath):
             return None  # no row to read (a lookup mismatch): the ordinary path says why
         record, created = got
         return select.row(record), created
+
+    async def get_or_create_in(self, conn: Any, plan: FetchPlan) -> tuple[Row, bool] | None:
+        """get_or_create inside the caller's transaction (an AsyncConnection):
+        the engine path's statements (the SELECT, and if there is no row INSERT
+        ... ON CONFLICT DO NOTHING RETURNING and the SELECT again) in ONE hop to
+        aiosqlite's thread, with the connection's own busy timeout and
+        transaction control, as :meth:`in_transaction` runs its INSERT, and
+        its errors handled alike (one that ended the caller's transaction, or
+        a busy database, raised; others: None). None too when no row could be
+        read with the lookup (a lookup mismatch: nothing was written, the
+        ordinary path says why)."""
+        sync = _usable(conn)
+        if (
+            sync is None
+            or expression_key(plan.target) is not None
+            or has_expressions([plan.params])
+        ):
+            return None
+        select, insert = _fetch_statements(plan, sync.dialect)
+        if insert.needs_context:
+            return None
+        args = (select.arguments(plan.params), insert.arguments(plan.params))
+        driver: Any = sync.connection.driver_connection
+        try:
+            done = await driver._execute(
+                _in_caller_transaction,
+                _get_or_create_one,
+                select.sql,
+                args[0],
+                insert.sql,
+                args[1],
+                driver._conn,
+            )
+        except ValueError:  # aiosqlite: "Connection closed" / "no active connection"
+            return None
+        if isinstance(done, _Failed):
+            if done.ended or _busy(done.exc):
+                raise await greenlet_spawn(statement_error, sync, insert.sql, args[1], done.exc)
+            return None
+        record, created = done
+        return None if record is None else (select.row(record), created)
 
     async def _hop(self, engine: Any, work: Callable[[sqlite3.Connection], Any]) -> Any:
         sync = engine.sync_engine
@@ -249,12 +286,13 @@ class _Failed:
         self.exc, self.ended = exc, ended
 
 
-def _insert_in_transaction(sql: str, args: list[Any], db: sqlite3.Connection) -> Any:
-    """On aiosqlite's thread, in the caller's transaction: the one-row INSERT
-    ... RETURNING and its records, or :class:`_Failed`."""
+def _in_caller_transaction(work: Callable[..., Any], *args: Any) -> Any:
+    """On aiosqlite's thread, in the caller's transaction: ``work(*args)`` (its
+    last argument the sqlite3 connection), or :class:`_Failed`."""
+    db: sqlite3.Connection = args[-1]
     before = db.in_transaction
     try:
-        return db.execute(sql, args).fetchall()
+        return work(*args)
     except Exception as exc:
         return _Failed(exc, before and not db.in_transaction)
 
@@ -267,12 +305,19 @@ def _busy(exc: Exception) -> bool:
 
 def _fetch_statements(plan: FetchPlan, dialect: Dialect) -> tuple[DriverStatement, DriverStatement]:
     """get_or_create's SELECT and one-row INSERT ... RETURNING, compiled for the
-    driver-level path (both read rows keyed by column key, in table order)."""
-    t = plan.table
-    return (
-        DriverStatement(plan.statements["select"], dialect, t.c),
-        DriverStatement(build.insert_one_returning(plan), dialect, t.c),
+    driver-level path once per plan and dialect (both read rows keyed by column
+    key, in table order)."""
+    by_dialect: dict[Any, tuple[DriverStatement, DriverStatement]] = plan.statements.setdefault(
+        "aiosqlite", {}
     )
+    pair = by_dialect.get(dialect)
+    if pair is None:
+        t = plan.table
+        pair = by_dialect[dialect] = (
+            DriverStatement(plan.statements["select"], dialect, t.c),
+            DriverStatement(build.insert_one_returning(plan), dialect, t.c),
+        )
+    return pair
 
 
 class Writer:
