@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -91,20 +92,11 @@ async def main() -> None:
         "try/except IntegrityError": classic,
         "raw unguarded statement": raw,
     }
-    times: dict[tuple[str, str], list[float]] = {
-        (name, case): [] for name in contenders for case in ("new", "duplicate")
-    }
-    cpu: dict[tuple[str, str], list[float]] = {shape: [] for shape in times}
     async with engine.connect() as conn:
         await conn.begin()
-        for i in range(args.calls):
-            for case in ("new", "duplicate"):
-                for n, (name, fn) in enumerate(contenders.items()):
-                    key = f"{n}-{i}" if case == "new" else "dup"
-                    start, used = time.perf_counter(), time.thread_time()
-                    await fn(conn, key)
-                    times[(name, case)].append((time.perf_counter() - start) * 1000)
-                    cpu[(name, case)].append((time.thread_time() - used) * 1000)
+        times, cpu = await interleaved(
+            {name: functools.partial(fn, conn) for name, fn in contenders.items()}, args.calls
+        )
         await conn.rollback()
     async with engine.begin() as conn:
         await conn.run_sync(metadata.drop_all)
@@ -139,20 +131,9 @@ async def on_engine(engine: Any, url: str, calls: int) -> None:
             return bool(await cur.execute(sql, (key,)))
 
     contenders = {"onconflict insert_ignore": mine_engine, "raw driver (aiomysql pool)": raw_pool}
-    times: dict[tuple[str, str], list[float]] = {
-        (name, case): [] for name in contenders for case in ("new", "duplicate")
-    }
-    cpu: dict[tuple[str, str], list[float]] = {shape: [] for shape in times}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # aiomysql's own, for each duplicate
-        for i in range(calls):
-            for case in ("new", "duplicate"):
-                for n, (name, fn) in enumerate(contenders.items()):
-                    key = f"{n}-{i}" if case == "new" else "dup"
-                    start, used = time.perf_counter(), time.thread_time()
-                    await fn(key)
-                    times[(name, case)].append((time.perf_counter() - start) * 1000)
-                    cpu[(name, case)].append((time.thread_time() - used) * 1000)
+        times, cpu = await interleaved(contenders, calls)
     pool.close()
     await pool.wait_closed()
     async with engine.begin() as conn:
@@ -162,9 +143,28 @@ async def on_engine(engine: Any, url: str, calls: int) -> None:
     report(times, cpu)
 
 
-def report(
-    times: dict[tuple[str, str], list[float]], cpu: dict[tuple[str, str], list[float]]
-) -> None:
+Samples = dict[tuple[str, str], list[float]]
+
+
+async def interleaved(
+    contenders: dict[str, Callable[[str], Awaitable[bool]]], calls: int
+) -> tuple[Samples, Samples]:
+    """Each contender's call on a new key and on the duplicate, in turn, ``calls``
+    times: wall and CPU milliseconds by (contender, case)."""
+    times: Samples = {(name, case): [] for name in contenders for case in ("new", "duplicate")}
+    cpu: Samples = {shape: [] for shape in times}
+    for i in range(calls):
+        for case in ("new", "duplicate"):
+            for n, (name, fn) in enumerate(contenders.items()):
+                key = f"{n}-{i}" if case == "new" else "dup"
+                start, used = time.perf_counter(), time.thread_time()
+                await fn(key)
+                times[(name, case)].append((time.perf_counter() - start) * 1000)
+                cpu[(name, case)].append((time.thread_time() - used) * 1000)
+    return times, cpu
+
+
+def report(times: Samples, cpu: Samples) -> None:
     print(f"{'contender':28} {'row':10} {'median ms':>10} {'p10 ms':>8} {'cpu ms':>8}")
     for (name, case), xs in times.items():
         xs.sort()
