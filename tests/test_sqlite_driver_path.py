@@ -489,6 +489,19 @@ def hold_lock(path: str, seconds: float, script: str = HOLD_LOCK) -> Any:
     return holder
 
 
+async def file_with_a_row(path: str, journal: str) -> AsyncEngine:
+    """An engine on its own database file in this journal mode (a busy timeout
+    of 30 s: waits are long enough to see), the tables made, code "a" stored."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 30})
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(f"PRAGMA journal_mode={journal}")
+        await conn.run_sync(meta.create_all)
+    await onconflict.insert_ignore(engine, things, [{"code": "a"}])
+    return engine
+
+
 async def _ticking(call: Any, every: float = 0.005) -> tuple[Any, float]:
     """``call()``'s result and the longest the event loop went without running a
     task that ticks every ``every`` seconds (5 ms) meanwhile."""
@@ -523,15 +536,9 @@ async def test_a_lock_held_by_another_process_never_blocks_the_loop(
     aiosqlite's thread instead; the loop keeps running other tasks, and when the
     lock goes the outcomes are exact (a duplicate, an existing row, a new row,
     a row created)."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     path = str(tmp_path / "locked.db")
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 30})
+    engine = await file_with_a_row(path, journal)
     try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(f"PRAGMA journal_mode={journal}")
-            await conn.run_sync(meta.create_all)
-        await onconflict.insert_ignore(engine, things, [{"code": "a"}])
         calls = [
             lambda: onconflict.insert_ignore(engine, things, [{"code": "a"}]),
             lambda: onconflict.get_or_create(engine, things, {"code": "a"}),
@@ -566,15 +573,9 @@ async def test_a_commit_that_must_wait_for_readers_waits_off_the_loop(
     COMMIT must wait for it. Even with commits measured cheap, the COMMIT tried
     on the loop's thread (busy timeout 0) gives up at once and waits on
     aiosqlite's thread: the loop keeps running, the row is stored once."""
-    from sqlalchemy.ext.asyncio import create_async_engine
-
     path = str(tmp_path / "read.db")
-    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 30})
+    engine = await file_with_a_row(path, "delete")
     try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("PRAGMA journal_mode=delete")
-            await conn.run_sync(meta.create_all)
-        await onconflict.insert_ignore(engine, things, [{"code": "a"}])
         writer = writer_of(engine)
         writer.commit_cost = 0.0
         holder = hold_lock(path, 0.6, HOLD_READ)
